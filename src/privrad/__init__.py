@@ -1,0 +1,21 @@
+"""privrad: differentially private LoRA fine-tuning on radiology reports.
+
+The public API is small:
+
+* :func:`privrad.data.load_dataset` — reports and labels in one in-memory form;
+* :func:`privrad.run` — one training run (dataset × model × method × ε × seed) → run folder;
+* :mod:`privrad.study` — grids of runs executed as papermill notebooks;
+* :mod:`privrad.stats` — statistics across run folders.
+"""
+
+__version__ = "0.1.0"
+
+
+def run(config, **kwargs):
+    """Run one training configuration and write its run folder (see :mod:`privrad.runs`)."""
+    from privrad.runs import run as _run
+
+    return _run(config, **kwargs)
+
+
+__all__ = ["__version__", "run"]

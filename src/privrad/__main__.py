@@ -1,0 +1,5 @@
+import sys
+
+from privrad.cli import main
+
+sys.exit(main())
