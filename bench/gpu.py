@@ -1,0 +1,277 @@
+"""The GPU benchmark (run through bench/gpu.sh): real sizes, paper-sized runs, the paper grid's time.
+
+    bench/gpu.sh                 # on one H100, no network: < 10 minutes
+    bench/gpu.sh --dry-run       # tiny shapes on CPU in ~30 s (what the tests run)
+
+1. **Step benchmark at real sizes** (bench/step.py, in this process: on a GPU the allocator
+   peak is per configuration after ``reset_peak_memory_stats``): BERT-small, BERT-medium and
+   ALBERT-base shapes (random weights; the hub is unreachable), batch 64 × 128 tokens, the five
+   methods; then batch 64 × 512 for DP-LoRA vs LoRA.
+2. **One paper-sized run per model family**: ≈25k simulated reports, DP-LoRA ε = 1 with the
+   paper profile's hyperparameters (batch 256, physical 64, LoRA r = 16), through
+   ``privrad.runs.run`` (tokenize, build, calibrate, train, evaluate, write the run folder) at
+   sequence length 256 (MIMIC-CXR-like) and 512 (CT-RATE-like reports). ``--epochs`` (default 1,
+   the paper trains 5) keeps it inside the budget; the estimate scales the measured epoch.
+3. **The paper grid's total time**: 2 datasets × 3 models × 6 configurations (DP-LoRA at
+   ε = 0.01, 0.1, 1, 10, non-private LoRA, non-private full fine-tuning) × 3 seeds, from the
+   measured epoch times, the step-benchmark ratios (non-private LoRA and full fine-tuning vs
+   DP-LoRA), the measured fixed costs (tokenize + build + calibrate, evaluate) and a papermill
+   kernel start per run (``--kernel-start-s``, measured on CPU by bench/study.py).
+
+Runs that would not fit in ``--budget-s`` are skipped and estimated from the step benchmark.
+Everything is written to ``--out`` (JSON + a log); the summary is printed last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+import step  # noqa: E402
+
+FAMILIES = {"bert-small": "bert-small-shape", "bert-medium": "bert-medium-shape", "albert-base": "albert-base-shape"}
+TINY_FAMILIES = {"bert-small": "tiny-bert-shape", "albert-base": "tiny-albert-shape"}
+DATASETS = {"mimic-cxr": 256, "ct-rate": 512}  # the paper profile's max_length per dataset
+PAPER = dict(num_epochs=5, batch_size=256, physical_batch_size=64, lr=1e-3, lora_r=16, lora_alpha=32, seeds=3,
+             lora_epsilons=(0.01, 0.1, 1, 10), n_bootstrap=1000)
+
+
+def _free(device):
+    gc.collect()
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+def step_benchmark(shapes, device, *, batch, length, repeats, warmup, methods) -> list[dict]:
+    rows = []
+    for shape in shapes:
+        common.shaped_model_dir(shape)
+        for method in methods:
+            try:
+                r = step.measure(shape, method, batch=batch, length=length, repeats=repeats, warmup=warmup, device=device)
+            except Exception as exc:  # noqa: BLE001 - e.g. out of memory: report and go on
+                r = {"model": shape, "method": method, "status": "error", "error": f"{type(exc).__name__}: {exc}"[:300]}
+            r.pop("times_s", None)
+            rows.append(r)
+            print(f"  {shape:18s} {method:14s} B={batch} L={length} {step._brief(r)}", flush=True)
+            _free(device)
+    step._add_ratios(rows)
+    return rows
+
+
+def paper_run(family, shape, kind, length, n, *, epochs, device, tmp, dry) -> dict:
+    """One DP-LoRA ε = 1 run with the paper profile's hyperparameters, phase by phase.
+
+    ``privrad.runs.run`` trains on the CPU only today (it passes no device to ``build_model``
+    and its batches, Poisson generator and noise generator live on the CPU), so this assembles
+    the same run from privrad's parts on ``device``: simulate → ``tokenize_dataset`` →
+    ``build_model`` → ``calibrate_noise_multiplier`` (for the paper's 5 epochs) → Poisson-sampled
+    logical batches (Opacus' sampler, as ``privrad.train``) stepped by bench/step.py's
+    :class:`step.Stepper` (the body of ``privrad.train``'s loop) → ``predict`` + ``evaluate``.
+    """
+    import numpy as np
+    import torch
+    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
+    from privrad.data.tokenize import EncodedDataset, tokenize_dataset
+    from privrad.evaluate import evaluate
+    from privrad.models import build_model, load_tokenizer
+    from privrad.privacy import calibrate_noise_multiplier, default_delta
+    from privrad.train import planned_steps
+
+    cuda = device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    t = {}
+    t0 = time.perf_counter()
+    ds = common.report_dataset(kind, n, root=Path(tmp) / "data")
+    t["data_s"] = time.perf_counter() - t0
+    path = common.shaped_model_dir(shape)
+    t0 = time.perf_counter()
+    tok = load_tokenizer(path)
+    enc = {s: EncodedDataset(tokenize_dataset(ds.split(s), tok, max_length=length, cache_dir=Path(tmp) / "cache"),
+                             ds.split(s).labels, ds.split(s).label_mask) for s in ("train", "validation", "test")}
+    t["tokenize_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    model = build_model(path, ds.n_labels, method="lora", lora_r=PAPER["lora_r"], lora_alpha=PAPER["lora_alpha"],
+                        device=device, seed=0)
+    sync()
+    t["model_s"] = time.perf_counter() - t0
+    b, phys = (16, 16) if dry else (PAPER["batch_size"], PAPER["physical_batch_size"])
+    n_train = len(enc["train"])
+    q, delta = b / n_train, default_delta(n_train)
+    t0 = time.perf_counter()
+    sigma = calibrate_noise_multiplier(1.0, delta, q, planned_steps(n_train, b, PAPER["num_epochs"]))
+    t["calibrate_s"] = time.perf_counter() - t0
+    stepper = step.Stepper(model, "dp-lora", batch=b, physical=phys, device=device, lr=PAPER["lr"], noise_multiplier=sigma)
+    total = planned_steps(n_train, b, epochs)
+    sampler = UniformWithReplacementSampler(num_samples=n_train, sample_rate=q, generator=torch.Generator().manual_seed(0),
+                                            steps=total)
+    sync()
+    t0 = time.perf_counter()
+    for idx in sampler:
+        stepper.step(enc["train"], idx)
+    sync()
+    t["train_s"] = time.perf_counter() - t0
+    stepper.detach()
+    t0 = time.perf_counter()
+    val = predict(model, enc["validation"], device)
+    probs = predict(model, enc["test"], device)
+    test = ds.split("test")
+    m = evaluate(probs, test.labels, test.label_mask, ds.label_names, thresholds=0.5,
+                 n_bootstrap=50 if dry else PAPER["n_bootstrap"], seed=0)
+    t["evaluate_s"] = time.perf_counter() - t0
+    del val
+    out = {"family": family, "shape": shape, "kind": kind, "n": n, "n_train": n_train, "max_length": length,
+           "epochs": epochs, "steps": total, **t, "prepare_s": t["tokenize_s"] + t["model_s"] + t["calibrate_s"],
+           "epoch_s": t["train_s"] / epochs, "train_examples_per_s": n_train * epochs / t["train_s"],
+           "noise_multiplier": sigma, "weighted_f1_untuned": m["weighted_f1"],
+           "mean_tokens": float(np.mean([len(x) for x in enc["train"].encoded.input_ids])),
+           "n_truncated": enc["train"].encoded.n_truncated, "device": device}
+    print(f"  {family:12s} {kind:9s} L={length:3d} n={n} train {t['train_s']:7.1f}s ({out['train_examples_per_s']:.0f} ex/s, "
+          f"mean {out['mean_tokens']:.0f} tokens) tokenize {t['tokenize_s']:.1f}s model {t['model_s']:.1f}s "
+          f"calibrate {t['calibrate_s']:.1f}s evaluate {t['evaluate_s']:.1f}s", flush=True)
+    return out
+
+
+def predict(model, data, device, batch_size: int = 256):
+    """``privrad.train.predict_proba`` with the batches moved to ``device``."""
+    import numpy as np
+    import torch
+
+    from privrad.data.tokenize import collate
+
+    model.eval()
+    out = np.zeros((len(data), data.labels.shape[1]), dtype=np.float32)
+    with torch.no_grad():
+        for idx in data.length_sorted_batches(batch_size):
+            b = collate([data[i] for i in idx], data.encoded.pad_token_id)
+            logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits
+            out[idx] = torch.sigmoid(logits.float()).cpu().numpy()
+    return out
+
+
+def estimate_grid(steps_rows, runs, *, kernel_start_s, dry) -> dict:
+    """Paper grid seconds: Σ datasets × models × configs × seeds of (epochs × epoch_s + fixed)."""
+    ratio = {}
+    for r in steps_rows:
+        if r.get("status") == "ok":
+            ratio.setdefault(r["model"], {})[r["method"]] = r["median_s"]
+    lines, total = [], 0.0
+    for family in {r["family"] for r in runs}:
+        for kind in DATASETS:
+            got = [r for r in runs if r["family"] == family and r["kind"] == kind]
+            if not got:
+                continue
+            r = got[0]
+            length = r["max_length"]
+            t = ratio.get(r["shape"], {})
+            dp = t.get("dp-lora")
+            rel_lora = t["lora"] / dp if dp and "lora" in t else 1.0
+            rel_full = t["full"] / dp if dp and "full" in t else 3.0
+            fixed = r["prepare_s"] + r["evaluate_s"] + kernel_start_s
+            epoch = r["epoch_s"]
+            per_seed = (len(PAPER["lora_epsilons"]) * (PAPER["num_epochs"] * epoch + fixed)
+                        + (PAPER["num_epochs"] * epoch * rel_lora + fixed)
+                        + (PAPER["num_epochs"] * epoch * rel_full + fixed))
+            secs = PAPER["seeds"] * per_seed
+            total += secs
+            lines.append({"dataset": kind, "family": family, "max_length": length, "epoch_s": epoch,
+                          "fixed_s": fixed, "nonprivate_lora_vs_dp": rel_lora, "full_vs_dp_lora": rel_full,
+                          "runs": 6 * PAPER["seeds"], "seconds": secs})
+    return {"rows": lines, "total_s": total, "total_h": total / 3600, "assumptions": (
+        f"{PAPER['num_epochs']} epochs, batch {PAPER['batch_size']}, ≈25k reports per dataset (n as run), "
+        f"{PAPER['seeds']} seeds, one GPU, runs in sequence, kernel start {kernel_start_s:.1f} s per run"
+        + (" (DRY RUN: tiny shapes on CPU, meaningless figures)" if dry else ""))}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dry-run", action="store_true", help="tiny shapes, tiny data, CPU: checks the script, not the GPU")
+    ap.add_argument("--n", type=int, default=25_000, help="simulated reports per paper-sized run")
+    ap.add_argument("--epochs", type=float, default=1.0, help="epochs of each paper-sized run (paper: 5; scaled)")
+    ap.add_argument("--budget-s", type=float, default=540.0, help="stop starting paper-sized runs after this")
+    ap.add_argument("--kernel-start-s", type=float, default=6.0,
+                    help="papermill kernel start + notebook overhead per run (bench/study.py measures it)")
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--out", default=str(common.OUT_DIR / "gpu"))
+    args = ap.parse_args(argv)
+    t_start = time.perf_counter()
+    common.setup_env()
+    import tempfile
+
+    import torch
+
+    dry = args.dry_run
+    device = "cpu" if dry else ("cuda" if torch.cuda.is_available() else "cpu")
+    if not dry and device == "cpu":
+        print("warning: no GPU visible; running the GPU benchmark on the CPU (slow)", flush=True)
+    families = TINY_FAMILIES if dry else FAMILIES
+    shapes = list(families.values())
+    n = 120 if dry else args.n
+    epochs = 0.25 if dry else args.epochs
+    lengths = {"mimic-cxr": 32, "ct-rate": 64} if dry else DATASETS
+    out = {"machine": common.machine(), "args": vars(args), "device": device}
+    os.makedirs(args.out, exist_ok=True)
+
+    print(f"[1/3] step benchmark, {device}", flush=True)
+    rep, wu = (1, 0) if dry else (args.repeats, args.warmup)
+    out["steps_128"] = step_benchmark(shapes, device, batch=4 if dry else 64, length=16 if dry else 128,
+                                      repeats=rep, warmup=wu, methods=step.DEFAULT_METHODS)
+    out["steps_512"] = step_benchmark(shapes, device, batch=4 if dry else 64, length=32 if dry else 512,
+                                      repeats=rep, warmup=wu, methods=["lora", "dp-lora"])
+    print("\n" + step.render(out["steps_128"]) + "\n\n" + step.render(out["steps_512"]), flush=True)
+    common.write_json("gpu.json", out, args.out)
+
+    print(f"\n[2/3] paper-sized runs: {n} reports, DP-LoRA ε=1, {args.epochs:g} epoch(s)", flush=True)
+    runs, skipped = [], []
+    with tempfile.TemporaryDirectory(prefix="privrad-gpu-") as tmp:
+        for kind, length in lengths.items():
+            for family, shape in families.items():
+                elapsed = time.perf_counter() - t_start
+                if elapsed > args.budget_s:
+                    skipped.append(f"{family}/{kind}")
+                    continue
+                try:
+                    runs.append(paper_run(family, shape, "mimic-cxr" if kind == "mimic-cxr" else "ct-rate", length, n,
+                                          epochs=epochs, device=device, tmp=tmp, dry=dry))
+                except Exception as exc:  # noqa: BLE001 - report and go on with the next family
+                    print(f"  {family} {kind}: {type(exc).__name__}: {exc}"[:300], flush=True)
+                    if dry:
+                        raise
+                finally:
+                    _free(device)
+                common.write_json("gpu.json", {**out, "runs": runs}, args.out)
+    out["runs"], out["skipped_runs"] = runs, skipped
+    if skipped:
+        print(f"  skipped (budget): {', '.join(skipped)}", flush=True)
+
+    print("\n[3/3] paper grid estimate (2 datasets × 3 models × 6 configurations × 3 seeds)", flush=True)
+    out["grid"] = estimate_grid(out["steps_128"], runs, kernel_start_s=args.kernel_start_s, dry=dry)
+    for r in out["grid"]["rows"]:
+        print(f"  {r['dataset']:9s} {r['family']:12s} L={r['max_length']:3d} epoch {r['epoch_s']:7.1f}s fixed "
+              f"{r['fixed_s']:5.1f}s → {r['runs']} runs {r['seconds'] / 60:7.1f} min", flush=True)
+    g = out["grid"]
+    print(f"  total ≈ {g['total_h']:.2f} h on one {out['machine'].get('gpu', device)} ({g['assumptions']})")
+    overhead = [args.kernel_start_s / (PAPER["num_epochs"] * r["epoch_s"] + r["prepare_s"] + r["evaluate_s"] + args.kernel_start_s)
+                for r in runs]
+    if overhead:
+        out["kernel_overhead_share"] = {"min": min(overhead), "max": max(overhead)}
+        print(f"  papermill + kernel start share of a paper-profile run: {100 * min(overhead):.1f}–{100 * max(overhead):.1f} %")
+    out["wall_s"] = time.perf_counter() - t_start
+    path = common.write_json("gpu.json", out, args.out)
+    print(f"\nwritten {path} in {out['wall_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,315 @@
+"""Step benchmark: the cost of DP, side by side, on the same model, batch, length and data.
+
+    python bench/step.py                          # CPU default grid (see --help)
+    python bench/step.py --models bert-small-shape albert-base-shape --batch 64 --length 128
+    python bench/step.py --tiny                   # seconds: tiny models, for tests
+
+For each model, five methods are timed on identical batches (random token ids of exactly
+``--length`` tokens, 14 random labels):
+
+=================  =============================================================================
+``lora``           non-private LoRA (query/value, r=8) + classification head — the reference
+``dp-lora``        DP-SGD LoRA, Opacus ``hooks`` per-sample gradients (privrad's default)
+``dp-lora-ghost``  DP-SGD LoRA, Opacus ghost clipping (``grad_sample_mode="ghost"``: per-sample
+                   gradient norms without per-sample gradients, then a second backward). Opacus
+                   refuses it for ALBERT: its one layer is used many times ("Parameter tying is
+                   not supported with Ghost Clipping") — reported as n/a with that reason.
+``dp-full``        DP-SGD full fine-tuning (hooks)
+``full``           non-private full fine-tuning
+=================  =============================================================================
+
+One step is exactly the body of ``privrad.train.train``'s loop for one logical batch: the model
+comes from ``privrad.models.build_model``, the private ones are wrapped with the same Opacus
+calls (``wrap_model(..., batch_first=True, loss_reduction="mean")``, the flat ``DPOptimizer``
+over AdamW, ``signal_skip_step`` per physical chunk), and the loss is
+``privrad.train.example_losses``. Noise is drawn as in a real run (σ = 1).
+
+Each (model, method) runs in a fresh process so its peak RSS is its own; on a GPU the peak is
+``torch.cuda.max_memory_allocated``. Time = median over ``--repeats`` steps after ``--warmup``.
+``mem`` is the peak during training; ``+train`` the peak minus the memory held once the model
+was built (what training itself adds: activations, gradients, optimizer state, per-sample
+gradients). Ratios are to ``lora`` of the same model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+METHODS = {
+    "lora": dict(method="lora", private=False, mode=None),
+    "dp-lora": dict(method="lora", private=True, mode="hooks"),
+    "dp-lora-ghost": dict(method="lora", private=True, mode="ghost"),
+    "dp-full": dict(method="full", private=True, mode="hooks"),
+    "full": dict(method="full", private=False, mode=None),
+    "dp-lora-functorch": dict(method="lora", private=True, mode="functorch"),
+}
+DEFAULT_METHODS = ["lora", "dp-lora", "dp-lora-ghost", "dp-full", "full"]
+#: CPU default: a 2-core step of BERT-medium / ALBERT-base shape at batch 64 × 128 takes 17 / 50 s, so
+#: those two are left to the GPU script (or ``--models``); minilm-albert is the ALBERT-shaped stand-in.
+CPU_MODELS = ["tiny-bert", "tiny-albert", "minilm-l6", "minilm-albert", "bert-small-shape"]
+GPU_MODELS = ["tiny-bert", "tiny-albert", "bert-small-shape", "bert-medium-shape", "albert-base-shape"]
+N_LABELS = 14
+
+
+def synthetic_data(n: int, length: int, seed: int = 0):
+    """``n`` reports of exactly ``length`` tokens ([CLS] … [SEP]) and 14 random labels."""
+    import numpy as np
+
+    from privrad.data.tokenize import Encoded, EncodedDataset
+
+    rng = np.random.default_rng(seed)
+    ids = [np.concatenate([[101], rng.integers(1000, 30000, length - 2), [102]]).astype(np.int32) for _ in range(n)]
+    labels = (rng.random((n, N_LABELS)) < 0.2).astype(np.float32)
+    return EncodedDataset(Encoded(ids, np.full(n, length), length, 0), labels, np.ones((n, N_LABELS), bool))
+
+
+class Stepper:
+    """One logical DP-SGD / SGD step exactly as ``privrad.train.train`` does it (see module doc)."""
+
+    def __init__(self, model, method: str, *, batch: int, physical: int, device: str, lr: float = 1e-4,
+                 noise_multiplier: float = 1.0):
+        import torch
+
+        spec = METHODS[method]
+        self.private, self.mode, self.device = spec["private"], spec["mode"], device
+        self.batch, self.physical, self.model = batch, physical, model
+        # DP full fine-tuning trains the position embeddings, whose input (position_ids) has batch
+        # size 1 unless given explicitly; Opacus then fails ("stack expects each tensor to be equal
+        # size"). privrad.train passes no position_ids, so DP full fine-tuning of BERT/ALBERT fails
+        # there today; the bench passes expanded position_ids (same maths) to time it.
+        self.full_private = self.private and spec["method"] == "full"
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=lr)
+        self.net = model
+        if self.private:
+            from opacus.grad_sample.utils import wrap_model
+            from opacus.optimizers import get_optimizer_class
+
+            if self.mode == "ghost":
+                self.net = wrap_model(model, grad_sample_mode="ghost", batch_first=True, loss_reduction="mean",
+                                      max_grad_norm=1.0, use_ghost_clipping=True)
+            else:
+                self.net = wrap_model(model, grad_sample_mode=self.mode, batch_first=True, loss_reduction="mean")
+                self.net.forbid_grad_accumulation()
+            gen = torch.Generator(device=device).manual_seed(1)
+            self.optimizer = get_optimizer_class("flat", False, self.mode)(
+                self.optimizer, noise_multiplier=noise_multiplier, max_grad_norm=1.0, expected_batch_size=batch,
+                loss_reduction="mean", generator=gen)
+
+    def detach(self) -> None:
+        """Remove Opacus' hooks (as ``privrad.train`` does after training)."""
+        if self.private:
+            self.net.remove_hooks()
+
+    def step(self, data, indices) -> float:
+        import torch
+
+        from privrad.train import _batch, _chunks, example_losses
+
+        chunks = _chunks(indices, data, self.physical)
+        loss_sum = 0.0
+        for k, chunk in enumerate(chunks):
+            batch = {key: v.to(self.device) for key, v in _batch(data, chunk).items()}
+            extra = {}
+            if self.full_private:  # see Stepper.__init__: per-sample position-embedding gradients need a batch dim
+                b, t = batch["input_ids"].shape
+                extra["position_ids"] = torch.arange(t, device=self.device).expand(b, t)
+            logits = self.net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra).logits
+            losses = example_losses(logits, batch)
+            loss_sum += float(losses.detach().sum())
+            if self.private:
+                self.optimizer.signal_skip_step(do_skip=k < len(chunks) - 1)
+                if self.mode == "ghost":  # what DPLossFastGradientClipping returns: two backward passes
+                    from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
+
+                    DPTensorFastGradientClipping(self.net, self.optimizer, losses, "mean").backward()
+                else:
+                    losses.mean().backward()
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            else:
+                (losses.sum() / len(indices)).backward()
+        if not self.private:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss_sum
+
+
+def measure(model_name: str, method: str, *, batch: int, length: int, repeats: int, warmup: int,
+            device: str = "cpu", physical: int | None = None, models_root: str | None = None) -> dict:
+    """Time one (model, method) in this process; returns a JSON-able dict."""
+    import torch
+
+    from privrad.models import build_model, count_parameters
+
+    spec = METHODS[method]
+    cuda = device.startswith("cuda")
+    path = common.resolve_model(model_name, models_root)
+    data = synthetic_data(batch, length)
+    physical = physical or batch
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    model = build_model(path, N_LABELS, method=spec["method"], device=device, seed=0)
+    params = count_parameters(model)
+    out = {"model": model_name, "method": method, "batch": batch, "length": length, "physical": physical,
+           "device": device, "trainable": params["trainable"], "total": params["total"]}
+    try:
+        stepper = Stepper(model, method, batch=batch, physical=physical, device=device)
+        base = torch.cuda.memory_allocated() / 2**20 if cuda else common.rss_mb()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        times, idx = [], list(range(batch))
+        for i in range(warmup + repeats):
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            stepper.step(data, idx)
+            if cuda:
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    except NotImplementedError as exc:  # ghost clipping on a tied (reused) layer
+        return {**out, "status": "n/a", "reason": str(exc)}
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else common.peak_rss_mb()
+    return {**out, "status": "ok", "median_s": statistics.median(times), "min_s": min(times),
+            "times_s": times, "peak_mb": peak, "base_mb": base, "train_mb": max(0.0, peak - base)}
+
+
+def dp_full_physical(model_name: str, batch: int, budget_gb: float, models_root: str | None = None) -> int:
+    """Physical batch for DP full fine-tuning so per-sample gradients stay within ``budget_gb``
+    (B × trainable × 4 bytes); the logical batch (and so the maths) is unchanged."""
+    from transformers import AutoConfig
+
+    from privrad.models import get_model_spec
+
+    path = common.resolve_model(model_name, models_root)
+    spec = get_model_spec(path)
+    if spec.builder is not None:  # registered builder models: count by building once (small ones)
+        from privrad.models import build_model, count_parameters
+
+        n = count_parameters(build_model(path, N_LABELS, method="full"))["trainable"]
+    else:
+        c = AutoConfig.from_pretrained(spec.source)
+        from transformers import AutoModelForSequenceClassification
+
+        with __import__("torch").device("meta"):
+            n = sum(p.numel() for p in AutoModelForSequenceClassification.from_config(c).parameters())
+    per = n * 4 / 2**30
+    return int(max(1, min(batch, budget_gb // per if per > 0 else batch)))
+
+
+def run(models, methods, *, batch, length, repeats, warmup, device, physical=None, dp_full_budget_gb=4.0,
+        isolate=True, models_root=None, threads=None, timeout=None) -> list[dict]:
+    rows = []
+    for model_name in models:
+        if model_name in common.SHAPES:
+            common.shaped_model_dir(model_name, models_root)  # write once, outside the timed children
+        for method in methods:
+            phys = physical
+            if method == "dp-full" and not physical:
+                phys = dp_full_physical(model_name, batch, dp_full_budget_gb, models_root)
+            kw = dict(batch=batch, length=length, repeats=repeats, warmup=warmup, device=device, physical=phys,
+                      models_root=models_root)
+            if isolate:
+                argv = [__file__, "--child", json.dumps({"model": model_name, "method": method, "threads": threads, **kw})]
+                r = common.run_child(argv, timeout=timeout)
+                r.setdefault("model", model_name)
+                r.setdefault("method", method)
+            else:
+                r = measure(model_name, method, **kw)
+            rows.append(r)
+            print(f"  {model_name:18s} {method:14s} {_brief(r)}", flush=True)
+    _add_ratios(rows)
+    return rows
+
+
+def _brief(r: dict) -> str:
+    if r.get("status") != "ok":
+        return f"{r.get('status')}: {r.get('reason') or r.get('error')}"
+    return f"{r['median_s'] * 1000:9.1f} ms  peak {r['peak_mb']:8.0f} MB  (+{r['train_mb']:.0f} MB, physical {r['physical']})"
+
+
+def _add_ratios(rows: list[dict]) -> None:
+    ref = {r["model"]: r for r in rows if r["method"] == "lora" and r.get("status") == "ok"}
+    for r in rows:
+        base = ref.get(r["model"])
+        if base and r.get("status") == "ok":
+            r["time_ratio"] = r["median_s"] / base["median_s"]
+            r["mem_ratio"] = r["peak_mb"] / base["peak_mb"]
+            r["train_mem_ratio"] = r["train_mb"] / base["train_mb"] if base["train_mb"] > 0 else None
+
+
+def render(rows: list[dict]) -> str:
+    shown = []
+    for r in rows:
+        s = dict(r)
+        s["ms"] = r["median_s"] * 1000 if r.get("status") == "ok" else None
+        if r.get("status") != "ok":
+            s["note"] = ("n/a: " + (r.get("reason") or "")[:60]) if r.get("status") == "n/a" else ("error: " + r.get("error", ""))[:70]
+        elif r.get("physical") != r.get("batch"):
+            s["note"] = f"physical batch {r['physical']}"
+        shown.append(s)
+    return common.table(shown, [("model", "model", "s"), ("method", "method", "s"), ("ms", "step ms", ".1f"),
+                                ("time_ratio", "×time", ".2f"), ("peak_mb", "peak MB", ".0f"),
+                                ("mem_ratio", "×mem", ".2f"), ("train_mb", "+train MB", ".0f"),
+                                ("train_mem_ratio", "×+train", ".2f"), ("note", "note", "s")])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", nargs="+", default=None, help=f"default on CPU: {' '.join(CPU_MODELS)}")
+    ap.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--length", type=int, default=128)
+    ap.add_argument("--physical", type=int, default=None, help="physical micro-batch (default: the whole batch; "
+                                                                "dp-full is capped by --dp-full-budget-gb)")
+    ap.add_argument("--dp-full-budget-gb", type=float, default=4.0)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--tiny", action="store_true", help="tiny models, batch 8, length 32: a dry run for tests")
+    ap.add_argument("--in-process", action="store_true", help="no subprocess per configuration (memory shared)")
+    ap.add_argument("--models-root", default=None, help="where *-shape model folders are written")
+    ap.add_argument("--out", default=str(common.OUT_DIR / "step.json"))
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        kw = json.loads(args.child)
+        common.setup_env(kw.pop("threads"))
+        print(json.dumps(measure(kw.pop("model"), kw.pop("method"), **kw)))
+        return 0
+    common.setup_env(args.threads)
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.tiny:
+        args.models = args.models or ["tiny-bert", "tiny-albert"]
+        args.batch, args.length, args.repeats, args.warmup = 8, 32, 2, 1
+    models = args.models or (GPU_MODELS if device.startswith("cuda") else CPU_MODELS)
+    load0 = os.getloadavg()
+    print(f"step benchmark: batch {args.batch}, length {args.length}, {args.repeats} timed steps after "
+          f"{args.warmup} warm-up, device {device}", flush=True)
+    rows = run(models, args.methods, batch=args.batch, length=args.length, repeats=args.repeats, warmup=args.warmup,
+               device=device, physical=args.physical, dp_full_budget_gb=args.dp_full_budget_gb,
+               isolate=not args.in_process, models_root=args.models_root, threads=args.threads)
+    print()
+    print(render(rows))
+    info = {**common.machine(), "loadavg_start": load0, "loadavg_end": os.getloadavg()}
+    path = common.write_json(Path(args.out).name, {"machine": info, "args": vars(args), "rows": rows},
+                             Path(args.out).parent)
+    print(f"\nwritten {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
