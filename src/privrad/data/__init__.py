@@ -10,7 +10,8 @@ from privrad.data.base import (
     register_dataset,
 )
 
-# Built-in loaders register themselves on import (added by the dataset modules).
+# Built-in loaders register themselves on import.
+from privrad.data import csv_adapter, ct_rate, mimic_cxr, openi, simulated  # noqa: E402,F401
 
 __all__ = [
     "SPLITS",
