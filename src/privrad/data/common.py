@@ -218,11 +218,13 @@ def finish(
 
 
 COUNT_TEXT = {
+    "read": "report files or rows read",
     "dropped_no_label_row": "reports with no label row",
     "unmatched_label_rows": "label rows with no report",
     "dropped_empty_text": "reports with empty text after sectioning",
     "dropped_no_split_row": "reports with no split row",
     "merged_reconstructions": "extra reconstructions merged into their scan",
+    "test_list_ids_not_loaded": "test-list ids with no loaded report",
 }
 
 

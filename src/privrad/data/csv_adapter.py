@@ -91,7 +91,7 @@ def load_csv(
     patients = df[patient_column].str.strip().tolist() if patient_column else list(ids)
     texts = [norm_space(t) for t in df[text_column].tolist()]
     keep = [i for i, t in enumerate(texts) if t]
-    counts = {"dropped_empty_text": n - len(keep)}
+    counts = {"read": n, "dropped_empty_text": n - len(keep)}
     if split_column:
         raw = df[split_column].str.strip().str.lower().tolist()
         for i, v in enumerate(raw):

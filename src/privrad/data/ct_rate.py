@@ -96,7 +96,7 @@ def load_ct_rate(
         raise ConfigError(f"validation_fraction must be a number in [0, 1), not {validation_fraction!r}.")
     max_reports = check_max_reports(max_reports)
     root = require_dir(path, "CT-RATE")
-    counts = {"dropped_no_label_row": 0, "unmatched_label_rows": 0, "dropped_empty_text": 0, "merged_reconstructions": 0}
+    counts = {"read": 0, "dropped_no_label_row": 0, "unmatched_label_rows": 0, "dropped_empty_text": 0, "merged_reconstructions": 0}
     ids, patients, texts, values, official = [], [], [], [], []
     for part, (report_rel, label_rel) in FILES.items():
         rpath = require_file(root / report_rel, "CT-RATE report")
@@ -105,6 +105,7 @@ def load_ct_rate(
         ldf = read_table(lpath, required=("VolumeName", *CT_RATE_LABELS), what="label file")
         lvals = parse_label_values(ldf, CT_RATE_LABELS, allowed=(1.0, 0.0), allow_blank=False, where=f"label file {lpath.name!r}")
         reports = _index(rdf, rpath)
+        counts["read"] += len(reports)
         label_rows = _index(ldf, lpath)
         counts["dropped_no_label_row"] += len(set(reports) - set(label_rows))
         counts["unmatched_label_rows"] += len(set(label_rows) - set(reports))

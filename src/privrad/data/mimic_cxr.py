@@ -234,7 +234,7 @@ def load_mimic_cxr(
                 )
 
     raw_reports = read_reports(root, reports)
-    counts = {"dropped_no_label_row": 0, "unmatched_label_rows": 0, "dropped_empty_text": 0}
+    counts = {"read": len(raw_reports), "dropped_no_label_row": 0, "unmatched_label_rows": 0, "dropped_empty_text": 0}
     if split_of is not None:
         counts["dropped_no_split_row"] = 0
     ids, patients, texts, rows, splits = [], [], [], [], []

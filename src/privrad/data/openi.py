@@ -84,7 +84,7 @@ def load_openi(
         if f in label_row:
             raise DataError(f"label file {GOLD!r} has the filename {f!r} in two rows; keep one row per report.")
         label_row[f] = i
-    counts = {"dropped_no_label_row": 0, "unmatched_label_rows": 0, "dropped_empty_text": 0}
+    counts = {"read": len(rdf), "dropped_no_label_row": 0, "unmatched_label_rows": 0, "dropped_empty_text": 0}
     seen: set[str] = set()
     ids, texts, rows = [], [], []
     columns = {c: rdf[c].tolist() for c in TEXT_MODES[text]}

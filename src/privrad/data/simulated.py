@@ -11,6 +11,7 @@ with ``mimic-cxr`` instead keeps ``credentialed=True``, exactly as for a real do
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 from pathlib import Path
@@ -56,6 +57,9 @@ def load_simulated_ct_rate(path: str | os.PathLike, **options):
     marker = _marker(path, "ct-rate")
     return _as_simulated(load_ct_rate(Path(path), **options), "simulated-ct-rate", marker)
 
+
+load_simulated_mimic_cxr.__signature__ = inspect.signature(load_mimic_cxr)  # type: ignore[attr-defined]
+load_simulated_ct_rate.__signature__ = inspect.signature(load_ct_rate)  # type: ignore[attr-defined]
 
 register_dataset(
     "simulated-mimic-cxr", credentialed=False, label_names=CHEXPERT_LABELS,
