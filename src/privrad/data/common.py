@@ -65,7 +65,7 @@ def read_table(path: Path, *, required: Sequence[str] = (), what: str | None = N
         if path.suffix == ".parquet":
             df = pd.read_parquet(path)
             df = df.astype(object).where(df.notna(), "")
-            df = df.map(lambda v: v if isinstance(v, str) else (repr(v) if isinstance(v, float) else str(v)))
+            df = df.map(lambda v: v if isinstance(v, str) else str(v.item() if hasattr(v, "item") else v))
         else:
             df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
     except UnicodeDecodeError as exc:
