@@ -8,8 +8,7 @@
 
 from __future__ import annotations
 
-import argparse
-import json
+import warnings
 
 import yaml
 
@@ -40,10 +39,13 @@ def _simulate(args) -> int:
 
 def _describe(args) -> int:
     from privrad.data import load_dataset
+    from privrad.data.common import DataWarning
     from privrad.data.describe import describe, format_description
     from privrad.io import atomic_write_json
 
-    ds = load_dataset(args.dataset, args.path, **parse_options(args.option))
+    with warnings.catch_warnings():  # the loader's summary line is printed below, once
+        warnings.simplefilter("ignore", DataWarning)
+        ds = load_dataset(args.dataset, args.path, **parse_options(args.option))
     tok = None if args.tokenizer in (None, "", "none") else args.tokenizer
     d = describe(ds, tokenizer=tok)
     print(format_description(d))
