@@ -231,3 +231,23 @@ COUNT_TEXT = {
 def _describe_counts(counts: dict[str, int]) -> str:
     parts = [f"{counts.get(k, 0)} {v}" for k, v in COUNT_TEXT.items() if k in counts]
     return ", ".join(parts) if parts else "nothing dropped"
+
+
+def resolve_data_path(path: str | os.PathLike) -> Path:
+    """Find a relative data path from wherever a notebook runs (repo root or ``notebooks/``).
+
+    An absolute or existing path is returned as is; otherwise the current folder's parents are
+    tried in turn, and a path found nowhere is placed under the project root (the nearest folder
+    holding ``pyproject.toml``), which is where ``data/simulated/<kind>`` belongs.
+    """
+    p = Path(path)
+    if p.is_absolute() or p.exists():
+        return p
+    here = Path.cwd()
+    for base in here.parents:
+        if (base / p).exists():
+            return base / p
+    for base in (here, *here.parents):
+        if (base / "pyproject.toml").is_file():
+            return base / p
+    return p
