@@ -211,7 +211,7 @@ def finish(
     object.__setattr__(ds, "provenance", provenance)
     dropped = sum(v for k, v in counts.items() if k.startswith(("dropped_", "unmatched_")))
     if dropped:
-        warnings.warn(summary, DataWarning, stacklevel=3)
+        warnings.warn(summary, DataWarning, stacklevel=4)  # points at the caller of load_dataset
     else:
         logger.info(summary)
     return ds
