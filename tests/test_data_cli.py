@@ -102,3 +102,15 @@ def test_describe_tables(sim):
     assert lengths[0] == len(tok(ds.texts[0])["input_ids"])
     long = prevalence_long(ds)
     assert set(long.columns) == {"label", "split", "prevalence"} and len(long) == 3 * ds.n_labels
+
+
+def test_resolve_data_path_from_a_subfolder(tmp_path, monkeypatch):
+    from privrad.data.common import resolve_data_path
+
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "data" / "x").mkdir(parents=True)
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    assert resolve_data_path("data/x") == Path("../data/x")
+    assert resolve_data_path("data/simulated/y") == Path("../data/simulated/y")  # not there yet: under the project root
+    assert resolve_data_path(tmp_path / "abs") == tmp_path / "abs"

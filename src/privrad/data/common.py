@@ -246,8 +246,8 @@ def resolve_data_path(path: str | os.PathLike) -> Path:
     here = Path.cwd()
     for base in here.parents:
         if (base / p).exists():
-            return base / p
+            return Path(os.path.relpath(base / p))
     for base in (here, *here.parents):
         if (base / "pyproject.toml").is_file():
-            return base / p
+            return Path(os.path.relpath(base / p))
     return p

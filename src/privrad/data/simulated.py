@@ -40,9 +40,11 @@ def _marker(path: str | os.PathLike, kind: str) -> dict:
 
 
 def _as_simulated(ds, name: str, marker: dict):
+    summary = ds.provenance["summary"].replace(f"{ds.name}:", f"{name} (read by the {ds.name} loader):", 1)
     return dataclasses.replace(
         ds, name=name, credentialed=False,
-        provenance={**ds.provenance, "dataset": name, "source": "simulated", "loader": ds.name, "simulator": marker},
+        provenance={**ds.provenance, "dataset": name, "source": "simulated", "loader": ds.name, "simulator": marker,
+                    "summary": summary},
     )
 
 
