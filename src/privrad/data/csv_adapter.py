@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 
 from privrad.data.base import register_dataset
 from privrad.data.common import (

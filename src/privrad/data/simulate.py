@@ -33,7 +33,9 @@ Label noise
 Determinism
     Same arguments → byte-identical files: numpy's ``default_rng(seed)`` draws the labels,
     ``random.Random(seed)`` the wording, zip entries carry a fixed timestamp and gzip streams
-    ``mtime=0``. The folder is built under a temporary name and renamed into place.
+    ``mtime=0``. (Byte identity of the compressed files assumes the same zlib; the loaded
+    dataset, and so its fingerprint, is identical everywhere.) The folder is built under a
+    temporary name and renamed into place.
 """
 
 from __future__ import annotations
