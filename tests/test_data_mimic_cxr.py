@@ -276,3 +276,13 @@ def test_all_dropped_is_an_error(tmp_path):
     root = make_mimic(tmp_path / "m")
     _gz(root / "mimic-cxr-2.0.0-chexpert.csv.gz", label_lines(rows={50000006: {"Fracture": "1.0"}}))
     _expect(root, DataError, r"no report in .* has both text and labels \(6 report files or rows read, 6 reports with no label row")
+
+
+def test_header_variants():
+    head = " " * 33 + "FINAL REPORT\n INDICATION:  Cough.\n \n"
+    assert report_text(head + " CHEST, PA AND LATERAL:\n \n Clear lungs.\n") == "Clear lungs."
+    assert report_text(head + " FINDINGS/IMPRESSION:  Clear lungs.\n \n NOTIFICATION:  Called.\n") == "Clear lungs."
+    assert report_text(head + " FINDINGS:  Small effusion.\n \n CONCLUSION:  Effusion.\n") == "Effusion."
+    assert report_text(head + " FINDINGS:  Small effusion.\n \n CONCLUSION:  Effusion.\n", "findings_impression") == (
+        "Small effusion.\n\nEffusion.")
+    assert report_text(head + " COMPARISON:  None.\n \n Heart normal.\n \n Lungs clear.\n") == "Lungs clear."

@@ -47,19 +47,32 @@ REPORT_SOURCES = ("auto", "tree", "zip")
 SPLIT_NAMES = {"train": "train", "validate": "validation", "validation": "validation", "test": "test"}
 
 _REPORT_PATH = re.compile(r"(?:^|/)p(\d{2})/p(\d{8})/s(\d{8})\.txt$")
-_HEADER = re.compile(r"^[ \t]*([A-Z][A-Z /&()-]*[A-Z)])[ \t]*:", re.M)
+_HEADER = re.compile(r"^[ \t]*([A-Z][A-Z ,/&()-]*[A-Z)])[ \t]*:", re.M)
 _ADDENDUM = re.compile(r"^[ \t]*(?:FINAL[ \t]+)?ADDENDUM\b", re.M)
 _TITLE = re.compile(r"^[ \t]*(?:FINAL|PRELIMINARY|WET READ)[ \t]+REPORT[ \t]*$", re.M)
-IMPRESSION_HEADERS = ("IMPRESSION", "IMPRESSIONS", "CONCLUSION", "CONCLUSIONS", "FINDINGS AND IMPRESSION")
-FINDINGS_HEADERS = ("FINDINGS",)
+# Headers that name the view describe the whole study: findings (as in MIT-LCP's section parser).
+_VIEW_HEADER = re.compile(r"CHEST|PORTABLE|PA AND LAT|AP AND LAT|LATERAL AND|FRONTAL|TWO VIEWS|ONE VIEW|PA VIEW|AP VIEW|RIBS")
+
+
+def section_kind(header: str) -> str:
+    """Normalise a section header: ``impression`` (IMPRESSION, CONCLUSION, FINDINGS/IMPRESSION,
+    typos containing IMPRESSION), ``findings`` (FINDINGS, FINDING), ``view`` (a header naming the
+    view, e.g. ``CHEST, PA AND LATERAL``: findings when not empty), or the header in lower case."""
+    if "IMPRESSION" in header or header.startswith("CONCLUSION"):
+        return "impression"
+    if "FINDING" in header:
+        return "findings"
+    if _VIEW_HEADER.search(header):
+        return "view"
+    return header.lower()
 
 
 def split_sections(raw: str) -> tuple[dict[str, str], str]:
-    """Split a report into ``{HEADER: text}`` and its last paragraph.
+    """Split a report into ``{section kind: text}`` (see :func:`section_kind`) and its last paragraph.
 
     Addenda (from a line starting ``ADDENDUM`` or ``FINAL ADDENDUM``) are cut off: they amend
-    the signed report after the fact and are not what the labeler read. A header that appears
-    twice has its texts joined.
+    the signed report after the fact and are not what the labeler read. Sections of the same
+    kind have their texts joined.
     """
     raw = raw.replace("\r\n", "\n")
     m = _ADDENDUM.search(raw)
@@ -68,7 +81,7 @@ def split_sections(raw: str) -> tuple[dict[str, str], str]:
     sections: dict[str, str] = {}
     heads = list(_HEADER.finditer(body))
     for h, nxt in zip(heads, heads[1:] + [None]):
-        key = re.sub(r"\s+", " ", h.group(1)).strip()
+        key = section_kind(re.sub(r"\s+", " ", h.group(1)).strip())
         content = body[h.end() : nxt.start() if nxt else len(body)]
         sections[key] = (sections.get(key, "") + "\n\n" + content).strip("\n")
     paras = [p for p in re.split(r"\n[ \t]*\n", body) if p.strip()]
@@ -77,15 +90,19 @@ def split_sections(raw: str) -> tuple[dict[str, str], str]:
 
 
 def report_text(raw: str, text: str = "impression") -> str:
-    """The text a model reads: by the usual MIMIC-CXR convention the impression, else the
-    findings, else (only when the report has neither header) the last paragraph;
+    """The text a model reads, by the usual MIMIC-CXR convention: the impression, else the
+    findings, else (only when the report has neither section) the last paragraph;
     ``text="findings_impression"`` joins findings and impression (either may be absent).
-    Returns ``""`` when the chosen sections are present but empty."""
+
+    Returns ``""`` when a FINDINGS or IMPRESSION header is present but every such section is
+    empty: unlike MIT-LCP's script, privrad does not fall back to the last paragraph then,
+    because that paragraph is the indication or comparison of an unfinished report, not a
+    reading of the image; such reports are dropped and counted.
+    """
     sections, last = split_sections(raw)
-    impression = norm_space("\n\n".join(sections[h] for h in IMPRESSION_HEADERS if h in sections))
-    findings = norm_space("\n\n".join(sections[h] for h in FINDINGS_HEADERS if h in sections))
-    has_any = any(h in sections for h in IMPRESSION_HEADERS + FINDINGS_HEADERS)
-    if not has_any:
+    impression = norm_space(sections.get("impression", ""))
+    findings = norm_space(sections.get("findings", "")) or norm_space(sections.get("view", ""))
+    if not any(k in sections for k in ("impression", "findings")) and not findings:
         return last
     if text == "findings_impression":
         return "\n\n".join(t for t in (findings, impression) if t)
