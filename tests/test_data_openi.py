@@ -76,3 +76,14 @@ def test_hand_written_openi_and_bad_values(tmp_path):
     with pytest.raises(DataError, match=r"column 'normal' has the value '-1' in data row 1; allowed values are 1, 0"):
         load_dataset("openi", tmp_path)
     assert sorted((p.name, p.stat().st_mtime_ns) for p in tmp_path.iterdir()) == before
+
+
+@needs_openi
+def test_max_reports_keeps_split_proportions_and_is_seeded():
+    with pytest.warns(DataWarning, match=r"subsampled from 3826 \(max_reports=100, seed=4\)"):
+        a = load_dataset("openi", OPENI, max_reports=100, seed=4)
+    with pytest.warns(DataWarning):
+        b = load_dataset("openi", OPENI, max_reports=100, seed=4)
+    assert a.ids == b.ids and len(a) == 100
+    assert a.split_counts() == {"train": 80, "validation": 10, "test": 10}
+    assert a.provenance["counts"]["kept"] == 100 and a.provenance["counts"]["loaded"] == 3826

@@ -192,8 +192,7 @@ def finish(
     )
     n_loaded = len(ds)
     if max_reports is not None and max_reports < len(ds):
-        keep = np.sort(np.random.default_rng(seed).choice(len(ds), size=max_reports, replace=False))
-        ds = ds.subset(keep)
+        ds = ds.subset(_stratified_subsample(ds.splits, max_reports, seed))
     counts = {**counts, "loaded": n_loaded, "kept": len(ds)}
     summary = f"{name}: {len(ds)} reports ({', '.join(f'{s} {c}' for s, c in ds.split_counts().items())})"
     if len(ds) < n_loaded:
@@ -215,6 +214,18 @@ def finish(
     else:
         logger.info(summary)
     return ds
+
+
+def _stratified_subsample(splits: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """``k`` indices drawn at random (seeded) within each split, in proportion to the split sizes
+    (largest remainders), so a subsample keeps the split proportions of the full dataset."""
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(splits == s) for s in SPLITS]
+    exact = np.array([len(g) for g in groups], dtype=float) * k / len(splits)
+    sizes = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - sizes), kind="stable")[: k - sizes.sum()]:
+        sizes[i] += 1
+    return np.sort(np.concatenate([rng.choice(g, size=n, replace=False) for g, n in zip(groups, sizes)]))
 
 
 COUNT_TEXT = {
