@@ -11,7 +11,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-if compgen -G ".whl/*.whl" > /dev/null; then
+dry=0
+for a in "$@"; do [ "$a" = "--dry-run" ] && dry=1; done
+# the dry run uses this machine's environment; the wheels are for the GPU machine's Python 3.12
+if [ "$dry" = 0 ] && compgen -G ".whl/*.whl" > /dev/null; then
   site=${PRIVRAD_SITE:-/tmp/privrad-site}
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"

@@ -1,0 +1,89 @@
+"""The benchmarks' tiny / dry-run modes, so that bench/ does not rot. No time is ever asserted."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+def test_step_benchmark_tiny_runs_every_method(tmp_path):
+    import step
+
+    out = tmp_path / "step.json"
+    assert step.main(["--tiny", "--in-process", "--models", "tiny-bert", "tiny-albert", "--methods", "lora", "dp-lora",
+                      "dp-lora-ghost", "dp-full", "--repeats", "1", "--out", str(out)]) == 0
+    rows = {(r["model"], r["method"]): r for r in json.loads(out.read_text())["rows"]}
+    assert len(rows) == 8
+    for (model, method), r in rows.items():
+        if (model, method) == ("tiny-albert", "dp-lora-ghost"):
+            # Opacus refuses ghost clipping on ALBERT's reused layer: reported, not crashed
+            assert r["status"] == "n/a" and "tying" in r["reason"]
+            continue
+        assert r["status"] == "ok", r
+        assert r["median_s"] > 0 and r["peak_mb"] > 0 and r["time_ratio"] > 0
+    assert rows[("tiny-bert", "lora")]["time_ratio"] == 1.0
+    # LoRA trains a sliver of the weights; full fine-tuning all of them
+    assert rows[("tiny-bert", "dp-full")]["trainable"] == rows[("tiny-bert", "dp-full")]["total"]
+    assert rows[("tiny-bert", "dp-lora")]["trainable"] < rows[("tiny-bert", "dp-lora")]["total"] / 2
+
+
+def test_stepper_dp_lora_updates_only_trainable_weights():
+    """The benchmark's step is a real DP-SGD step: LoRA weights move, the base stays put."""
+    import torch
+
+    import step
+    from privrad.models import build_model
+
+    model = build_model("tiny-bert", step.N_LABELS, method="lora", seed=0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    s = step.Stepper(model, "dp-lora", batch=4, physical=2, device="cpu", lr=1e-2)
+    s.step(step.synthetic_data(4, 16), [0, 1, 2, 3])
+    s.detach()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert changed and all(("lora_" in n or "classifier" in n) for n in changed)
+
+
+def test_shaped_model_folder_loads_through_privrad(tmp_path):
+    import common
+    from privrad.models import build_model, count_parameters, get_model_spec
+
+    path = common.shaped_model_dir("tiny-albert-shape", tmp_path)
+    assert get_model_spec(path).family == "albert"
+    assert common.shaped_model_dir("tiny-albert-shape", tmp_path) == path  # written once
+    m = build_model(path, 14, method="lora")
+    assert 0 < count_parameters(m)["trainable"] < count_parameters(m)["total"]
+
+
+def test_scaling_tiny_sweep(tmp_path):
+    import scaling
+
+    out = tmp_path / "scaling.json"
+    assert scaling.main(["--tiny", "--in-process", "--skip-runs", "--out", str(out)]) == 0
+    sweep = json.loads(out.read_text())["sweep"]
+    assert {r["axis"] for r in sweep} == {"batch", "length"} and all(r["status"] == "ok" for r in sweep)
+    assert all(r["tokens_per_s"] > 0 for r in sweep)
+
+
+@pytest.mark.slow
+def test_gpu_script_dry_run_on_cpu(tmp_path):
+    """bench/gpu.sh --dry-run: the whole GPU script (step benchmark, paper-sized runs through
+    privrad's parts, the grid estimate) on tiny shapes on the CPU."""
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT / "src")}
+    p = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), "--dry-run", "--out", str(tmp_path)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = json.loads((tmp_path / "gpu.json").read_text())
+    assert out["device"] == "cpu"
+    assert {r["family"] for r in out["runs"]} == {"bert-small", "albert-base"} and len(out["runs"]) == 4
+    assert all(r["noise_multiplier"] > 0 and r["train_s"] > 0 for r in out["runs"])
+    grid = out["grid"]
+    assert len(grid["rows"]) == 4 and grid["total_s"] > 0 and all(r["runs"] == 18 for r in grid["rows"])
+    assert "paper grid estimate" in p.stdout and "total ≈" in p.stdout
