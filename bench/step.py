@@ -184,6 +184,43 @@ def measure(model_name: str, method: str, *, batch: int, length: int, repeats: i
             "times_s": times, "peak_mb": peak, "base_mb": base, "train_mb": max(0.0, peak - base)}
 
 
+def measure_interleaved(model_name: str, methods, *, batch: int, length: int, repeats: int, warmup: int,
+                        device: str = "cpu", models_root: str | None = None) -> dict[str, list[float]]:
+    """Step times of several methods on one model, steps alternating A B C A B C … in one process.
+
+    On a shared machine the load drifts over minutes; alternating steps exposes every method to
+    the same drift, so the time *ratios* stay meaningful where back-to-back runs would not.
+    (Memory is not measured here: the processes are shared.)
+    """
+    import torch
+
+    from privrad.models import build_model
+
+    path = common.resolve_model(model_name, models_root)
+    data, idx = synthetic_data(batch, length), list(range(batch))
+    steppers = {}
+    for method in methods:
+        model = build_model(path, N_LABELS, method=METHODS[method]["method"], device=device, seed=0)
+        try:
+            stepper = Stepper(model, method, batch=batch, physical=batch, device=device)
+            stepper.step(data, idx)  # probe: ghost on a tied layer raises here
+        except NotImplementedError:
+            continue
+        steppers[method] = stepper
+    times = {m: [] for m in steppers}
+    for i in range(warmup + repeats):
+        for method, s in steppers.items():
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            s.step(data, idx)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times[method].append(time.perf_counter() - t0)
+    return times
+
+
 def dp_full_physical(model_name: str, batch: int, budget_gb: float, models_root: str | None = None) -> int:
     """Physical batch for DP full fine-tuning so per-sample gradients stay within ``budget_gb``
     (B × trainable × 4 bytes); the logical batch (and so the maths) is unchanged."""
@@ -281,6 +318,8 @@ def main(argv=None) -> int:
     ap.add_argument("--in-process", action="store_true", help="no subprocess per configuration (memory shared)")
     ap.add_argument("--models-root", default=None, help="where *-shape model folders are written")
     ap.add_argument("--out", default=str(common.OUT_DIR / "step.json"))
+    ap.add_argument("--interleave", action="store_true",
+                    help="time ratios only: all methods of a model in one process, steps alternating (robust to load drift)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -296,6 +335,8 @@ def main(argv=None) -> int:
         args.models = args.models or ["tiny-bert", "tiny-albert"]
         args.batch, args.length, args.repeats, args.warmup = 8, 32, 2, 1
     models = args.models or (GPU_MODELS if device.startswith("cuda") else CPU_MODELS)
+    if args.interleave:
+        return _main_interleaved(args, models, device)
     load0 = os.getloadavg()
     print(f"step benchmark: batch {args.batch}, length {args.length}, {args.repeats} timed steps after "
           f"{args.warmup} warm-up, device {device}", flush=True)
@@ -307,6 +348,38 @@ def main(argv=None) -> int:
     info = {**common.machine(), "loadavg_start": load0, "loadavg_end": os.getloadavg()}
     path = common.write_json(Path(args.out).name, {"machine": info, "args": vars(args), "rows": rows},
                              Path(args.out).parent)
+    print(f"\nwritten {path}")
+    return 0
+
+
+def _main_interleaved(args, models, device) -> int:
+    load0 = os.getloadavg()
+    print(f"interleaved step times: batch {args.batch}, length {args.length}, {args.repeats} rounds after "
+          f"{args.warmup} warm-up, device {device}", flush=True)
+    rows = []
+    for model_name in models:
+        times = measure_interleaved(model_name, args.methods, batch=args.batch, length=args.length,
+                                    repeats=args.repeats, warmup=args.warmup, device=device, models_root=args.models_root)
+        ref = statistics.median(times["lora"]) if "lora" in times else None
+        for method in args.methods:
+            t = times.get(method)
+            row = {"model": model_name, "method": method, "batch": args.batch, "length": args.length}
+            if t:
+                # per-round ratios to lora, then their median: each round shares its load
+                per_round = [a / b for a, b in zip(t, times["lora"])] if "lora" in times else []
+                row.update(status="ok", median_s=statistics.median(t), times_s=t,
+                           time_ratio=statistics.median(per_round) if per_round else None,
+                           ratio_of_medians=statistics.median(t) / ref if ref else None)
+            else:
+                row.update(status="n/a", reason="refused by Opacus (ghost clipping and a tied layer)")
+            rows.append(row)
+            print(f"  {model_name:18s} {method:14s} " + (f"{row['median_s'] * 1000:9.1f} ms  ×{row['time_ratio']:.2f}"
+                                                          if t else "n/a"), flush=True)
+    print(common.table(rows, [("model", "model", "s"), ("method", "method", "s"), ("median_s", "step s", ".3f"),
+                              ("time_ratio", "×time (median of per-round ratios)", ".2f"),
+                              ("ratio_of_medians", "×time (ratio of medians)", ".2f")]))
+    info = {**common.machine(), "loadavg_start": load0, "loadavg_end": os.getloadavg()}
+    path = common.write_json(Path(args.out).name, {"machine": info, "args": vars(args), "rows": rows}, Path(args.out).parent)
     print(f"\nwritten {path}")
     return 0
 
