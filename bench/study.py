@@ -176,7 +176,8 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to privrad study run")
     ap.add_argument("--results", default=None, help="results root (default: a fresh temporary folder)")
     ap.add_argument("--skip-book", action="store_true")
-    ap.add_argument("--analyze-only", action="store_true", help="split an existing --results study; run nothing")
+    ap.add_argument("--analyze-only", action="store_true",
+                    help="split an existing (even unfinished) --results study; run nothing")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     common.setup_env()
@@ -205,6 +206,13 @@ def main(argv=None) -> int:
         else:
             events = _events(results / args.profile / "study.jsonl")
             sweep_s = sum(e.get("seconds", 0) for e in events if e["event"] == "sweep_end")
+            if not sweep_s and events:  # an unfinished sweep: the span of its log so far
+                import datetime as dt
+
+                stamps = [dt.datetime.fromisoformat(e["time"]) for e in events]
+                sweep_s = (max(stamps) - min(stamps)).total_seconds()
+                out_note = f"unfinished sweep: {sum(e['event'] == 'run_ok' for e in events)} runs finished"
+                print(out_note, flush=True)
         kernel_s = kernel_start_seconds()
         out = split_phases(results, args.profile, sweep_s, book_s, kernel_s)
     finally:
