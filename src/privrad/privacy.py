@@ -147,16 +147,22 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate:
         return epsilon_from_history([(sigma, sample_rate, steps)], delta, accountant=accountant, eps_error=err)
 
     # bracket with PLD (fast), then verify/extend with the chosen accountant
-    def pld(sigma: float) -> float:  # coarse discretization: only a starting bracket
+    def pld(sigma: float) -> float:  # PLD: the starting point
         return epsilon_from_history([(sigma, sample_rate, steps)], delta, accountant="pld",
                                     pld_interval=min(1e-3, eps / 100))
 
-    lo, hi = 0.0, 1.0
+    def rdp(sigma: float) -> float:  # RDP: analytic and fast; an upper bound on ε, so it brackets
+        return epsilon_from_history([(sigma, sample_rate, steps)], delta, accountant="rdp-dp_accounting")
+
     max_sigma = 1e4
-    while pld(hi) > eps:
-        lo, hi = hi, hi * 2
+    hi = 1.0
+    while rdp(hi) > eps:
+        hi *= 2
         if hi > max_sigma:
             raise _unreachable(eps, delta, sample_rate, steps)
+    lo = hi / 2
+    while pld(lo) <= eps and lo > 1e-3:
+        hi, lo = lo, lo / 2
     for _ in range(30):  # PLD bisection to 0.5 % in sigma
         if hi - lo <= 0.005 * hi:
             break
