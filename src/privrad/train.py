@@ -25,9 +25,9 @@ micro-batch split, with gradients accumulated and averaged over the logical batc
 
 from __future__ import annotations
 
-import math
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,8 @@ from privrad.errors import ConfigError
 from privrad.privacy import calibrate_noise_multiplier, epsilon_from_history
 
 GRAD_SAMPLE_MODES = ("hooks", "functorch")
+# Opacus' hooks fire on modules whose inputs need no gradient (frozen embeddings): expected, harmless.
+warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
 CURVE_EPSILON_POINTS = 10  # steps at which the curve records ε spent (PLD; the last one is exact PRV in privacy.json)
 
 
@@ -221,8 +223,4 @@ def predict_proba(model, data: EncodedDataset, *, batch_size: int = 64) -> np.nd
     return out
 
 
-def describe_steps(total: int, n: int, batch_size: int) -> str:  # pragma: no cover - narration helper
-    return f"{total} steps of expected batch {batch_size} over {n} reports ({total * batch_size / n:.2f} epochs)"
-
-
-__all__ = ["TrainResult", "train", "predict_proba", "planned_steps", "example_losses", "seed_everything", "math"]
+__all__ = ["TrainResult", "train", "predict_proba", "planned_steps", "example_losses", "seed_everything"]
