@@ -247,7 +247,7 @@ def get_model_spec(name: str) -> ModelSpec:
 
 
 @contextlib.contextmanager
-def _quiet_transformers():
+def quiet_transformers():
     """Silence load reports (e.g. 'classifier newly initialised'): expected for fine-tuning."""
     from transformers.utils import logging as hf_logging
 
@@ -275,7 +275,7 @@ def _load_config(name: str):
     from transformers import AutoConfig
 
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             return AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as exc:
         raise _unreachable(name, exc) from None
@@ -288,7 +288,7 @@ def load_tokenizer(name: str):
 
     spec = get_model_spec(name)
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             return AutoTokenizer.from_pretrained(spec.source)
     except (OSError, ValueError) as exc:
         raise _unreachable(name, exc, spec.source) from None
@@ -327,7 +327,7 @@ def build_model(
     spec = get_model_spec(name)
     if seed is not None:
         torch.manual_seed(seed)
-    with _quiet_transformers():
+    with quiet_transformers():
         if spec.builder is not None:
             model = spec.builder(num_labels)
         else:

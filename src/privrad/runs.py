@@ -196,7 +196,7 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
     from privrad.data import load_dataset
     from privrad.data.tokenize import EncodedDataset, tokenize_dataset
     from privrad.evaluate import evaluate, thresholds_for
-    from privrad.models import build_model, count_parameters, get_model_spec, load_tokenizer
+    from privrad.models import build_model, count_parameters, get_model_spec, load_tokenizer, quiet_transformers
     from privrad.privacy import check_delta, default_delta, privacy_report
     from privrad.train import predict_proba, train
 
@@ -260,7 +260,8 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
         atomic_write_json(tmp / "curve.json", {"epsilon_accountant": "pld (checkpoints)", "steps": result.curve})
         np.savez(tmp / "predictions.npz", ids=np.asarray(test.ids, dtype=str), probabilities=test_probs,
                  labels=test.labels, label_mask=test.label_mask, decisions=test_probs >= th[None, :], thresholds=th)
-        result.model.save_pretrained(tmp / ("adapter" if cfg.method == "lora" else "model"))
+        with quiet_transformers():
+            result.model.save_pretrained(tmp / ("adapter" if cfg.method == "lora" else "model"))
     return load_run(run_dir)
 
 

@@ -166,7 +166,7 @@ def train(model, data: EncodedDataset, cfg: RunConfig, *, delta: float | None = 
         loss_sum = 0.0
         for k, chunk in enumerate(chunks):
             batch = _batch(data, chunk)
-            logits = net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = _forward(net, batch, cfg)
             losses = example_losses(logits, batch)
             loss_sum += float(losses.detach().sum())
             if cfg.private:  # mean over the chunk; Opacus rescales to per-sample and divides by batch_size
@@ -199,6 +199,16 @@ def train(model, data: EncodedDataset, cfg: RunConfig, *, delta: float | None = 
     model.eval()
     return TrainResult(model, curve, [tuple(h) for h in history], sigma, q, total, delta, time.perf_counter() - t0,
                        info={"empty_batches": sum(r["batch_size"] == 0 for r in curve)})
+
+
+def _forward(net, batch: dict, cfg: RunConfig) -> torch.Tensor:
+    kw = {}
+    if cfg.private and cfg.method == "full":
+        # transformers broadcasts one row of position ids over the batch; the position embedding
+        # then sees a batch of 1 and Opacus cannot split its gradient per report. Give one row each.
+        b, w = batch["input_ids"].shape
+        kw["position_ids"] = torch.arange(w).expand(b, w)
+    return net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kw).logits
 
 
 def _check_first_step(model, before: dict[str, torch.Tensor]) -> None:
