@@ -29,6 +29,8 @@ def test_run_folder_contents(first_run, ds):
     res, root = first_run
     assert res.run_dir.parent == root and res.run_id == run_id(TINY, ds.fingerprint)
     assert res.run_id.startswith("simulated-mimic-cxr__tiny-bert__lora__eps2__s0__")
+    assert run_id({**TINY, "epsilon": 2}, ds.fingerprint) == res.run_id  # 2 and 2.0 are one config
+    assert run_id({**TINY, "epsilon": float("inf")}, ds.fingerprint) == run_id({**TINY, "epsilon": None}, ds.fingerprint)
     for f in ("config.json", "metrics.json", "privacy.json", "predictions.npz", "curve.json", "adapter/adapter_config.json"):
         assert (res.run_dir / f).exists(), f
     info = json.loads((res.run_dir / "config.json").read_text())
@@ -126,12 +128,18 @@ def test_cli_run_non_private(tmp_path, capsys, monkeypatch):
         lambda path, **kw: make_dataset(80, name="synthetic-test"))
     out = tmp_path / "run"
     code = main(["run", "--dataset", "synthetic-test", "--data-dir", str(tmp_path), "--model", "tiny-bert", "--method", "lora",
-                 "--epsilon", "inf", "--seed", "3", "--out", str(out), "--quiet",
+                 "--epsilon", "inf", "--seed", "3", "--out", str(out), "--quiet", "--cache-dir", str(tmp_path / "cache"),
                  "--set", "num_epochs=1", "--set", "batch_size=8", "--set", "max_length=32", "--set", "n_bootstrap=0"])
     assert code == 0
     res = load_run(out)
     assert res.config.epsilon is None and res.config.seed == 3 and res.config.batch_size == 8
     assert "weighted F1" in capsys.readouterr().out
+    assert list((tmp_path / "cache").glob("tokens-*.npz"))
     code = main(["run", "--dataset", "synthetic-test", "--data-dir", str(tmp_path), "--epsilon", "-2", "--out", str(tmp_path / "x")])
     assert code == 2 and "privrad: error: epsilon -2.0 must be a positive number" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_unsupported_grad_sample_mode_is_refused(ds, tmp_path):
+    with pytest.raises(ConfigError, match="grad_sample_mode 'ghost' is not supported; use one of hooks"):
+        run({**TINY, "grad_sample_mode": "ghost"}, results_dir=tmp_path, dataset=ds, progress=False)

@@ -40,9 +40,8 @@ from privrad.data.tokenize import EncodedDataset, collate
 from privrad.errors import ConfigError
 from privrad.privacy import calibrate_noise_multiplier, epsilon_from_history
 
-GRAD_SAMPLE_MODES = ("hooks", "functorch")
-# Opacus' hooks fire on modules whose inputs need no gradient (frozen embeddings): expected, harmless.
-warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+GRAD_SAMPLE_MODES = ("hooks",)  # exact for LoRA on BERT and ALBERT; faster modes: see issue 5
+
 CURVE_EPSILON_POINTS = 10  # steps at which the curve records ε spent (PLD; the last one is exact PRV in privacy.json)
 
 
@@ -171,7 +170,9 @@ def train(model, data: EncodedDataset, cfg: RunConfig, *, delta: float | None = 
             loss_sum += float(losses.detach().sum())
             if cfg.private:  # mean over the chunk; Opacus rescales to per-sample and divides by batch_size
                 optimizer.signal_skip_step(do_skip=k < len(chunks) - 1)
-                losses.mean().backward()
+                with warnings.catch_warnings():  # Opacus' hooks on modules after frozen embeddings: harmless
+                    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                    losses.mean().backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             else:
