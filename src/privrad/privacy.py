@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from typing import Sequence
 
 from privrad.errors import PrivacyError
@@ -112,12 +113,10 @@ def epsilon_from_history(history: Sequence[tuple[float, float, int]], delta: flo
     except ValueError:
         raise PrivacyError(f"unknown accountant {accountant!r}; use 'prv' (default) or 'rdp'.") from None
     acc.history = list(history)
-    if accountant == "prv":
-        return float(acc.get_epsilon(delta, eps_error=0.01 if eps_error is None else eps_error))
-    import warnings
-
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # PRV sizes its domain with RDP, which warns about its alpha grid
         warnings.simplefilter("ignore")
+        if accountant == "prv":
+            return float(acc.get_epsilon(delta, eps_error=0.01 if eps_error is None else eps_error))
         return float(acc.get_epsilon(delta))
 
 
