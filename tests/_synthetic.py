@@ -9,8 +9,13 @@ Once the report simulator is merged, tests switch to it by changing :func:`make_
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from privrad.data.base import ReportDataset
+
+# One thread for the tests: tiny models gain nothing from two, and on a shared 2-core machine two
+# OpenMP threads busy-wait for each other (a tiny-bert run measured 0.5 s vs 12.8 s under load).
+torch.set_num_threads(1)
 
 CHEXPERT = (
     "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture",

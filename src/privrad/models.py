@@ -10,7 +10,8 @@ vocabulary):
 ==============  =====================  ==========================================================
 short name      stands in for          what it is
 ==============  =====================  ==========================================================
-minilm-l6       bert-medium            MiniLM-L6-H384, all 6 pretrained layers (22.8M params).
+minilm-l6       bert-medium            MiniLM-L6-H384, all 6 pretrained layers (22.8M params;
+                                       pooler set to identity, see _identity_pooler).
                                        BERT-medium is 8 × 512; MiniLM is the closest pretrained
                                        BERT we have offline.
 minilm-l3       bert-small             MiniLM's embeddings and its first 3 pretrained layers
@@ -65,6 +66,11 @@ class ModelSpec:
         family: ``"bert"`` or ``"albert"``: decides the LoRA targets and the Opacus path
             (ALBERT reuses one layer, so per-sample gradients are summed over its uses).
         lora_targets: default LoRA target modules (attention query and value, as in the paper).
+        head_modules: modules trained in full under LoRA (peft ``modules_to_save``): the
+            classification head, i.e. the classifier *and* the pooler in front of it. MiniLM's
+            pooler was never trained (see :func:`_identity_pooler`); with it frozen the LoRA
+            model barely learns in a short run (test AUROC 0.50 vs 0.86 after 35 steps on the
+            synthetic reports), so the pooler is treated as part of the head for every model.
         max_length: maximum sequence length the position embeddings allow.
         pretrained: whether the weights are pretrained (False: random init from a config).
         stands_in_for: the paper model an offline stand-in replaces, if any.
@@ -77,6 +83,7 @@ class ModelSpec:
     lora_targets: tuple[str, ...] = ("query", "value")
     max_length: int = 512
     pretrained: bool = True
+    head_modules: tuple[str, ...] = ("classifier", "pooler")
     stands_in_for: str | None = None
     description: str = ""
     builder: Callable[..., object] | None = field(default=None, repr=False, compare=False)
@@ -109,12 +116,35 @@ def _build_from_config(config_fn):
     return build
 
 
-def _build_minilm_l3(num_labels: int):
+def _identity_pooler(dense) -> None:
+    """Set a BERT pooler's dense layer to the identity.
+
+    all-MiniLM-L6-v2 was trained with mean pooling: its BERT pooler was never trained (weights
+    of std 0.009), so ``tanh(W · h_CLS)`` is nearly constant across reports and a classifier on
+    top of it learns almost nothing in a short fine-tuning. With ``W = I`` the pooler passes
+    ``tanh(h_CLS)`` on; a linear probe on MiniLM's [CLS] state reaches AUROC ≈ 0.9 on simulated
+    reports. The pooler stays frozen under LoRA, as in the paper's setup.
+    """
+    import torch
+
+    with torch.no_grad():
+        dense.weight.copy_(torch.eye(dense.weight.shape[0], dtype=dense.weight.dtype))
+        dense.bias.zero_()
+
+
+def _build_minilm(num_labels: int, *, num_hidden_layers: int = 6):
     from transformers import AutoModelForSequenceClassification
 
-    return AutoModelForSequenceClassification.from_pretrained(
-        minilm_path(), num_hidden_layers=3, num_labels=num_labels, problem_type="multi_label_classification"
+    model = AutoModelForSequenceClassification.from_pretrained(
+        minilm_path(), num_hidden_layers=num_hidden_layers, num_labels=num_labels,
+        problem_type="multi_label_classification",
     )
+    _identity_pooler(model.bert.pooler.dense)
+    return model
+
+
+def _build_minilm_l3(num_labels: int):
+    return _build_minilm(num_labels, num_hidden_layers=3)
 
 
 _BERT_TO_ALBERT_LAYER = {
@@ -158,8 +188,8 @@ def _build_minilm_albert(num_labels: int, *, uses: int = 3, source_layer: int = 
     for b, a in _BERT_TO_ALBERT_LAYER.items():
         for p in ("weight", "bias"):
             new[prefix + f"{a}.{p}"] = src[f"encoder.layer.{source_layer}.{b}.{p}"]
-    new["albert.pooler.weight"] = src["pooler.dense.weight"]
-    new["albert.pooler.bias"] = src["pooler.dense.bias"]
+    new["albert.pooler.weight"] = torch.eye(h)  # see _identity_pooler
+    new["albert.pooler.bias"] = torch.zeros(h)
     missing, unexpected = model.load_state_dict(new, strict=False)
     assert not unexpected and set(missing) <= {"classifier.weight", "classifier.bias"}, missing
     return model
@@ -173,7 +203,7 @@ def _registry() -> dict[str, ModelSpec]:
             ModelSpec("bert-small", "prajjwal1/bert-small", "bert", description="BERT-small (4 × 512), the paper's model; needs the hub"),
             ModelSpec("bert-medium", "prajjwal1/bert-medium", "bert", description="BERT-medium (8 × 512), the paper's model; needs the hub"),
             ModelSpec("albert-base", "albert/albert-base-v2", "albert", description="ALBERT-base-v2 (12 uses of one 768 layer), the paper's model; needs the hub"),
-            ModelSpec("minilm-l6", minilm, "bert", stands_in_for="bert-medium",
+            ModelSpec("minilm-l6", minilm, "bert", stands_in_for="bert-medium", builder=_build_minilm,
                       description="pretrained MiniLM-L6-H384 (offline); stands in for BERT-medium"),
             ModelSpec("minilm-l3", minilm, "bert", stands_in_for="bert-small", builder=_build_minilm_l3,
                       description="MiniLM's first 3 pretrained layers (offline); stands in for BERT-small"),
@@ -217,7 +247,7 @@ def get_model_spec(name: str) -> ModelSpec:
 
 
 @contextlib.contextmanager
-def _quiet_transformers():
+def quiet_transformers():
     """Silence load reports (e.g. 'classifier newly initialised'): expected for fine-tuning."""
     from transformers.utils import logging as hf_logging
 
@@ -233,9 +263,10 @@ def _quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
-def _unreachable(name: str, exc: Exception) -> ConfigError:
+def _unreachable(name: str, exc: Exception, source: str | None = None) -> ConfigError:
+    where = f" from {source!r}" if source and source != name else ""
     return ConfigError(
-        f"cannot load model {name!r} ({type(exc).__name__}): the Hugging Face hub is not reachable or the "
+        f"cannot load model {name!r}{where} ({type(exc).__name__}): the Hugging Face hub is not reachable or the "
         "name is wrong; use an offline model such as 'minilm-l6' or a local model folder."
     )
 
@@ -244,7 +275,7 @@ def _load_config(name: str):
     from transformers import AutoConfig
 
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             return AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as exc:
         raise _unreachable(name, exc) from None
@@ -257,10 +288,10 @@ def load_tokenizer(name: str):
 
     spec = get_model_spec(name)
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             return AutoTokenizer.from_pretrained(spec.source)
     except (OSError, ValueError) as exc:
-        raise _unreachable(name, exc) from None
+        raise _unreachable(name, exc, spec.source) from None
 
 
 def build_model(
@@ -278,7 +309,8 @@ def build_model(
     """Build a multi-label classifier ready for training (``.train()`` mode, on ``device``).
 
     ``method="lora"``: peft LoRA on ``lora_targets`` (the family's query/value by default); the
-    classification head is trainable (peft ``modules_to_save``); every other weight is frozen.
+    classification head (pooler + classifier, ``ModelSpec.head_modules``) is trainable (peft
+    ``modules_to_save``); every other weight is frozen.
     ``method="full"``: every weight is trainable.
 
     The model is moved to ``device`` *before* peft wraps it and put in train mode (models from
@@ -295,7 +327,7 @@ def build_model(
     spec = get_model_spec(name)
     if seed is not None:
         torch.manual_seed(seed)
-    with _quiet_transformers():
+    with quiet_transformers():
         if spec.builder is not None:
             model = spec.builder(num_labels)
         else:
@@ -306,7 +338,7 @@ def build_model(
                     spec.source, num_labels=num_labels, problem_type="multi_label_classification"
                 )
             except (OSError, ValueError) as exc:
-                raise _unreachable(name, exc) from None
+                raise _unreachable(name, exc, spec.source) from None
     model.to(device)
     if method == "lora":
         from peft import LoraConfig, TaskType, get_peft_model
@@ -319,8 +351,9 @@ def build_model(
                 f"LoRA target module(s) {', '.join(missing)} do not exist in model {name!r}; "
                 f"use module names of this model, e.g. {', '.join(spec.lora_targets)}."
             )
+        head = [m for m in spec.head_modules if m in names]
         cfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=lora_r, lora_alpha=lora_alpha,
-                         lora_dropout=lora_dropout, target_modules=targets)
+                         lora_dropout=lora_dropout, target_modules=targets, modules_to_save=head)
         model = get_peft_model(model, cfg)
     model.train()
     return model

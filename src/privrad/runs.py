@@ -64,7 +64,7 @@ def normalize_config(config: RunConfig | dict) -> RunConfig:
 
     cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(dict(config))
     eps = check_epsilon(cfg.epsilon)
-    if eps != cfg.epsilon:
+    if eps != cfg.epsilon or type(eps) is not type(cfg.epsilon):  # 1 and 1.0 must hash alike
         cfg = cfg.replace(epsilon=eps)
     return cfg
 
@@ -196,7 +196,7 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
     from privrad.data import load_dataset
     from privrad.data.tokenize import EncodedDataset, tokenize_dataset
     from privrad.evaluate import evaluate, thresholds_for
-    from privrad.models import build_model, count_parameters, get_model_spec, load_tokenizer
+    from privrad.models import build_model, count_parameters, get_model_spec, load_tokenizer, quiet_transformers
     from privrad.privacy import check_delta, default_delta, privacy_report
     from privrad.train import predict_proba, train
 
@@ -245,7 +245,7 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
         "run_id": rid, "config": cfg.to_dict(), "config_hash": cfg.config_hash(),
         "dataset_fingerprint": dataset.fingerprint, "label_names": list(dataset.label_names),
         "split_sizes": {s: len(d) for s, d in splits.items()}, "credentialed": bool(dataset.credentialed),
-        "model": {"name": spec.name, "source": spec.source if spec.name == cfg.model and "/" in cfg.model else spec.name,
+        "model": {"name": spec.name, "source": spec.source,
                   "family": spec.family, "stands_in_for": spec.stands_in_for, "pretrained": spec.pretrained,
                   "parameters": count_parameters(result.model)},
         "n_truncated": {s: e.encoded.n_truncated for s, e in enc.items()},
@@ -260,7 +260,8 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
         atomic_write_json(tmp / "curve.json", {"epsilon_accountant": "pld (checkpoints)", "steps": result.curve})
         np.savez(tmp / "predictions.npz", ids=np.asarray(test.ids, dtype=str), probabilities=test_probs,
                  labels=test.labels, label_mask=test.label_mask, decisions=test_probs >= th[None, :], thresholds=th)
-        result.model.save_pretrained(tmp / ("adapter" if cfg.method == "lora" else "model"))
+        with quiet_transformers():
+            result.model.save_pretrained(tmp / ("adapter" if cfg.method == "lora" else "model"))
     return load_run(run_dir)
 
 
@@ -309,6 +310,7 @@ def register_cli(subparsers) -> None:
                    help="any other RunConfig field, e.g. --set lora_r=16 (repeatable)")
     p.add_argument("--out", help="the run folder (default: RESULTS_DIR/<run id>)")
     p.add_argument("--results-dir", default="results", help="parent of run folders (default: results)")
+    p.add_argument("--cache-dir", default="data/cache", help="tokenized-report cache (default: data/cache)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cli_run)
 
@@ -332,7 +334,8 @@ def _cli_run(args) -> int:
             fields[key] = getattr(args, flag)
     if args.epsilon is not None:
         fields["epsilon"] = _parse_epsilon(args.epsilon)
-    res = run(RunConfig.from_dict(fields), run_dir=args.out, results_dir=args.results_dir, progress=not args.quiet)
+    res = run(RunConfig.from_dict(fields), run_dir=args.out, results_dir=args.results_dir, progress=not args.quiet,
+              cache_dir=args.cache_dir)
     m, pr = res.metrics, res.privacy
     eps = "∞" if pr.get("epsilon") is None else f"{pr['epsilon']:.3g} (target {pr['target_epsilon']:g}, δ={pr['delta']:.2g})"
     print(f"{res.run_dir}\nweighted F1 {m['weighted_f1']:.4f}  macro F1 {m['macro_f1']:.4f}  ε spent {eps}")

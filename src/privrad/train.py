@@ -25,9 +25,9 @@ micro-batch split, with gradients accumulated and averaged over the logical batc
 
 from __future__ import annotations
 
-import math
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +40,8 @@ from privrad.data.tokenize import EncodedDataset, collate
 from privrad.errors import ConfigError
 from privrad.privacy import calibrate_noise_multiplier, epsilon_from_history
 
-GRAD_SAMPLE_MODES = ("hooks", "functorch")
+GRAD_SAMPLE_MODES = ("hooks",)  # exact for LoRA on BERT and ALBERT; faster modes: see issue 5
+
 CURVE_EPSILON_POINTS = 10  # steps at which the curve records ε spent (PLD; the last one is exact PRV in privacy.json)
 
 
@@ -164,12 +165,14 @@ def train(model, data: EncodedDataset, cfg: RunConfig, *, delta: float | None = 
         loss_sum = 0.0
         for k, chunk in enumerate(chunks):
             batch = _batch(data, chunk)
-            logits = net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = _forward(net, batch, cfg)
             losses = example_losses(logits, batch)
             loss_sum += float(losses.detach().sum())
             if cfg.private:  # mean over the chunk; Opacus rescales to per-sample and divides by batch_size
                 optimizer.signal_skip_step(do_skip=k < len(chunks) - 1)
-                losses.mean().backward()
+                with warnings.catch_warnings():  # Opacus' hooks on modules after frozen embeddings: harmless
+                    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                    losses.mean().backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             else:
@@ -199,6 +202,16 @@ def train(model, data: EncodedDataset, cfg: RunConfig, *, delta: float | None = 
                        info={"empty_batches": sum(r["batch_size"] == 0 for r in curve)})
 
 
+def _forward(net, batch: dict, cfg: RunConfig) -> torch.Tensor:
+    kw = {}
+    if cfg.private and cfg.method == "full":
+        # transformers broadcasts one row of position ids over the batch; the position embedding
+        # then sees a batch of 1 and Opacus cannot split its gradient per report. Give one row each.
+        b, w = batch["input_ids"].shape
+        kw["position_ids"] = torch.arange(w).expand(b, w)
+    return net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kw).logits
+
+
 def _check_first_step(model, before: dict[str, torch.Tensor]) -> None:
     """Fail loudly if training silently updates nothing, or touches a frozen weight."""
     changed = [n for n, p in model.named_parameters() if n in before and not torch.equal(p.detach(), before[n])]
@@ -221,8 +234,4 @@ def predict_proba(model, data: EncodedDataset, *, batch_size: int = 64) -> np.nd
     return out
 
 
-def describe_steps(total: int, n: int, batch_size: int) -> str:  # pragma: no cover - narration helper
-    return f"{total} steps of expected batch {batch_size} over {n} reports ({total * batch_size / n:.2f} epochs)"
-
-
-__all__ = ["TrainResult", "train", "predict_proba", "planned_steps", "example_losses", "seed_everything", "math"]
+__all__ = ["TrainResult", "train", "predict_proba", "planned_steps", "example_losses", "seed_everything"]

@@ -51,13 +51,21 @@ class Encoded:
 
 def tokenizer_identity(tokenizer) -> str:
     """A short hash naming a tokenizer by what decides its output (class, vocabulary, specials)."""
+    cached = getattr(tokenizer, "_privrad_identity", None)
+    if cached is not None:
+        return cached
     h = hashlib.sha256()
     h.update(type(tokenizer).__name__.encode())
     vocab = tokenizer.get_vocab()
     h.update(json.dumps(sorted(vocab.items())).encode())
     h.update(json.dumps(tokenizer.all_special_tokens).encode())
     h.update(str(getattr(tokenizer, "do_lower_case", "")).encode())
-    return h.hexdigest()[:16]
+    ident = h.hexdigest()[:16]
+    try:  # tokenizers are immutable in use: remember the hash on the object
+        tokenizer._privrad_identity = ident
+    except AttributeError:  # pragma: no cover
+        pass
+    return ident
 
 
 def tokenize_dataset(dataset, tokenizer, *, max_length: int, cache_dir: str | Path | None = None) -> Encoded:
