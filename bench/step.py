@@ -83,9 +83,8 @@ class Stepper:
         self.private, self.mode, self.device = spec["private"], spec["mode"], device
         self.batch, self.physical, self.model = batch, physical, model
         # DP full fine-tuning trains the position embeddings, whose input (position_ids) has batch
-        # size 1 unless given explicitly; Opacus then fails ("stack expects each tensor to be equal
-        # size"). privrad.train passes no position_ids, so DP full fine-tuning of BERT/ALBERT fails
-        # there today; the bench passes expanded position_ids (same maths) to time it.
+        # size 1 unless given explicitly, and Opacus then fails ("stack expects each tensor to be
+        # equal size"): like privrad.train._forward, pass one row of position ids per report.
         self.full_private = self.private and spec["method"] == "full"
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=lr)
