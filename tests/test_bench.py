@@ -88,3 +88,18 @@ def test_gpu_script_dry_run_on_cpu(tmp_path):
     grid = out["grid"]
     assert len(grid["rows"]) == 4 and grid["total_s"] > 0 and all(r["runs"] == 18 for r in grid["rows"])
     assert "paper grid estimate" in p.stdout and "total ≈" in p.stdout
+
+
+def test_cached_noise_multiplier_is_the_fresh_answer_and_never_trusts_a_bad_entry(tmp_path):
+    import json
+
+    from privrad.privacy import CALIBRATION_RTOL, cached_noise_multiplier, compute_epsilon
+
+    args = (1.0, 1e-5, 0.05, 60)
+    fresh = cached_noise_multiplier(*args, cache_dir=str(tmp_path))  # a miss: calibrates and stores
+    assert (1 - CALIBRATION_RTOL) <= compute_epsilon(fresh, 0.05, 60, 1e-5) <= 1.0
+    (entry,) = (tmp_path / "calibration").glob("*.json")
+    assert cached_noise_multiplier(*args, cache_dir=str(tmp_path)) == fresh  # from the cache, verified
+    entry.write_text(json.dumps({"noise_multiplier": 0.3}))  # a wrong entry: ε(0.3) far above the target
+    assert cached_noise_multiplier(*args, cache_dir=str(tmp_path)) == fresh
+    assert json.loads(entry.read_text())["noise_multiplier"] == fresh  # repaired

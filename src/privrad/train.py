@@ -38,7 +38,7 @@ from torch.nn.functional import binary_cross_entropy_with_logits
 from privrad.config import RunConfig
 from privrad.data.tokenize import EncodedDataset, collate
 from privrad.errors import ConfigError
-from privrad.privacy import calibrate_noise_multiplier, epsilon_from_history
+from privrad.privacy import cached_noise_multiplier, epsilon_from_history
 
 GRAD_SAMPLE_MODES = ("hooks",)  # exact for LoRA on BERT and ALBERT; faster modes: see issue 5
 
@@ -148,7 +148,7 @@ def train(model, data: EncodedDataset, cfg: RunConfig, *, delta: float | None = 
         from opacus.grad_sample.utils import wrap_model
         from opacus.optimizers import get_optimizer_class
 
-        sigma = calibrate_noise_multiplier(cfg.epsilon, delta, q, total, accountant=cfg.accountant)
+        sigma = cached_noise_multiplier(cfg.epsilon, delta, q, total, accountant=cfg.accountant)
         net = wrap_model(model, grad_sample_mode=cfg.grad_sample_mode, batch_first=True, loss_reduction="mean")
         net.forbid_grad_accumulation()  # Poisson sampling: per-sample grads of two batches must never mix
         optimizer = get_optimizer_class("flat", False, cfg.grad_sample_mode)(
