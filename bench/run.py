@@ -24,11 +24,13 @@ def main(argv=None) -> int:
     ap.add_argument("--with-study", action="store_true")
     args = ap.parse_args(argv)
     tiny = ["--tiny"] if args.tiny else []
+    sfx = "-tiny" if args.tiny else ""  # a tiny check never overwrites measured figures
+    out = lambda name: ["--out", str(HERE / "out" / f"{name}{sfx}.json")]  # noqa: E731
     steps = [
-        ["step.py", *tiny],
-        ["step.py", "--interleave", "--methods", "lora", "dp-lora", "dp-lora-ghost", "--out",
-         str(HERE / "out" / "step-interleaved.json"), *(tiny or ["--repeats", "5"])],
-        ["scaling.py", *tiny],
+        ["step.py", *tiny, *out("step")],
+        ["step.py", "--interleave", "--methods", "lora", "dp-lora", "dp-lora-ghost", *out("step-interleaved"),
+         *(tiny or ["--repeats", "5"])],
+        ["scaling.py", *tiny, *out("scaling")],
     ]
     if args.with_study:
         steps.append(["study.py", "--profile", "smoke"])
