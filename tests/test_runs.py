@@ -3,6 +3,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 
 from privrad.config import RunConfig
 from privrad.errors import ConfigError, DataError, PrivacyError
@@ -36,6 +37,7 @@ def test_run_folder_contents(first_run, ds):
     info = json.loads((res.run_dir / "config.json").read_text())
     assert info["dataset_fingerprint"] == ds.fingerprint and info["label_names"] == list(ds.label_names)
     assert info["privrad_version"] and "opacus" in info["versions"]
+    assert info["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     p = res.privacy
     assert 0.97 * 2.0 <= p["epsilon"] <= 2.0 and p["cross_check"]["agrees"]
     assert p["delta"] == 1e-5 and p["steps"] == p["planned_steps"] and p["sample_rate"] == 16 / 84
@@ -143,3 +145,10 @@ def test_cli_run_non_private(tmp_path, capsys, monkeypatch):
 def test_unsupported_grad_sample_mode_is_refused(ds, tmp_path):
     with pytest.raises(ConfigError, match="grad_sample_mode 'ghost' is not supported; use one of hooks"):
         run({**TINY, "grad_sample_mode": "ghost"}, results_dir=tmp_path, dataset=ds, progress=False)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_asking_for_a_gpu_without_one_is_refused_before_anything_is_written(ds, tmp_path):
+    with pytest.raises(ConfigError, match="torch sees no GPU"):
+        run(TINY, results_dir=tmp_path, dataset=ds, progress=False, device="cuda")
+    assert list(tmp_path.iterdir()) == []

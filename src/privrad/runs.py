@@ -185,13 +185,27 @@ def load_run(run_dir: str | Path) -> RunResult:
                      read("privacy.json"), read("curve.json")["steps"], info)
 
 
+def _device(device: str | None) -> str:
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} was asked for but torch sees no GPU; use device 'cpu' or install a CUDA build of torch.")
+    return str(device)
+
+
 def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_dir: str | Path = "results",
-        dataset=None, progress: bool = True, cache_dir: str | Path | None = None) -> RunResult:
+        dataset=None, progress: bool = True, cache_dir: str | Path | None = None,
+        device: str | None = None) -> RunResult:
     """Train and evaluate one configuration and write its run folder (or reuse an identical one).
 
     ``dataset``: an already-loaded ReportDataset (its name must equal ``config.dataset``);
     otherwise ``load_dataset(config.dataset, config.data_dir, **config.dataset_options)``.
     ``run_dir`` defaults to ``results_dir/<run_id>``. ``cache_dir`` caches tokenized reports.
+    ``device``: where to train (``"cuda"``, ``"cuda:1"``, ``"cpu"``); ``None`` takes the first GPU
+    when there is one. The device is not part of the run id (it says where, not what); it is
+    recorded in ``config.json``.
     """
     from privrad.data import load_dataset
     from privrad.data.tokenize import EncodedDataset, tokenize_dataset
@@ -202,6 +216,7 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
 
     cfg = normalize_config(config)
     validate_config(cfg)
+    device = _device(device)
     if dataset is None:
         dataset = load_dataset(cfg.dataset, cfg.data_dir, **cfg.dataset_options)
     elif dataset.name != cfg.dataset:
@@ -221,7 +236,8 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
     enc = {s: EncodedDataset(tokenize_dataset(d, tok, max_length=cfg.max_length, cache_dir=cache_dir), d.labels, d.label_mask)
            for s, d in splits.items()}
     model = build_model(cfg.model, dataset.n_labels, method=cfg.method, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                        lora_dropout=cfg.lora_dropout, lora_targets=cfg.lora_targets, seed=cfg.seed)
+                        lora_dropout=cfg.lora_dropout, lora_targets=cfg.lora_targets, seed=cfg.seed,
+                        device=device)
     t_prep = time.perf_counter() - t0
     result = train(model, enc["train"], cfg, delta=delta, progress=progress)
     t1 = time.perf_counter()
@@ -249,7 +265,7 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
                   "family": spec.family, "stands_in_for": spec.stands_in_for, "pretrained": spec.pretrained,
                   "parameters": count_parameters(result.model)},
         "n_truncated": {s: e.encoded.n_truncated for s, e in enc.items()},
-        "privrad_version": __version__, "versions": library_versions(),
+        "privrad_version": __version__, "versions": library_versions(), "device": device,
         "runtime": {"prepare_s": t_prep, "train_s": result.seconds, "evaluate_s": time.perf_counter() - t1,
                     "train_steps_per_s": len(result.curve) / max(result.seconds, 1e-9)},
     }
@@ -312,6 +328,7 @@ def register_cli(subparsers) -> None:
     p.add_argument("--results-dir", default="results", help="parent of run folders (default: results)")
     p.add_argument("--cache-dir", default="data/cache", help="tokenized-report cache (default: data/cache)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--device", help="cuda, cuda:N or cpu (default: the first GPU if there is one)")
     p.set_defaults(func=_cli_run)
 
 
@@ -335,7 +352,7 @@ def _cli_run(args) -> int:
     if args.epsilon is not None:
         fields["epsilon"] = _parse_epsilon(args.epsilon)
     res = run(RunConfig.from_dict(fields), run_dir=args.out, results_dir=args.results_dir, progress=not args.quiet,
-              cache_dir=args.cache_dir)
+              cache_dir=args.cache_dir, device=args.device)
     m, pr = res.metrics, res.privacy
     eps = "∞" if pr.get("epsilon") is None else f"{pr['epsilon']:.3g} (target {pr['target_epsilon']:g}, δ={pr['delta']:.2g})"
     print(f"{res.run_dir}\nweighted F1 {m['weighted_f1']:.4f}  macro F1 {m['macro_f1']:.4f}  ε spent {eps}")

@@ -136,7 +136,8 @@ def train(model, data: EncodedDataset, cfg: RunConfig, *, delta: float | None = 
     seed_everything(cfg.seed)
     n, q = len(data), cfg.batch_size / len(data)
     total = planned_steps(n, cfg.batch_size, cfg.num_epochs)
-    data_gen = torch.Generator().manual_seed(cfg.seed)
+    data_gen = torch.Generator().manual_seed(cfg.seed)  # data order: on the CPU, identical on every device
+    device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, cfg.warmup_ratio))
@@ -153,7 +154,7 @@ def train(model, data: EncodedDataset, cfg: RunConfig, *, delta: float | None = 
         net.forbid_grad_accumulation()  # Poisson sampling: per-sample grads of two batches must never mix
         optimizer = get_optimizer_class("flat", False, cfg.grad_sample_mode)(
             optimizer, noise_multiplier=sigma, max_grad_norm=cfg.max_grad_norm, expected_batch_size=cfg.batch_size,
-            loss_reduction="mean", generator=torch.Generator().manual_seed(cfg.seed + 1))
+            loss_reduction="mean", generator=torch.Generator(device=device).manual_seed(cfg.seed + 1))
         accountant = PRVAccountant()
         optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=q))
         history = accountant.history  # the same list object: grows with every real step
@@ -164,7 +165,7 @@ def train(model, data: EncodedDataset, cfg: RunConfig, *, delta: float | None = 
         chunks = _chunks(indices, data, cfg.physical_batch_size)
         loss_sum = 0.0
         for k, chunk in enumerate(chunks):
-            batch = _batch(data, chunk)
+            batch = _to(_batch(data, chunk), device)
             logits = _forward(net, batch, cfg)
             losses = example_losses(logits, batch)
             loss_sum += float(losses.detach().sum())
@@ -208,8 +209,12 @@ def _forward(net, batch: dict, cfg: RunConfig) -> torch.Tensor:
         # transformers broadcasts one row of position ids over the batch; the position embedding
         # then sees a batch of 1 and Opacus cannot split its gradient per report. Give one row each.
         b, w = batch["input_ids"].shape
-        kw["position_ids"] = torch.arange(w).expand(b, w)
+        kw["position_ids"] = torch.arange(w, device=batch["input_ids"].device).expand(b, w)
     return net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kw).logits
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def _check_first_step(model, before: dict[str, torch.Tensor]) -> None:
@@ -226,11 +231,12 @@ def _check_first_step(model, before: dict[str, torch.Tensor]) -> None:
 def predict_proba(model, data: EncodedDataset, *, batch_size: int = 64) -> np.ndarray:
     """Sigmoid probabilities ``(n, n_labels)`` in dataset order (length-sorted batches, eval mode)."""
     model.eval()
+    device = next(model.parameters()).device
     out = np.zeros((len(data), data.labels.shape[1]), dtype=np.float32)
     for idx in data.length_sorted_batches(batch_size):
-        batch = collate([data[i] for i in idx], data.encoded.pad_token_id)
+        batch = _to(collate([data[i] for i in idx], data.encoded.pad_token_id), device)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        out[idx] = torch.sigmoid(logits.float()).numpy()
+        out[idx] = torch.sigmoid(logits.float()).cpu().numpy()
     return out
 
 
