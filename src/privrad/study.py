@@ -615,6 +615,16 @@ def _notebook_error(path: Path) -> str | None:
     return None
 
 
+_PAPERMILL_DRIVER = """
+import json, logging, sys
+import papermill
+logging.getLogger("papermill").setLevel(logging.WARNING)
+nb, out, params, kernel, cwd, timeout = sys.argv[1:7]
+papermill.execute_notebook(nb, out, parameters=json.load(open(params)), kernel_name=kernel, cwd=cwd,
+                           progress_bar=False, execution_timeout=float(timeout) if timeout else None)
+"""
+
+
 def execute_task(task: Task, env: dict[str, str] | None = None) -> Outcome:
     """Execute one run notebook with papermill in a subprocess and place the result.
 
@@ -626,10 +636,9 @@ def execute_task(task: Task, env: dict[str, str] | None = None) -> Outcome:
     staging.parent.mkdir(parents=True, exist_ok=True)
     params_file = staging.with_suffix(".params.json")
     atomic_write_json(params_file, task.parameters)
-    cmd = [sys.executable, "-m", "papermill", task.notebook, str(staging), "-f", str(params_file),
-           "-k", task.kernel, "--cwd", task.cwd, "--no-progress-bar", "--log-level", "WARNING"]
-    if task.timeout_s:
-        cmd += ["--execution-timeout", str(int(task.timeout_s))]
+    # papermill's own CLI reads parameters as YAML 1.1 (``1e-05`` would arrive as a string): pass JSON.
+    cmd = [sys.executable, "-c", _PAPERMILL_DRIVER, task.notebook, str(staging), str(params_file), task.kernel,
+           task.cwd, str(task.timeout_s or "")]
     proc = subprocess.run(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, preexec_fn=_pdeathsig if sys.platform.startswith("linux") else None)
     params_file.unlink(missing_ok=True)
@@ -819,6 +828,8 @@ def run_study(profile: Profile, *, jobs: int = 1, executor: Executor | None = No
                 if oc.status == "failed":
                     bar.write(f"privrad: run failed: {p.label} ({oc.run_id}): {oc.error}")
             bar.close()
+            with contextlib.suppress(OSError):
+                (results_dir / ".notebooks").rmdir()  # only if empty
             counts = {s: sum(1 for r in status.values() if r["status"] == s) for s in ("ok", "failed", "cached")}
             wall = round(time.time() - t0, 1)
             log.event("sweep_end", profile=profile.name, seconds=wall, **counts)
