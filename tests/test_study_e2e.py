@@ -1,0 +1,209 @@
+"""End to end: the smoke study executed with papermill and real training, then the book.
+
+One uninterrupted sweep (module fixture) is shared: re-running it, adding an ε, a forced
+failure, a SIGKILL-and-resume sweep compared with it, a refusal to mix configs or versions, and
+a book build scanned for the text of the credentialed dataset.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_ID = re.compile(r"^[0-9a-f]{8,64}$")
+
+
+def privrad(*args: str, cwd: Path = ROOT, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run([sys.executable, "-m", "privrad", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def run_dirs(results: Path) -> dict[str, Path]:
+    return {d.name: d for d in (results / "smoke").iterdir() if d.is_dir() and RUN_ID.match(d.name)}
+
+
+def events(results: Path) -> list[dict]:
+    return [json.loads(line) for line in (results / "smoke" / "study.jsonl").read_text().splitlines()]
+
+
+def metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """The smoke study, uninterrupted, with its data simulated by the sweep itself."""
+    base = tmp_path_factory.mktemp("smoke")
+    sets = ["--set", f"mimic-cxr.data_dir={base}/data/mimic-cxr", "--set", f"simulated-ct-rate.data_dir={base}/data/ct-rate"]
+    results = base / "results"
+    t0 = time.time()
+    proc = privrad("study", "run", "--profile", "smoke", "--jobs", "2", "--results", str(results), *sets)
+    seconds = time.time() - t0
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    print(f"\nsmoke study: {seconds:.1f} s\n{proc.stdout}")
+    return {"base": base, "sets": sets, "results": results, "stdout": proc.stdout, "seconds": seconds}
+
+
+def test_smoke_study_writes_complete_run_folders(smoke):
+    dirs = run_dirs(smoke["results"])
+    assert len(dirs) == 8
+    assert "8 ok, 0 failed, 0 cached" in smoke["stdout"]
+    for d in dirs.values():
+        assert {"config.json", "metrics.json", "privacy.json", "predictions.npz", "run.ipynb"} <= {p.name for p in d.iterdir()}
+        nb = json.loads((d / "run.ipynb").read_text())
+        assert any("injected-parameters" in c.get("metadata", {}).get("tags", []) for c in nb["cells"])
+        assert not any(o.get("output_type") == "error" for c in nb["cells"] for o in c.get("outputs", []))
+    log = events(smoke["results"])
+    assert [e["event"] for e in log].count("run_ok") == 8 and log[-1]["event"] == "sweep_end"
+    status = privrad("study", "status", "--profile", "smoke", "--results", str(smoke["results"]), *smoke["sets"])
+    assert status.returncode == 0 and "complete: 8" in status.stdout
+
+
+def test_rerunning_a_finished_study_runs_nothing(smoke):
+    before = {k: (d / "run.ipynb").stat().st_mtime_ns for k, d in run_dirs(smoke["results"]).items()}
+    n_events = len(events(smoke["results"]))
+    proc = privrad("study", "run", "--profile", "smoke", "--results", str(smoke["results"]), *smoke["sets"])
+    assert proc.returncode == 0 and "0 ok, 0 failed, 8 cached" in proc.stdout
+    assert {k: (d / "run.ipynb").stat().st_mtime_ns for k, d in run_dirs(smoke["results"]).items()} == before
+    assert not [e for e in events(smoke["results"])[n_events:] if e["event"] == "run_start"]
+
+
+def test_adding_an_epsilon_runs_only_the_new_point(smoke):
+    before = set(run_dirs(smoke["results"]))
+    proc = privrad("study", "run", "--profile", "smoke", "--results", str(smoke["results"]), *smoke["sets"],
+                   "--set", "dataset=mimic-cxr", "--set", "epsilon=[1,10,null]")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 ok, 0 failed, 4 cached" in proc.stdout
+    new = set(run_dirs(smoke["results"])) - before
+    assert len(new) == 1
+    cfg = json.loads((smoke["results"] / "smoke" / new.pop() / "config.json").read_text())
+    cfg = cfg.get("config", cfg)
+    assert (cfg["dataset"], cfg["model"], cfg["method"], cfg["epsilon"]) == ("mimic-cxr", "tiny-bert", "lora", 10)
+
+
+def test_a_failed_run_keeps_its_notebook_and_the_sweep_goes_on(smoke, tmp_path):
+    # `studies` exists, so it passes validation as a local model path; loading it as a model fails in training.
+    results = tmp_path / "results"
+    shutil.copytree(smoke["results"], results)
+    proc = privrad("study", "run", "--profile", "smoke", "--results", str(results), *smoke["sets"],
+                   "--set", "dataset=mimic-cxr", "--set", "model=[tiny-bert,studies]", "--set", "epsilon=[1,null]")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "0 ok, 3 failed, 4 cached" in proc.stdout
+    failed_rows = [line for line in proc.stdout.splitlines() if line.strip().startswith("failed")]
+    assert len(failed_rows) == 3 and all("studies" in line for line in failed_rows)
+    kept = list((results / "smoke" / "failed").glob("*.ipynb"))
+    assert len(kept) == 3
+    for nb_path in kept:
+        nb = json.loads(nb_path.read_text())
+        assert any(o.get("output_type") == "error" for c in nb["cells"] for o in c.get("outputs", []))
+        assert nb_path.stem[:12] in "".join(failed_rows)
+        assert not (results / "smoke" / nb_path.stem).exists()
+    log = [e for e in events(results) if e["event"] == "run_failed"]
+    assert len(log) == 3 and all(e["model"] == "studies" and e["error"] for e in log)
+
+
+def test_sigkill_mid_sweep_then_resume_gives_identical_metrics(smoke, tmp_path):
+    results = tmp_path / "results"
+    args = [sys.executable, "-m", "privrad", "study", "run", "--profile", "smoke", "--jobs", "2", "--results", str(results),
+            *smoke["sets"], "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while time.time() - t0 < 300 and proc.poll() is None:
+        if (results / "smoke").is_dir() and run_dirs(results):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the sweep finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_with = set(run_dirs(results))
+    assert 1 <= len(killed_with) < 8
+    resumed = privrad("study", "run", "--profile", "smoke", "--jobs", "2", "--results", str(results), *smoke["sets"])
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "0 failed" in resumed.stdout
+    a, b = run_dirs(smoke["results"]), run_dirs(results)
+    assert set(b) <= set(a) and len(b) == 8
+    for rid, d in b.items():
+        assert metrics(d) == metrics(a[rid]), f"run {rid} differs after kill + resume"
+    assert not list((results / "smoke").glob(".*.tmp"))
+
+
+def test_a_folder_from_another_config_or_version_is_refused(smoke, tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(smoke["results"], results)
+    victim = sorted(run_dirs(results).values())[0]
+    stored = json.loads((victim / "config.json").read_text())
+    n_events = len(events(results))
+    tampered = json.loads(json.dumps(stored))
+    (tampered.get("config", tampered))["lr"] = 0.123
+    (victim / "config.json").write_text(json.dumps(tampered))
+    proc = privrad("study", "run", "--profile", "smoke", "--results", str(results), *smoke["sets"])
+    assert proc.returncode == 2
+    assert f"run folder {results}/smoke/{victim.name} was written by a different config (differs in lr)" in proc.stderr
+    tampered = json.loads(json.dumps(stored))
+    key = "version" if "version" in tampered else "privrad_version"
+    tampered[key] = "0.0.1"
+    (victim / "config.json").write_text(json.dumps(tampered))
+    proc = privrad("study", "run", "--profile", "smoke", "--results", str(results), *smoke["sets"])
+    assert proc.returncode == 2 and "was written by privrad 0.0.1" in proc.stderr and "refusing to mix versions" in proc.stderr
+    assert not [e for e in events(results)[n_events:] if e["event"] == "run_start"]
+
+
+def _sentences(texts) -> set[str]:
+    out = set()
+    for t in texts:
+        for s in re.split(r"(?<=[.!?])\s+|\n+", t):
+            s = " ".join(s.split())
+            if len(s) >= 30:
+                out.add(s)
+    return out
+
+
+def test_book_from_the_smoke_study_shows_no_credentialed_text(smoke, tmp_path):
+    from privrad.data import load_dataset
+
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy(ROOT / name, project / name)
+    for name in ("book", "notebooks", "studies"):
+        shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("generated", ".generated.tmp"))
+    t0 = time.time()
+    proc = privrad("book", "build", "--profile", "smoke", "--results", str(smoke["results"]), cwd=project)
+    print(f"\nbook build: {time.time() - t0:.1f} s")
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    index = project / "_build" / "html" / "index.html"
+    assert index.is_file()
+    pages = list((project / "_build" / "html").rglob("*.html"))
+    runs = list((project / "_build" / "html" / "book" / "generated" / "runs").glob("*.html"))
+    assert len(runs) == len(run_dirs(smoke["results"]))
+    text = {p: " ".join(html.unescape(re.sub(r"<[^>]+>", " ", p.read_text(encoding="utf-8"))).split()) for p in pages}
+    analysis = text[project / "_build" / "html" / "book" / "generated" / "analysis.html"]
+    assert "paper: ∞" in analysis and "Friedman across ε" in analysis
+
+    mimic = load_dataset("mimic-cxr", str(smoke["base"] / "data" / "mimic-cxr"))
+    ct = load_dataset("simulated-ct-rate", str(smoke["base"] / "data" / "ct-rate"))
+    assert mimic.credentialed and not ct.credentialed
+    public = _sentences(ct.texts)
+    secret = _sentences(mimic.split("train").texts) - public
+    assert len(secret) > 50
+    leaks = [(p.name, s) for p, t in text.items() for s in secret if s in t]
+    assert not leaks, f"credentialed training text in the book: {leaks[:3]}"
+    # the scan can find report text: the public dataset's examples are in its run pages
+    shown = [s for s in _sentences(ct.split("train").texts[:2]) if any(s in t for t in text.values())]
+    assert shown
