@@ -127,3 +127,47 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
     assert proc.returncode == 2
     assert f"no completed run in {tmp_path}/empty/smoke" in proc.stderr and "privrad study run --profile smoke" in proc.stderr
     assert not (tmp_path / "empty").exists()
+
+
+def test_local_executor_gives_each_job_its_gpu_or_its_share_of_cores():
+    gpu = study.LocalExecutor(jobs=3, gpus=["0", "1"])
+    assert [gpu._env(i)["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["0", "1", "0"]
+    cpu = study.LocalExecutor(jobs=2, gpus=[])
+    assert "CUDA_VISIBLE_DEVICES" not in cpu._env(0) and int(cpu._env(0)["OMP_NUM_THREADS"]) >= 1
+
+
+def _notebook(path: Path, body: str) -> Path:
+    import nbformat
+
+    params = nbformat.v4.new_code_cell("run_dir = None\nvalue = 0")
+    params.metadata["tags"] = ["parameters"]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# t"), params, nbformat.v4.new_code_cell(body)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def _task(tmp_path: Path, notebook: Path, run_id: str, value) -> study.Task:
+    res = tmp_path / "res"
+    return study.Task(run_id=run_id, label=run_id, notebook=str(notebook),
+                      parameters={"run_dir": str(res / run_id), "value": value}, run_dir=str(res / run_id),
+                      staging=str(res / ".notebooks" / f"{run_id}.ipynb"), failed=str(res / "failed" / f"{run_id}.ipynb"),
+                      kernel="python3", cwd=str(tmp_path))
+
+
+def test_execute_task_places_the_notebook_or_keeps_the_failed_one(tmp_path):
+    """Real papermill on a tiny notebook standing for the run notebook: it writes a run folder
+    with config.json (as privrad.run does) unless its parameter makes it raise."""
+    nb = _notebook(tmp_path / "nb.ipynb", "import json, os\n"
+                   "if value == 1e-05: raise ValueError(f'value {value!r} is refused')\n"
+                   "os.makedirs(run_dir)\njson.dump({'run_id': os.path.basename(run_dir)}, open(os.path.join(run_dir, 'config.json'), 'w'))")
+    tasks = [_task(tmp_path, nb, "aaaa1111", 1e-05), _task(tmp_path, nb, "bbbb2222", 2)]
+    outcomes = {o.run_id: o for o in study.LocalExecutor(jobs=2, gpus=[]).run(tasks)}
+    ok, bad = outcomes["bbbb2222"], outcomes["aaaa1111"]
+    assert ok.status == "ok" and (tmp_path / "res" / "bbbb2222" / "run.ipynb").is_file()
+    # 1e-05 arrives as a float (papermill's own CLI would pass the string '1e-05')
+    assert bad.status == "failed" and bad.error == "ValueError: value 1e-05 is refused"
+    kept = json.loads((tmp_path / "res" / "failed" / "aaaa1111.ipynb").read_text())
+    assert any(o.get("ename") == "ValueError" for c in kept["cells"] for o in c.get("outputs", []))
+    assert not (tmp_path / "res" / "aaaa1111").exists()
+    assert not list((tmp_path / "res" / ".notebooks").glob("*.ipynb"))
