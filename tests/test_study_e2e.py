@@ -189,10 +189,13 @@ def test_book_from_the_smoke_study_shows_no_credentialed_text(smoke, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     index = project / "_build" / "html" / "index.html"
     assert index.is_file()
-    pages = list((project / "_build" / "html").rglob("*.html"))
     runs = list((project / "_build" / "html" / "book" / "generated" / "runs").glob("*.html"))
     assert len(runs) == len(run_dirs(smoke["results"]))
-    text = {p: " ".join(html.unescape(re.sub(r"<[^>]+>", " ", p.read_text(encoding="utf-8"))).split()) for p in pages}
+    # every text file of the built site: pages, their notebook sources, the search index
+    pages = [p for p in (project / "_build" / "html").rglob("*")
+             if p.is_file() and p.suffix in (".html", ".ipynb", ".js", ".txt", ".md", ".json")]
+    text = {p: " ".join(html.unescape(re.sub(r"<[^>]+>", " ", p.read_text(encoding="utf-8", errors="replace"))).replace("\\n", " ").split())
+            for p in pages}
     analysis = text[project / "_build" / "html" / "book" / "generated" / "analysis.html"]
     assert "paper: ∞" in analysis and "Friedman across ε" in analysis
 
