@@ -923,6 +923,14 @@ def _titled_copy(src: Path, dst: Path, title: str) -> None:
     atomic_write_text(dst, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
 
 
+def _execute_for_book(papermill, src: Path, dst: Path, parameters: dict[str, Any], kernel: str) -> None:
+    try:
+        papermill.execute_notebook(str(src), str(dst), parameters=parameters, kernel_name=kernel,
+                                   cwd=str(Path.cwd()), progress_bar=False)
+    except papermill.PapermillExecutionError as exc:
+        raise PrivradError(f"{src} failed ({exc.ename}: {exc.evalue}); the executed notebook with the error is {dst}, and no book was built.") from None
+
+
 def build_book(profile: Profile, *, root: Path | None = None, out=sys.stdout) -> int:
     """Collect the executed notebooks into ``book/generated/`` and build the book offline.
 
@@ -956,22 +964,15 @@ def build_book(profile: Profile, *, root: Path | None = None, out=sys.stdout) ->
         _titled_copy(rd / "run.ipynb", staging / "runs" / f"{name}-{rd.name[:8]}.ipynb", title)
     # results and statistics: the analysis notebook over the run folders
     print(f"privrad: executing the analysis notebook over {len(runs)} runs …", file=sys.stderr)
-    papermill.execute_notebook(
-        str(root / "notebooks" / "analysis.ipynb"), str(staging / "analysis.ipynb"),
-        parameters={"results_dir": str(results_dir), "profile": profile.name},
-        kernel_name=kernel, cwd=str(Path.cwd()), progress_bar=False,
-    )
+    _execute_for_book(papermill, root / "notebooks" / "analysis.ipynb", staging / "analysis.ipynb",
+                      {"results_dir": str(results_dir), "profile": profile.name}, kernel)
     # data: the datasets helper's notebook, over this profile's datasets
     data_nb = root / "notebooks" / "data.ipynb"
     if data_nb.is_file():
         print("privrad: executing the data notebook …", file=sys.stderr)
         datasets = [[d.dataset, str(_resolve(d.data_dir))] for d in profile.datasets]
         tokenizer = profile.book.get("tokenizer") or (profile.grid.get("model") or [RunConfig().model])[0]
-        papermill.execute_notebook(
-            str(data_nb), str(staging / "data.ipynb"),
-            parameters={"datasets": datasets, "tokenizer": tokenizer},
-            kernel_name=kernel, cwd=str(Path.cwd()), progress_bar=False,
-        )
+        _execute_for_book(papermill, data_nb, staging / "data.ipynb", {"datasets": datasets, "tokenizer": tokenizer}, kernel)
     else:
         atomic_write_text(staging / "data.md", "# The datasets, described\n\nThe data notebook (`notebooks/data.ipynb`) is not present in this checkout.\n")
     generated = root / GENERATED
