@@ -417,13 +417,3 @@ def seeds_note(runs: pd.DataFrame) -> str:
     return ("One seed: cells show the weighted F1 with its bootstrap 95 % interval over test reports; "
             "the spread over seeds (training randomness) is not estimated — add seeds with `--set seed=[0,1,2]`.")
 
-
-#: Which model stands in for which of the paper's models (the paper's own run as themselves).
-PAPER_MODEL = {
-    "bert-small": "BERT-small",
-    "bert-medium": "BERT-medium",
-    "albert-base": "ALBERT-base",
-    "tiny-bert": "BERT-small (offline stand-in: small BERT, random weights)",
-    "minilm-l6": "BERT-medium (offline stand-in: pretrained all-MiniLM-L6-v2)",
-    "tiny-albert": "ALBERT-base (offline stand-in: small ALBERT, random weights)",
-}

@@ -409,13 +409,14 @@ def check_values(config: RunConfig, *, where: str) -> None:
             raise ConfigError(f"{where}: {name} = {getattr(config, name)} must be > 0.")
     if config.delta is not None and not 0 < config.delta < 1:
         raise ConfigError(f"{where}: delta = {config.delta} must be in (0, 1) (or null for privrad's default).")
-    try:
-        from privrad.models import known_models
-    except ImportError:
+    try:  # the training core's own checks (model known, max_length within the model's limit, …)
+        from privrad.runs import normalize_config, validate_config
+    except ImportError:  # pragma: no cover - the training core is part of privrad
         return
-    model = config.model
-    if model not in known_models() and not Path(model).exists() and "/" not in model:
-        raise ConfigError(f"{where}: unknown model {model!r}; known models are: {', '.join(known_models())} (or a hub id or local path).")
+    try:
+        validate_config(normalize_config(config))
+    except PrivradError as exc:
+        raise type(exc)(f"{where}: {exc}") from None
 
 
 def notebook_parameters(notebook: Path) -> set[str]:
@@ -431,18 +432,27 @@ def _resolve(path: str) -> Path:
     return Path(os.path.expanduser(os.path.expandvars(path)))
 
 
+def _is_simulated(path: Path) -> bool:
+    try:
+        from privrad.data.simulate import MARKER
+    except ImportError:  # pragma: no cover
+        return False
+    return (path / MARKER).is_file()
+
+
 def prepare_data(profile: Profile, *, log: "Log | None" = None) -> None:
     """Every data folder must exist before the first run; simulated ones are made if missing."""
     for entry in profile.datasets:
         path = _resolve(entry.data_dir)
-        if path.exists():
+        if path.exists() and not (entry.simulate and _is_simulated(path)):
             continue
-        if entry.simulate:
+        if entry.simulate:  # missing, or simulator output: simulate() returns at once if it matches
             from privrad.data.simulate import simulate
 
             kind = entry.simulate.get("kind", entry.dataset.replace("simulated-", ""))
             n, seed = int(entry.simulate.get("n", 1000)), int(entry.simulate.get("seed", 0))
-            print(f"privrad: simulating {kind} (n={n}, seed={seed}) into {path} …", file=sys.stderr)
+            if not path.exists():
+                print(f"privrad: simulating {kind} (n={n}, seed={seed}) into {path} …", file=sys.stderr)
             t0 = time.time()
             simulate(kind, path, n=n, seed=seed)
             if log:
@@ -858,12 +868,17 @@ def summary_table(pl: Plan, status: dict[str, dict[str, Any]]) -> str:
     if not rows:
         return "(no runs)"
     df = pd.DataFrame(rows)[["status", "run_id", "dataset", "model", "method", "epsilon", "seed", "seconds", "error"]]
-    df["run_id"] = df["run_id"].str[:12]
+    df["run_id"] = df["run_id"].map(_short_id)
     df["error"] = df["error"].fillna("")
     order = {"failed": 0, "ok": 1, "cached": 2}
     df = df.sort_values("status", key=lambda s: s.map(order), kind="stable")
     with pd.option_context("display.width", 200, "display.max_colwidth", 80, "display.max_rows", 1000):
         return df.to_string(index=False)
+
+
+def _short_id(run_id: str) -> str:
+    """The hash part of a run id (the rest is in the table's other columns)."""
+    return run_id.rsplit("__", 1)[-1][:12]
 
 
 def study_status(profile: Profile, out=sys.stdout) -> int:
@@ -884,7 +899,7 @@ def study_status(profile: Profile, out=sys.stdout) -> int:
         else:
             r["status"] = "missing"
     df = pd.DataFrame(rows)[["status", "run_id", "dataset", "model", "method", "epsilon", "seed"]]
-    df["run_id"] = df["run_id"].str[:12]
+    df["run_id"] = df["run_id"].map(_short_id)
     print(df.to_string(index=False), file=out)
     print(", ".join(f"{k}: {v}" for k, v in df["status"].value_counts().items()), file=out)
     return 0
@@ -960,8 +975,7 @@ def build_book(profile: Profile, *, root: Path | None = None, out=sys.stdout) ->
         cfg = _stored_config(rd)
         c = cfg.get("config", cfg)
         title = f"{c['dataset']} · {c['model']} · {c['method']} · ε = {epsilon_label(c.get('epsilon'))} · seed {c['seed']}"
-        name = _slug(f"{c['dataset']}-{c['model']}-{c['method']}-eps-{epsilon_label(c.get('epsilon')).replace('∞', 'inf')}-seed-{c['seed']}")
-        _titled_copy(rd / "run.ipynb", staging / "runs" / f"{name}-{rd.name[:8]}.ipynb", title)
+        _titled_copy(rd / "run.ipynb", staging / "runs" / f"{_slug(rd.name)}.ipynb", title)
     # results and statistics: the analysis notebook over the run folders
     print(f"privrad: executing the analysis notebook over {len(runs)} runs …", file=sys.stderr)
     _execute_for_book(papermill, root / "notebooks" / "analysis.ipynb", staging / "analysis.ipynb",
