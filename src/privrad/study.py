@@ -847,7 +847,7 @@ def run_study(profile: Profile, *, jobs: int = 1, executor: Executor | None = No
             print(f"{profile.name}: {counts['ok']} ok, {counts['failed']} failed, {counts['cached']} cached "
                   f"in {wall:.1f} s — results in {results_dir}", file=out)
             if counts["failed"]:
-                print(f"failed notebooks (with their errors) are in {results_dir / 'failed'}", file=out)
+                print(f"the executed notebooks of the failed runs, with their errors, are in {results_dir / 'failed'}", file=out)
             return 1 if counts["failed"] else 0
         finally:
             log.close()
