@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -187,7 +188,16 @@ def get_dataset_spec(name: str) -> DatasetSpec:
 
 def load_dataset(name: str, path, **options: Any) -> ReportDataset:
     """Load dataset ``name`` from ``path`` (a download folder or file) with loader options."""
-    return get_dataset_spec(name).loader(path, **options)
+    spec = get_dataset_spec(name)
+    params = list(inspect.signature(spec.loader).parameters.values())
+    if not any(p.kind is p.VAR_KEYWORD for p in params):
+        known = [p.name for p in params[1:]]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"dataset {name!r} has no option {unknown[0]!r}; its options are: {', '.join(known)}."
+            )
+    return spec.loader(path, **options)
 
 
 def _ensure_loaded() -> None:

