@@ -986,7 +986,9 @@ def build_book(profile: Profile, *, root: Path | None = None, out=sys.stdout) ->
         print("privrad: executing the data notebook …", file=sys.stderr)
         datasets = [[d.dataset, str(_resolve(d.data_dir))] for d in profile.datasets]
         tokenizer = profile.book.get("tokenizer") or (profile.grid.get("model") or [RunConfig().model])[0]
-        _execute_for_book(papermill, data_nb, staging / "data.ipynb", {"datasets": datasets, "tokenizer": tokenizer}, kernel)
+        options = {d.dataset: d.dataset_options for d in profile.datasets if d.dataset_options}
+        _execute_for_book(papermill, data_nb, staging / "data.ipynb",
+                          {"datasets": datasets, "dataset_options": options, "tokenizer": tokenizer}, kernel)
     else:
         atomic_write_text(staging / "data.md", "# The datasets, described\n\nThe data notebook (`notebooks/data.ipynb`) is not present in this checkout.\n")
     generated = root / GENERATED
