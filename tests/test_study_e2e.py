@@ -212,3 +212,24 @@ def test_book_from_the_smoke_study_shows_no_credentialed_text(smoke, tmp_path):
     # the scan can find report text: the public dataset's examples are in its run pages
     shown = [s for s in _sentences(ct.split("train").texts[:2]) if any(s in t for t in text.values())]
     assert shown
+
+
+def test_the_readme_papermill_command_runs_one_notebook_by_hand(smoke, tmp_path):
+    """The README's `papermill notebooks/run.ipynb …` command, verbatim, in a folder laid out
+    like a checkout after `make book` (its data folder holds simulated MIMIC-CXR)."""
+    import shlex
+
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"```bash\n(\S*papermill notebooks/run\.ipynb .*?)\n```", readme, flags=re.S).group(1)
+    argv = shlex.split(block.replace("\\\n", " "))
+    assert argv[0].endswith("papermill")
+    (tmp_path / "data" / "simulated").mkdir(parents=True)
+    (tmp_path / "data" / "simulated" / "mimic-cxr").symlink_to(smoke["base"] / "data" / "mimic-cxr")
+    (tmp_path / "notebooks").symlink_to(ROOT / "notebooks")
+    proc = subprocess.run([sys.executable, "-m", "papermill", *argv[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads((tmp_path / argv[2]).read_text())
+    assert not any(o.get("output_type") == "error" for c in out["cells"] for o in c.get("outputs", []))
+    run_dir = tmp_path / argv[argv.index("run_dir") + 1]
+    cfg = json.loads((run_dir / "config.json").read_text())["config"]
+    assert cfg["epsilon"] == 0.5 and cfg["dataset"] == "simulated-mimic-cxr"
