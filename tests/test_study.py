@@ -171,3 +171,10 @@ def test_execute_task_places_the_notebook_or_keeps_the_failed_one(tmp_path):
     assert any(o.get("ename") == "ValueError" for c in kept["cells"] for o in c.get("outputs", []))
     assert not (tmp_path / "res" / "aaaa1111").exists()
     assert not list((tmp_path / "res" / ".notebooks").glob("*.ipynb"))
+
+
+def test_an_unknown_model_is_refused_before_anything_runs_listing_the_known_ones():
+    pts = study.expand(study.load_profile("smoke", root=ROOT, sets=["model=[tiny-bert,bert-tiny]"]))
+    bad = next(p for p in pts if p.config.model == "bert-tiny")
+    with pytest.raises(ConfigError, match=r"unknown model 'bert-tiny'.*tiny-bert"):
+        study.check_values(bad.config, where=bad.label)
