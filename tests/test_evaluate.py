@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+from privrad.errors import ConfigError
+from privrad.evaluate import evaluate, thresholds_for, tune_thresholds, weighted_f1
+
+
+def _data(n=200, k=4, seed=0):
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, k)) < [0.1, 0.3, 0.5, 0.2]).astype(np.float32)
+    p = np.clip(y * 0.3 + rng.random((n, k)) * 0.7, 0, 1)
+    return y, p
+
+
+def test_weighted_f1_is_sklearns_when_nothing_is_masked():
+    y, p = _data()
+    d = p >= 0.5
+    mask = np.ones_like(y, bool)
+    assert weighted_f1(y, d, mask) == pytest.approx(f1_score(y, d, average="weighted", zero_division=0))
+    m = evaluate(p, y, mask, list("abcd"), n_bootstrap=200)
+    assert m["weighted_f1"] == pytest.approx(f1_score(y, d, average="weighted", zero_division=0))
+    assert m["micro_f1"] == pytest.approx(f1_score(y, d, average="micro", zero_division=0))
+    assert m["macro_f1"] == pytest.approx(f1_score(y, d, average="macro", zero_division=0))
+    lo, hi = m["weighted_f1_ci95"]
+    assert lo <= m["weighted_f1"] <= hi and hi - lo > 0
+    assert m["all_negative_weighted_f1"] == 0.0
+    assert [r["support"] for r in m["per_label"]] == y.sum(0).astype(int).tolist()
+
+
+def test_masked_entries_are_ignored_everywhere():
+    y, p = _data()
+    mask = np.ones_like(y, bool)
+    mask[::3, 1] = False
+    a = evaluate(p, y, mask, list("abcd"), n_bootstrap=50)
+    y2, p2 = y.copy(), p.copy()
+    y2[~mask] = 1 - y2[~mask]
+    p2[~mask] = 1 - p2[~mask]
+    b = evaluate(p2, y2, mask, list("abcd"), n_bootstrap=50)
+    assert a == b
+    assert a["per_label"][1]["n_observed"] == int(mask[:, 1].sum())
+
+
+def test_auroc_undefined_without_both_classes():
+    y, p = _data()
+    y[:, 0] = 0
+    m = evaluate(p, y, np.ones_like(y, bool), list("abcd"), n_bootstrap=0)
+    assert m["per_label"][0]["auroc"] is None and m["per_label"][1]["auroc"] is not None
+
+
+def test_tuned_thresholds_fit_the_data_they_see():
+    y, p = _data()
+    th = tune_thresholds(p, y, np.ones_like(y, bool))
+    assert th.shape == (4,) and not np.allclose(th, 0.5)
+    fixed = evaluate(p, y, np.ones_like(y, bool), list("abcd"), thresholds=0.5, n_bootstrap=0)
+    tuned = evaluate(p, y, np.ones_like(y, bool), list("abcd"), thresholds=th, n_bootstrap=0)
+    assert tuned["weighted_f1"] >= fixed["weighted_f1"]
+    assert np.allclose(thresholds_for("fixed", p, y, np.ones_like(y, bool)), 0.5)
+    with pytest.raises(ConfigError, match="threshold"):
+        thresholds_for("best", p, y, np.ones_like(y, bool))
