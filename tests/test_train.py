@@ -68,10 +68,12 @@ def test_non_private_training_is_deterministic_and_learns_on_train():
 
 
 def learning_dataset(tmp_path):
-    """MIMIC-CXR-like reports for the learning test (switch to the simulator with the line below)."""
-    # from privrad.data.simulate import simulate; from privrad.data import load_dataset
-    # simulate("mimic-cxr", tmp_path, n=400, seed=0); return load_dataset("simulated-mimic-cxr", tmp_path)
-    return make_dataset(400, seed=0)
+    """Simulated MIMIC-CXR reports, written in the real layout and read back by the real loader."""
+    from privrad.data import load_dataset
+    from privrad.data.simulate import simulate
+
+    simulate("mimic-cxr", tmp_path / "mimic-cxr", n=400, seed=0)
+    return load_dataset("simulated-mimic-cxr", tmp_path / "mimic-cxr")
 
 
 @pytest.mark.slow
