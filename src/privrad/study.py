@@ -913,11 +913,18 @@ GENERATED = Path("book") / "generated"
 
 
 def completed_runs(results_dir: Path) -> list[Path]:
-    """Run folders holding both ``config.json`` and the executed ``run.ipynb``."""
+    """The complete run folders (``config.json`` and the executed ``run.ipynb``) of the last
+    sweep of this results folder, as listed in its ``study.json``: folders left over from an
+    earlier grid or configuration are not mixed into the book's tables. Without a manifest,
+    every complete folder."""
     if not results_dir.is_dir():
         return []
-    return sorted(d for d in results_dir.iterdir()
-                  if d.is_dir() and not d.name.startswith(".") and (d / "run.ipynb").is_file() and (d / "config.json").is_file())
+    complete = lambda d: (d / "run.ipynb").is_file() and (d / "config.json").is_file()  # noqa: E731
+    manifest = results_dir / "study.json"
+    if manifest.is_file():
+        ids = [r["run_id"] for r in json.loads(manifest.read_text(encoding="utf-8"))["points"]]
+        return sorted(results_dir / i for i in ids if complete(results_dir / i))
+    return sorted(d for d in results_dir.iterdir() if d.is_dir() and not d.name.startswith(".") and complete(d))
 
 
 def _slug(text: str) -> str:
@@ -979,7 +986,7 @@ def build_book(profile: Profile, *, root: Path | None = None, out=sys.stdout) ->
     # results and statistics: the analysis notebook over the run folders
     print(f"privrad: executing the analysis notebook over {len(runs)} runs …", file=sys.stderr)
     _execute_for_book(papermill, root / "notebooks" / "analysis.ipynb", staging / "analysis.ipynb",
-                      {"results_dir": str(results_dir), "profile": profile.name}, kernel)
+                      {"results_dir": str(results_dir), "run_dirs": [str(rd) for rd in runs], "profile": profile.name}, kernel)
     # data: the datasets helper's notebook, over this profile's datasets
     data_nb = root / "notebooks" / "data.ipynb"
     if data_nb.is_file():
