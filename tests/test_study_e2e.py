@@ -189,6 +189,9 @@ def test_book_from_the_smoke_study_shows_no_credentialed_text(smoke, tmp_path):
     # extra ε point added by an earlier test is left out of the book
     rerun = privrad("study", "run", "--profile", "smoke", "--results", str(smoke["results"]), *smoke["sets"])
     assert rerun.returncode == 0 and "0 ok, 0 failed, 8 cached" in rerun.stdout
+    stale = project / "_build" / "html" / "book" / "generated" / "runs" / "stale-page.html"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("<p>from an earlier build</p>")
     t0 = time.time()
     proc = privrad("book", "build", "--profile", "smoke", "--results", str(smoke["results"]), cwd=project)
     print(f"\nbook build: {time.time() - t0:.1f} s")

@@ -1001,6 +1001,7 @@ def build_book(profile: Profile, *, root: Path | None = None, out=sys.stdout) ->
     generated = root / GENERATED
     shutil.rmtree(generated, ignore_errors=True)
     os.replace(staging, generated)
+    shutil.rmtree(root / "_build", ignore_errors=True)  # no page of an earlier build survives
     print("privrad: building the book …", file=sys.stderr)
     cmd = [sys.executable, "-c", "import sys; from jupyter_book.cli.main import main; sys.argv[0] = 'jupyter-book'; main()",
            "build", str(root), "--warningiserror", "--nitpick", "--keep-going", "--all"]
