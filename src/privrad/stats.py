@@ -1,0 +1,419 @@
+"""Statistics across run folders: the results table and the tests across privacy levels.
+
+Everything here reads run folders only (``config.json``, ``metrics.json``, ``privacy.json``,
+``predictions.npz``), so every number in the book can be recomputed from them.
+
+The questions and the tests that answer them (scipy throughout):
+
+* *How good is each configuration?* — per dataset × model × method × ε: the mean weighted F1
+  over seeds ± its standard deviation (training randomness; undefined with one seed) and the
+  per-run bootstrap 95 % interval over test reports (test-sampling uncertainty; averaged over
+  seeds when there are several).
+* *Does ε matter at all?* — a Friedman test across the ε levels (∞ included), blocks = model
+  × seed (:func:`scipy.stats.friedmanchisquare`). Rank-based, so the models' different levels
+  do not matter, only their ordering across ε.
+* *Which ε cost utility?* — each ε against non-private on the same blocks, a Wilcoxon
+  signed-rank test (:func:`scipy.stats.wilcoxon`), Holm-corrected over the ε levels of a
+  dataset (:func:`holm`). With n pairs the smallest two-sided exact p is 2/2ⁿ, so with three
+  models and one seed (p ≥ 0.25) it cannot reach significance: the table says so.
+* *Within one model and seed, is the difference real?* — a paired bootstrap over the same
+  test reports of weighted F1(ε) − weighted F1(∞) (:func:`paired_bootstrap`), with its 95 %
+  interval and a two-sided bootstrap p, Holm-corrected per dataset.
+* *Is there a trend?* — Spearman's ρ between log ε and weighted F1 over the private runs
+  (:func:`scipy.stats.spearmanr`), per dataset and per dataset × model.
+
+Each test row carries a ``note`` that says when a test could not be run, or cannot reach
+significance with the runs at hand (e.g. one seed), instead of leaving a silent gap.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+from scipy import stats as st
+
+from privrad.config import epsilon_label
+
+EPSILON_ORDER = (0.01, 0.1, 1.0, 10.0, math.inf)
+INF = math.inf
+
+#: Weighted F1 reported in arXiv 2506.04450 (abstract): on MIMIC-CXR, DP-LoRA at a moderate
+#: privacy budget 0.88 (up to 0.89), non-private LoRA 0.90, full fine-tuning 0.96; on CT-RATE
+#: 0.59 at a moderate budget and 0.78 non-private.
+PAPER = {
+    "MIMIC-CXR": {"paper: moderate DP": 0.88, "paper: ∞": 0.90, "paper: full": 0.96},
+    "CT-RATE": {"paper: moderate DP": 0.59, "paper: ∞": 0.78, "paper: full": None},
+}
+
+
+def dataset_family(name: str) -> str:
+    """``simulated-mimic-cxr`` and ``mimic-cxr`` → ``MIMIC-CXR`` (for the paper's numbers)."""
+    n = name.lower()
+    if "mimic" in n:
+        return "MIMIC-CXR"
+    if "ct-rate" in n or "ctrate" in n:
+        return "CT-RATE"
+    if "openi" in n or "open-i" in n:
+        return "Open-i"
+    return name
+
+
+# --------------------------------------------------------------------------------------
+# Reading run folders
+# --------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _first(d: dict[str, Any], *keys: str, default: Any = None) -> Any:
+    for k in keys:
+        if k in d and d[k] is not None:
+            return d[k]
+    return default
+
+
+def _ci(metrics: dict[str, Any]) -> tuple[float, float]:
+    ci = _first(metrics, "weighted_f1_ci", "weighted_f1_ci95", "ci")
+    if isinstance(ci, dict):
+        ci = [_first(ci, "low", "lower", "lo"), _first(ci, "high", "upper", "hi")]
+    if not ci:
+        return (math.nan, math.nan)
+    return (float(ci[0]), float(ci[1]))
+
+
+def is_run_folder(path: Path) -> bool:
+    return path.is_dir() and not path.name.startswith(".") and (path / "config.json").is_file() and (path / "metrics.json").is_file()
+
+
+def run_folders(results: str | Path | Iterable[str | Path]) -> list[Path]:
+    """Run folders under a results folder (searched two levels deep), or given directly."""
+    if isinstance(results, (str, Path)):
+        root = Path(results)
+        if is_run_folder(root):
+            return [root]
+        found = [p for p in root.glob("*") if is_run_folder(p)] + [p for p in root.glob("*/*") if is_run_folder(p)]
+        return sorted(set(found))
+    return sorted(Path(p) for p in results if is_run_folder(Path(p)))
+
+
+def load_runs(results: str | Path | Iterable[str | Path]) -> pd.DataFrame:
+    """One row per run folder: its point (dataset, model, method, ε, seed), weighted / macro /
+    micro F1 with the bootstrap CI, and its privacy report. ε = ∞ for non-private runs."""
+    rows = []
+    for rd in run_folders(results):
+        stored = _read_json(rd / "config.json")
+        cfg = stored.get("config", stored)
+        metrics = _read_json(rd / "metrics.json")
+        privacy = _read_json(rd / "privacy.json") if (rd / "privacy.json").is_file() else {}
+        eps = cfg.get("epsilon")
+        lo, hi = _ci(metrics)
+        rows.append({
+            "run_id": stored.get("run_id", rd.name),
+            "run_dir": str(rd),
+            "dataset": cfg["dataset"],
+            "family": dataset_family(cfg["dataset"]),
+            "model": cfg["model"],
+            "method": cfg.get("method", "lora"),
+            "epsilon": INF if eps is None else float(eps),
+            "epsilon_label": epsilon_label(eps),
+            "seed": int(cfg.get("seed", 0)),
+            "weighted_f1": float(_first(metrics, "weighted_f1", "f1_weighted")),
+            "macro_f1": float(_first(metrics, "macro_f1", "f1_macro", default=math.nan)),
+            "micro_f1": float(_first(metrics, "micro_f1", "f1_micro", default=math.nan)),
+            "ci_low": lo,
+            "ci_high": hi,
+            "spent_epsilon": _first(privacy, "spent_epsilon", "epsilon_spent", "epsilon"),
+            "delta": _first(privacy, "delta"),
+            "noise_multiplier": _first(privacy, "noise_multiplier", default=0.0),
+            "sample_rate": _first(privacy, "sample_rate"),
+            "steps": _first(privacy, "steps"),
+        })
+    cols = ["run_id", "run_dir", "dataset", "family", "model", "method", "epsilon", "epsilon_label", "seed",
+            "weighted_f1", "macro_f1", "micro_f1", "ci_low", "ci_high", "spent_epsilon", "delta",
+            "noise_multiplier", "sample_rate", "steps"]
+    df = pd.DataFrame(rows, columns=cols)
+    return df.sort_values(["dataset", "model", "method", "epsilon", "seed"], ignore_index=True)
+
+
+def per_label(runs: pd.DataFrame) -> pd.DataFrame:
+    """Long table of per-label F1 and support: one row per run × label."""
+    rows = []
+    for r in runs.itertuples():
+        metrics = _read_json(Path(r.run_dir) / "metrics.json")
+        pl = _first(metrics, "per_label", default={})
+        items = pl.items() if isinstance(pl, dict) else ((d.get("label"), d) for d in pl)
+        for label, d in items:
+            rows.append({"dataset": r.dataset, "model": r.model, "method": r.method, "epsilon": r.epsilon,
+                         "epsilon_label": r.epsilon_label, "seed": r.seed, "label": label,
+                         "f1": float(_first(d, "f1", default=math.nan)), "support": _first(d, "support")})
+    return pd.DataFrame(rows)
+
+
+def load_predictions(run_dir: str | Path) -> dict[str, np.ndarray]:
+    with np.load(Path(run_dir) / "predictions.npz", allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+# --------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------
+
+
+def summarize(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset × model × method × ε: seeds, mean ± sd of weighted F1 and the (seed-averaged)
+    bootstrap interval; sd is NaN with one seed (undefined, not zero)."""
+    g = runs.groupby(["dataset", "model", "method", "epsilon"], sort=True)
+    out = g.agg(n_seeds=("seed", "nunique"), mean=("weighted_f1", "mean"), sd=("weighted_f1", "std"),
+                ci_low=("ci_low", "mean"), ci_high=("ci_high", "mean"),
+                noise_multiplier=("noise_multiplier", "mean"), spent_epsilon=("spent_epsilon", "mean")).reset_index()
+    out.insert(4, "epsilon_label", [epsilon_label(None if e == INF else e) for e in out["epsilon"]])
+    return out
+
+
+def _cell(mean: float, sd: float, lo: float, hi: float) -> str:
+    if not math.isnan(sd):
+        return f"{mean:.3f} ± {sd:.3f}"
+    if not (math.isnan(lo) or math.isnan(hi)):
+        return f"{mean:.3f} [{lo:.2f}, {hi:.2f}]"
+    return f"{mean:.3f}"
+
+
+def paper_table(runs: pd.DataFrame, *, formatted: bool = True) -> pd.DataFrame:
+    """The paper's layout: rows dataset × model, columns ε = 0.01, 0.1, 1, 10, ∞ (LoRA) and
+    full fine-tuning (non-private), then the paper's reported numbers for the dataset family.
+    Cells are ``mean ± sd`` over seeds, or ``mean [bootstrap CI]`` with one seed."""
+    s = summarize(runs)
+    rows = []
+    for (dataset, model), sub in s.groupby(["dataset", "model"], sort=True):
+        row: dict[str, Any] = {"dataset": dataset, "model": model}
+        lora = sub[sub["method"] == "lora"]
+        eps_levels = sorted(set(EPSILON_ORDER) | set(lora["epsilon"]))
+        for e in eps_levels:
+            hit = lora[lora["epsilon"] == e]
+            key = f"ε={epsilon_label(None if e == INF else e)}"
+            if hit.empty:
+                row[key] = "" if formatted else math.nan
+            else:
+                h = hit.iloc[0]
+                row[key] = _cell(h["mean"], h["sd"], h["ci_low"], h["ci_high"]) if formatted else h["mean"]
+        full = sub[(sub["method"] == "full") & (sub["epsilon"] == INF)]
+        if full.empty:
+            row["full"] = "" if formatted else math.nan
+        else:
+            h = full.iloc[0]
+            row["full"] = _cell(h["mean"], h["sd"], h["ci_low"], h["ci_high"]) if formatted else h["mean"]
+        for k, v in PAPER.get(dataset_family(dataset), {}).items():
+            row[k] = ("" if v is None else f"{v:.2f}") if formatted else (math.nan if v is None else v)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------
+# Tests
+# --------------------------------------------------------------------------------------
+
+
+def holm(pvalues: Iterable[float]) -> np.ndarray:
+    """Holm–Bonferroni adjusted p-values (step-down; NaN entries are left out and kept NaN).
+    The i-th smallest of m p-values is multiplied by (m − i), made monotone, capped at 1."""
+    p = np.asarray(list(pvalues), dtype=float)
+    out = np.full_like(p, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    m = len(ok)
+    if m == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    adj = np.maximum.accumulate(p[order] * (m - np.arange(m)))
+    out[order] = np.minimum(adj, 1.0)
+    return out
+
+
+def _row(test: str, dataset: str, comparison: str, n: int, statistic: float = math.nan, p: float = math.nan,
+         effect: float = math.nan, ci_low: float = math.nan, ci_high: float = math.nan, note: str = "") -> dict[str, Any]:
+    return {"test": test, "dataset": dataset, "comparison": comparison, "n": n, "statistic": statistic,
+            "effect": effect, "ci_low": ci_low, "ci_high": ci_high, "p": p, "p_holm": math.nan, "note": note}
+
+
+def _blocks(sub: pd.DataFrame) -> pd.DataFrame:
+    """Weighted F1 pivoted to blocks (model × seed) × ε levels, LoRA runs only."""
+    lora = sub[sub["method"] == "lora"]
+    return lora.pivot_table(index=["model", "seed"], columns="epsilon", values="weighted_f1", aggfunc="mean")
+
+
+def friedman(runs: pd.DataFrame) -> list[dict[str, Any]]:
+    """Friedman test across ε levels per dataset; blocks = model × seed with every level."""
+    out = []
+    for dataset, sub in runs.groupby("dataset", sort=True):
+        wide = _blocks(sub).dropna()
+        k, n = wide.shape[1], wide.shape[0]
+        levels = ", ".join(epsilon_label(None if e == INF else e) for e in wide.columns)
+        if k < 3 or n < 2:
+            out.append(_row("Friedman across ε", dataset, f"ε ∈ {{{levels}}}", n,
+                            note=f"not run: needs ≥ 3 ε levels and ≥ 2 complete blocks (model × seed); have {k} levels, {n} blocks"))
+            continue
+        res = st.friedmanchisquare(*[wide[c].to_numpy() for c in wide.columns])
+        note = f"blocks = model × seed ({n}); chi-square approximation is rough with few blocks" if n < 10 else f"blocks = model × seed ({n})"
+        out.append(_row("Friedman across ε", dataset, f"ε ∈ {{{levels}}}", n, float(res.statistic), float(res.pvalue), note=note))
+    return out
+
+
+def paired_vs_nonprivate(runs: pd.DataFrame) -> list[dict[str, Any]]:
+    """Wilcoxon signed-rank of each ε against ε = ∞ over blocks (model × seed); Holm over the ε
+    levels within a dataset."""
+    out = []
+    for dataset, sub in runs.groupby("dataset", sort=True):
+        wide = _blocks(sub)
+        if INF not in wide.columns:
+            out.append(_row("Wilcoxon vs ∞", dataset, "each ε vs ∞", 0, note="not run: no non-private LoRA run (ε = ∞)"))
+            continue
+        rows = []
+        for e in [c for c in wide.columns if c != INF]:
+            pair = wide[[e, INF]].dropna()
+            n = len(pair)
+            d = (pair[e] - pair[INF]).to_numpy()
+            comp = f"ε={epsilon_label(e)} vs ∞"
+            if n < 2:
+                rows.append(_row("Wilcoxon vs ∞", dataset, comp, n, effect=float(d.mean()) if n else math.nan,
+                                 note="not run: needs ≥ 2 paired blocks (model × seed)"))
+                continue
+            if np.all(d == 0):
+                rows.append(_row("Wilcoxon vs ∞", dataset, comp, n, effect=0.0, p=1.0, note="all differences are zero"))
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                res = st.wilcoxon(pair[e].to_numpy(), pair[INF].to_numpy())
+            min_p = 2.0 / 2 ** n
+            note = f"median difference {np.median(d):+.3f}"
+            if min_p > 0.05:
+                note += f"; with n = {n} pairs the smallest possible p is {min_p:.3g}: cannot reach 0.05 (add seeds)"
+            rows.append(_row("Wilcoxon vs ∞", dataset, comp, n, float(res.statistic), float(res.pvalue), effect=float(np.mean(d)), note=note))
+        adj = holm([r["p"] for r in rows])
+        for r, a in zip(rows, adj):
+            r["p_holm"] = a
+        out.extend(rows)
+    return out
+
+
+def weighted_f1_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+    """Weighted F1 from per-label counts (last axis = labels): each label's F1 weighted by its
+    support (tp + fn), as scikit-learn's ``average="weighted"`` (F1 = 0 where undefined)."""
+    denom = 2 * tp + fp + fn
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(denom, dtype=float), where=denom > 0)
+    support = tp + fn
+    total = support.sum(axis=-1)
+    return np.divide((f1 * support).sum(axis=-1), total, out=np.full_like(total, np.nan, dtype=float), where=total > 0)
+
+
+def weighted_f1(labels: np.ndarray, decisions: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Weighted F1 over the unmasked entries (masked = ignored labels, as in training)."""
+    y, p = np.asarray(labels) > 0.5, np.asarray(decisions) > 0.5
+    m = np.ones_like(y, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    tp = (y & p & m).sum(0).astype(float)
+    fp = (~y & p & m).sum(0).astype(float)
+    fn = (y & ~p & m).sum(0).astype(float)
+    return float(weighted_f1_counts(tp, fp, fn))
+
+
+def paired_bootstrap(run_a: str | Path, run_b: str | Path, *, n_bootstrap: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Weighted F1(a) − weighted F1(b) on the same test reports, resampled together.
+
+    Both runs must hold predictions for the same test ids (same dataset, same split). Returns
+    the observed difference, the percentile 95 % interval and a two-sided bootstrap p
+    (twice the share of resamples on the other side of zero)."""
+    a, b = load_predictions(run_a), load_predictions(run_b)
+    if a["ids"].shape != b["ids"].shape or not np.array_equal(a["ids"], b["ids"]):
+        raise ValueError(f"{run_a} and {run_b} do not hold predictions for the same test reports")
+    y = a["labels"] > 0.5
+    m = a["label_mask"].astype(bool) if "label_mask" in a else np.ones_like(y)
+    n = len(y)
+    rng = np.random.default_rng(seed)
+    counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(n_bootstrap)]).astype(float)
+
+    def boot(dec: np.ndarray) -> tuple[float, np.ndarray]:
+        p = dec > 0.5
+        ind = [(y & p & m), (~y & p & m), (y & ~p & m)]
+        point = weighted_f1_counts(*(x.sum(0).astype(float) for x in ind))
+        resampled = weighted_f1_counts(*(counts @ x.astype(float) for x in ind))
+        return float(point), resampled
+
+    pa, ba = boot(a["decisions"])
+    pb, bb = boot(b["decisions"])
+    diff = ba - bb
+    lo, hi = np.nanpercentile(diff, [2.5, 97.5])
+    p = min(1.0, 2 * min(np.mean(diff <= 0), np.mean(diff >= 0)))
+    return {"difference": pa - pb, "ci_low": float(lo), "ci_high": float(hi), "p": float(p), "n_reports": n}
+
+
+def bootstrap_vs_nonprivate(runs: pd.DataFrame, *, n_bootstrap: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
+    """Paired bootstrap of each private LoRA run against the non-private LoRA run of the same
+    dataset, model and seed; Holm over all comparisons of a dataset."""
+    out = []
+    for dataset, sub in runs.groupby("dataset", sort=True):
+        lora = sub[sub["method"] == "lora"]
+        rows = []
+        for (model, s), grp in lora.groupby(["model", "seed"], sort=True):
+            ref = grp[grp["epsilon"] == INF]
+            for r in grp[grp["epsilon"] != INF].itertuples():
+                comp = f"{model}, seed {s}: ε={r.epsilon_label} vs ∞"
+                if ref.empty:
+                    rows.append(_row("paired bootstrap vs ∞", dataset, comp, 0, note="not run: no non-private run of this model and seed"))
+                    continue
+                try:
+                    b = paired_bootstrap(r.run_dir, ref.iloc[0]["run_dir"], n_bootstrap=n_bootstrap, seed=seed)
+                except (OSError, KeyError, ValueError) as exc:
+                    rows.append(_row("paired bootstrap vs ∞", dataset, comp, 0, note=f"not run: {exc}"))
+                    continue
+                rows.append(_row("paired bootstrap vs ∞", dataset, comp, b["n_reports"], effect=b["difference"],
+                                 ci_low=b["ci_low"], ci_high=b["ci_high"], p=b["p"],
+                                 note=f"{n_bootstrap} resamples of the test reports"))
+        adj = holm([r["p"] for r in rows])
+        for r, a in zip(rows, adj):
+            r["p_holm"] = a
+        out.extend(rows)
+    return out
+
+
+def trend(runs: pd.DataFrame) -> list[dict[str, Any]]:
+    """Spearman's ρ between log10 ε and weighted F1 over private LoRA runs, per dataset (all
+    models and seeds pooled) and per dataset × model."""
+    out = []
+    for dataset, sub in runs.groupby("dataset", sort=True):
+        priv = sub[(sub["method"] == "lora") & (sub["epsilon"] != INF)]
+        groups = [("all models", priv)] + [(m, g) for m, g in priv.groupby("model", sort=True)]
+        for who, g in groups:
+            n, k = len(g), g["epsilon"].nunique()
+            if k < 3:
+                out.append(_row("Spearman log ε ~ F1", dataset, who, n, note=f"not run: needs ≥ 3 private ε levels, have {k}"))
+                continue
+            res = st.spearmanr(np.log10(g["epsilon"].to_numpy()), g["weighted_f1"].to_numpy())
+            note = "pooled over models and seeds (model differences add noise)" if who == "all models" else ""
+            if n < 10:
+                note = (note + "; " if note else "") + f"n = {n}: p is approximate"
+            out.append(_row("Spearman log ε ~ F1", dataset, who, n, float(res.statistic), float(res.pvalue),
+                            effect=float(res.statistic), note=note))
+    return out
+
+
+def tests_table(runs: pd.DataFrame, *, n_bootstrap: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """All tests in one table (see the module docstring for what each answers)."""
+    rows = friedman(runs) + paired_vs_nonprivate(runs) + bootstrap_vs_nonprivate(runs, n_bootstrap=n_bootstrap, seed=seed) + trend(runs)
+    cols = ["test", "dataset", "comparison", "n", "statistic", "effect", "ci_low", "ci_high", "p", "p_holm", "note"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def seeds_note(runs: pd.DataFrame) -> str:
+    """One sentence on what the number of seeds allows."""
+    n = runs["seed"].nunique() if len(runs) else 0
+    if n >= 2:
+        return f"{n} seeds: cells show mean ± sd over seeds."
+    return ("One seed: cells show the weighted F1 with its bootstrap 95 % interval over test reports; "
+            "the spread over seeds (training randomness) is not estimated — add seeds with `--set seed=[0,1,2]`.")
+
