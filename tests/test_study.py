@@ -76,6 +76,9 @@ def test_set_replaces_axes_parameters_and_data_dirs():
     assert sorted((x.epsilon or 99, x.seed) for x in lora_bert) == [(0.5, 0), (0.5, 1), (1, 0), (1, 1), (99, 0), (99, 1)]
     assert {x.config.lr for x in pts} == {3e-3} and {x.config.max_length for x in pts} == {32}
     assert {x.config.data_dir for x in pts} == {"/somewhere"}
+    p = study.load_profile("smoke", root=ROOT, sets=["simulated-ct-rate.simulate.n=999", "simulated-ct-rate.data_dir=/x"])
+    entry = next(d for d in p.datasets if d.name == "simulated-ct-rate")
+    assert entry.simulate["n"] == 999 and entry.data_dir == "/x"
     with pytest.raises(ConfigError, match=r"--set epsilom: unknown key; known keys are: dataset, <dataset>.data_dir, accountant"):
         study.load_profile("smoke", root=ROOT, sets=["epsilom=1"])
     with pytest.raises(ConfigError, match=r"no dataset named 'mimic'.*its datasets are: mimic-cxr, simulated-ct-rate"):

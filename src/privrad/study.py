@@ -228,7 +228,9 @@ def apply_set(profile: Profile, assignment: str) -> None:
     * ``key`` another run parameter → it applies to every point, or becomes an axis when the
       value is a list (``--set seed=[0,1,2]``);
     * ``NAME.data_dir`` / ``NAME.<parameter>`` → for the dataset named ``NAME`` only
-      (``--set mimic-cxr.data_dir=/data/physionet/mimic-cxr``).
+      (``--set mimic-cxr.data_dir=/data/physionet/mimic-cxr``);
+    * ``NAME.simulate.n`` / ``NAME.simulate.seed`` → how a simulated dataset is generated (give it
+      a new ``NAME.data_dir`` too: an existing simulated folder is never overwritten).
     """
     if "=" not in assignment:
         raise ConfigError(f"--set {assignment!r} is not of the form key=value (e.g. --set epsilon=[1,null]).")
@@ -249,10 +251,12 @@ def apply_set(profile: Profile, assignment: str) -> None:
             entry.dataset_options = dict(value)
         elif sub.startswith("dataset_options."):
             entry.dataset_options[sub.split(".", 1)[1]] = value
+        elif sub.startswith("simulate.") and entry.simulate is not None and sub.split(".", 1)[1] in SIMULATE_KEYS:
+            entry.simulate[sub.split(".", 1)[1]] = value
         elif sub in FIELDS and sub not in DATASET_FIELDS:
             entry.params[sub] = value
         else:
-            raise ConfigError(f"--set {key}: unknown dataset setting {sub!r}; use data_dir, dataset_options.<option> or a run parameter ({_known(set(FIELDS) - set(DATASET_FIELDS))}).")
+            raise ConfigError(f"--set {key}: unknown dataset setting {sub!r}; use data_dir, dataset_options.<option>, simulate.<n|seed> (simulated datasets) or a run parameter ({_known(set(FIELDS) - set(DATASET_FIELDS))}).")
         return
     if key == "dataset":
         wanted = value if isinstance(value, list) else [value]
