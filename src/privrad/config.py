@@ -46,6 +46,8 @@ class RunConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     lora_targets: tuple[str, ...] | None = None  # None = the model family's default (query, value)
+    lora_layers: int | None = None  # LoRA in the top lora_layers layers only (BERT family); None = every layer
+    train_pooler: bool = True  # under LoRA, train the pooler with the classifier (the head), or keep it frozen
     # evaluation
     threshold: str = "tuned"  # "fixed" (0.5) | "tuned" (per label, on the validation split)
     n_bootstrap: int = 1000

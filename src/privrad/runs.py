@@ -6,7 +6,9 @@ A run folder is the contract between a run and everything downstream (statistics
 ``config.json``     the full RunConfig, run id, dataset fingerprint, label names, split sizes,
                     model description, privrad and library versions, wall times
 ``metrics.json``    weighted F1 (the paper's metric) with its bootstrap 95 % CI, macro/micro F1,
-                    AUROC, per-label P/R/F1/support/AUROC/threshold (deterministic for a seed)
+                    AUROC, per-label P/R/F1/support/AUROC/threshold (deterministic for a seed),
+                    and the learned-nothing reference ``learned_nothing_weighted_f1``
+                    (``evaluate.learned_nothing``: the text ignored, training prevalence as score)
 ``privacy.json``    target and spent ε, δ, noise multiplier, sample rate, steps, epochs,
                     n_train, accountant, PLD cross-check and RDP (see privacy.privacy_report)
 ``predictions.npz`` test split: ids, probabilities, labels, label_mask, decisions, thresholds
@@ -98,6 +100,14 @@ def validate_config(cfg: RunConfig) -> None:
     if cfg.grad_sample_mode not in GRAD_SAMPLE_MODES:
         raise ConfigError(f"grad_sample_mode {cfg.grad_sample_mode!r} is not supported; use one of {', '.join(GRAD_SAMPLE_MODES)}.")
     spec = get_model_spec(cfg.model)
+    if cfg.lora_layers is not None:
+        if isinstance(cfg.lora_layers, bool) or not isinstance(cfg.lora_layers, int) or cfg.lora_layers < 1:
+            raise ConfigError(f"lora_layers = {cfg.lora_layers!r} is invalid; give a positive number of top layers, or null for every layer.")
+        if spec.family == "albert":
+            raise ConfigError(f"lora_layers = {cfg.lora_layers} cannot apply to {cfg.model!r}: ALBERT adapts its one shared "
+                              "layer at every use; leave lora_layers unset (null) for ALBERT models.")
+    if not isinstance(cfg.train_pooler, bool):
+        raise ConfigError(f"train_pooler = {cfg.train_pooler!r} is invalid; give true or false.")
     if cfg.max_length > spec.max_length:
         raise ConfigError(f"max_length = {cfg.max_length} exceeds model {cfg.model!r}'s limit of {spec.max_length}; lower it.")
 
@@ -209,7 +219,9 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
     """
     from privrad.data import load_dataset
     from privrad.data.tokenize import EncodedDataset, tokenize_dataset
-    from privrad.evaluate import evaluate, thresholds_for
+    from privrad.evaluate import evaluate, learned_nothing, thresholds_for
+    from privrad.features import Classifier, frozen_features
+    from privrad.io import privrad_cache
     from privrad.models import build_model, count_parameters, get_model_spec, load_tokenizer, quiet_transformers
     from privrad.privacy import check_delta, default_delta, privacy_report
     from privrad.train import predict_proba, train
@@ -236,13 +248,19 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
     enc = {s: EncodedDataset(tokenize_dataset(d, tok, max_length=cfg.max_length, cache_dir=cache_dir), d.labels, d.label_mask)
            for s, d in splits.items()}
     model = build_model(cfg.model, dataset.n_labels, method=cfg.method, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                        lora_dropout=cfg.lora_dropout, lora_targets=cfg.lora_targets, seed=cfg.seed,
+                        lora_dropout=cfg.lora_dropout, lora_targets=cfg.lora_targets, lora_layers=cfg.lora_layers,
+                        train_pooler=cfg.train_pooler, seed=cfg.seed,
                         device=device)
+    net = Classifier(model)
+    if net.frozen_layers:  # LoRA in the top layers only: the frozen layers run once per report, cached
+        where = cache_dir if cache_dir is not None else privrad_cache("features")
+        for e in enc.values():
+            e.features = frozen_features(net, e.encoded, cache_dir=where)
     t_prep = time.perf_counter() - t0
-    result = train(model, enc["train"], cfg, delta=delta, progress=progress)
+    result = train(net, enc["train"], cfg, delta=delta, progress=progress)
     t1 = time.perf_counter()
-    val_probs = predict_proba(result.model, enc["validation"])
-    test_probs = predict_proba(result.model, enc["test"])
+    val_probs = predict_proba(net, enc["validation"])
+    test_probs = predict_proba(net, enc["test"])
     test, val = splits["test"], splits["validation"]
     th = thresholds_for(cfg.threshold, val_probs, val.labels, val.label_mask)
     metrics = evaluate(test_probs, test.labels, test.label_mask, dataset.label_names, thresholds=th,
@@ -250,6 +268,10 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
     metrics["weighted_f1_at_0.5"] = evaluate(test_probs, test.labels, test.label_mask, dataset.label_names,
                                              thresholds=0.5, n_bootstrap=0)["weighted_f1"]
     metrics["threshold"] = cfg.threshold
+    train_split = splits["train"]
+    metrics["learned_nothing_weighted_f1"] = learned_nothing(train_split.labels, train_split.label_mask, val.labels,
+                                                             val.label_mask, test.labels, test.label_mask,
+                                                             threshold=cfg.threshold)
     privacy = privacy_report(target_epsilon=cfg.epsilon, delta=delta, noise_multiplier=result.noise_multiplier,
                              sample_rate=result.sample_rate, history=result.history, n_train=n_train,
                              planned_steps=result.planned_steps, batch_size=cfg.batch_size,
