@@ -75,7 +75,7 @@ def test_tests_find_the_built_in_tradeoff_and_label_what_one_seed_cannot_do(tmp_
     boot = t[t["test"] == "paired bootstrap vs ∞"]
     assert len(boot) == 3 * 4
     strong = boot[boot["comparison"].str.contains("ε=0.01 vs")]
-    assert (strong["effect"] < -0.2).all() and (strong["ci_high"] < 0).all() and (strong["p_holm"] < 0.05).all()
+    assert (strong["effect"] < -0.2).all() and (strong["effect_ci95_high"] < 0).all() and (strong["p_holm"] < 0.05).all()
     assert (boot["p_holm"] >= boot["p"]).all()
     sp = t[(t["test"] == "Spearman log ε ~ F1") & (t["comparison"] != "all models")]
     assert np.allclose(sp["statistic"], 1.0)
@@ -89,9 +89,9 @@ def test_paired_bootstrap_difference_matches_metrics_and_is_zero_against_itself(
     runs = stats.load_runs(tmp_path).set_index("run_dir")
     res = stats.paired_bootstrap(a, b, n_bootstrap=300)
     assert res["difference"] == pytest.approx(runs.loc[str(a), "weighted_f1"] - runs.loc[str(b), "weighted_f1"], abs=1e-9)
-    assert res["ci_low"] < res["difference"] < res["ci_high"] < 0
+    assert res["difference_ci95_low"] < res["difference"] < res["difference_ci95_high"] < 0
     same = stats.paired_bootstrap(a, a, n_bootstrap=300)
-    assert same["difference"] == 0 and same["ci_low"] == 0 == same["ci_high"] and same["p"] == 1.0
+    assert same["difference"] == 0 and same["difference_ci95_low"] == 0 == same["difference_ci95_high"] and same["p"] == 1.0
 
 
 def test_paired_bootstrap_refuses_different_test_reports(tmp_path):

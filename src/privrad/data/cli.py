@@ -10,24 +10,6 @@ from __future__ import annotations
 
 import warnings
 
-import yaml
-
-from privrad.errors import ConfigError
-
-
-def parse_options(items: list[str] | None) -> dict:
-    """``["max_reports=100", "uncertain=positive"]`` → dict; values are read as YAML scalars/lists."""
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"dataset option {item!r} is not KEY=VALUE; write e.g. --option max_reports=1000.")
-        try:
-            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError:
-            raise ConfigError(f"dataset option {item!r} has a value that cannot be read; quote it or simplify it.") from None
-    return out
-
 
 def _simulate(args) -> int:
     from privrad.data.simulate import simulate
@@ -42,10 +24,11 @@ def _describe(args) -> int:
     from privrad.data.common import DataWarning
     from privrad.data.describe import describe, format_description
     from privrad.io import atomic_write_json
+    from privrad.profiles import parse_assignments
 
     with warnings.catch_warnings():  # the loader's summary line is printed below, once
         warnings.simplefilter("ignore", DataWarning)
-        ds = load_dataset(args.dataset, args.path, **parse_options(args.option))
+        ds = load_dataset(args.dataset, args.path, **parse_assignments(args.option, flag="--option"))
     tok = None if args.tokenizer in (None, "", "none") else args.tokenizer
     d = describe(ds, tokenizer=tok)
     print(format_description(d))
