@@ -38,6 +38,7 @@ import pandas as pd
 from scipy import stats as st
 
 from privrad.config import epsilon_label
+from privrad.evaluate import bootstrap_counts, bootstrap_weighted_f1, weighted_f1
 from privrad.runs import read_run, run_state
 
 EPSILON_ORDER = (0.01, 0.1, 1.0, 10.0, math.inf)
@@ -258,26 +259,6 @@ def paired_vs_nonprivate(runs: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
-def weighted_f1_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
-    """Weighted F1 from per-label counts (last axis = labels): each label's F1 weighted by its
-    support (tp + fn), as scikit-learn's ``average="weighted"`` (F1 = 0 where undefined)."""
-    denom = 2 * tp + fp + fn
-    f1 = np.divide(2 * tp, denom, out=np.zeros_like(denom, dtype=float), where=denom > 0)
-    support = tp + fn
-    total = support.sum(axis=-1)
-    return np.divide((f1 * support).sum(axis=-1), total, out=np.full_like(total, np.nan, dtype=float), where=total > 0)
-
-
-def weighted_f1(labels: np.ndarray, decisions: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """Weighted F1 over the unmasked entries (masked = ignored labels, as in training)."""
-    y, p = np.asarray(labels) > 0.5, np.asarray(decisions) > 0.5
-    m = np.ones_like(y, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
-    tp = (y & p & m).sum(0).astype(float)
-    fp = (~y & p & m).sum(0).astype(float)
-    fn = (y & ~p & m).sum(0).astype(float)
-    return float(weighted_f1_counts(tp, fp, fn))
-
-
 def paired_bootstrap(run_a: str | Path, run_b: str | Path, *, n_bootstrap: int = 2000, seed: int = 0) -> dict[str, float]:
     """Weighted F1(a) − weighted F1(b) on the same test reports, resampled together.
 
@@ -287,22 +268,10 @@ def paired_bootstrap(run_a: str | Path, run_b: str | Path, *, n_bootstrap: int =
     a, b = load_predictions(run_a), load_predictions(run_b)
     if a["ids"].shape != b["ids"].shape or not np.array_equal(a["ids"], b["ids"]):
         raise ValueError(f"{run_a} and {run_b} do not hold predictions for the same test reports")
-    y = a["labels"] > 0.5
-    m = a["label_mask"].astype(bool)
-    n = len(y)
-    rng = np.random.default_rng(seed)
-    counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(n_bootstrap)]).astype(float)
-
-    def boot(dec: np.ndarray) -> tuple[float, np.ndarray]:
-        p = dec > 0.5
-        ind = [(y & p & m), (~y & p & m), (y & ~p & m)]
-        point = weighted_f1_counts(*(x.sum(0).astype(float) for x in ind))
-        resampled = weighted_f1_counts(*(counts @ x.astype(float) for x in ind))
-        return float(point), resampled
-
-    pa, ba = boot(a["decisions"])
-    pb, bb = boot(b["decisions"])
-    diff = ba - bb
+    y, m, n = a["labels"], a["label_mask"], len(a["labels"])
+    counts = bootstrap_counts(n, n_bootstrap, seed)  # the same resamples for both runs: paired
+    pa, pb = weighted_f1(y, a["decisions"], m), weighted_f1(y, b["decisions"], m)
+    diff = bootstrap_weighted_f1(y, a["decisions"], m, counts) - bootstrap_weighted_f1(y, b["decisions"], m, counts)
     lo, hi = np.nanpercentile(diff, [2.5, 97.5])
     p = min(1.0, 2 * min(np.mean(diff <= 0), np.mean(diff >= 0)))
     return {"difference": pa - pb, "difference_ci95_low": float(lo), "difference_ci95_high": float(hi), "p": float(p), "n_reports": n}
