@@ -100,7 +100,7 @@ def test_describe_tables(sim):
     assert d["lengths"].loc[("all", "tokens"), "p50"] == np.percentile(lengths, 50)
     assert d["over_max_length"].loc["all", "> 128"] == int((lengths > 128).sum())
     assert lengths[0] == len(tok(ds.texts[0])["input_ids"])
-    long = prevalence_long(ds)
+    long = prevalence_long(d)
     assert set(long.columns) == {"label", "split", "prevalence"} and len(long) == 3 * ds.n_labels
 
 

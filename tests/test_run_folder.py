@@ -106,3 +106,13 @@ def test_status_and_the_book_name_the_folder_and_the_file(tmp_path, name, how):
     err = io.StringIO()
     assert book.completed_runs(results, study.read_manifest(results), out=err) == [good]
     assert err.getvalue().startswith(f"privrad: left out of the book: {bad}: {name} ")
+
+
+def test_the_books_study_facts_come_from_the_run_folders(tmp_path):
+    results = tmp_path / "results" / "smoke"
+    runs = [fabricate_run(results, epsilon=e) for e in (1.0, None)]
+    _manifest_with(tmp_path, runs)
+    text = book.study_md(study.read_manifest(results), runs)
+    assert text.startswith("Profile `smoke`: 2 complete runs.")
+    row = next(line for line in text.splitlines() if line.startswith("| simulated-mimic-cxr |"))
+    assert f"| {read_run(runs[0]).config.max_length} |" in row and "| 100 |" in row  # max_length, steps

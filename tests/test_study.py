@@ -193,3 +193,19 @@ def test_an_unknown_model_is_refused_before_anything_runs_listing_the_known_ones
 def test_a_profile_may_say_where_its_tuned_defaults_come_from(tmp_path):
     path = write_profile(tmp_path, provenance={"lr": "chosen on the validation split of simulated MIMIC-CXR"})
     assert profiles.load_profile(str(path), root=ROOT).provenance == {"lr": "chosen on the validation split of simulated MIMIC-CXR"}
+
+
+def test_the_run_notebook_declares_every_runconfig_field_with_its_default():
+    """notebooks/run.ipynb's parameters cell is RunConfig() written out: same names, same
+    defaults (a new field must be added to both), plus run_dir."""
+    import ast
+
+    import papermill
+
+    from privrad.config import FIELDS
+
+    declared = papermill.inspect_notebook(str(ROOT / "notebooks" / "run.ipynb"))
+    assert set(declared) == set(FIELDS) | {"run_dir"}
+    defaults = RunConfig().to_dict()
+    for name in FIELDS:
+        assert ast.literal_eval(declared[name]["default"]) == defaults[name], name

@@ -75,6 +75,72 @@ def _titled_copy(src: Path, dst: Path, title: str) -> None:
     atomic_write_text(dst, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
 
 
+# ----------------------------------------------------------------------------- generated facts
+# Chapters include these snippets (```{include} generated/<name>.md```): a fact the code or
+# the runs hold is never typed into the prose.
+
+
+_PAPER_WORDS = {"paper: moderate DP": "DP-LoRA at a moderate privacy budget", "paper: ∞": "non-private LoRA",
+                "paper: full": "full fine-tuning"}
+
+
+def paper_numbers_md() -> str:
+    """The paper's reported weighted F1, from :data:`privrad.stats.PAPER` (the one copy)."""
+    from privrad.stats import PAPER
+
+    parts = []
+    for dataset, numbers in PAPER.items():
+        said = [f"{v:.2f} for {_PAPER_WORDS[k]}" for k, v in numbers.items() if v is not None]
+        parts.append(f"on {dataset}, " + (", ".join(said[:-1]) + " and " + said[-1] if len(said) > 1 else said[0]))
+    return "The paper reports a weighted F1 " + "; ".join(parts) + ".\n"
+
+
+def stand_ins_md() -> str:
+    """The stand-in table, from the model registry (:mod:`privrad.models`)."""
+    from privrad.models import get_model_spec, known_models
+
+    rows = ["| paper's model | offline stand-in | what the stand-in is |", "|---|---|---|"]
+    for name in known_models():
+        spec = get_model_spec(name)
+        if spec.stands_in_for:
+            paper = get_model_spec(spec.stands_in_for)
+            rows.append(f"| `{paper.name}`: {paper.description} (`{paper.source}`) | `{spec.name}` | {spec.description} |")
+    return "\n".join(rows) + "\n"
+
+
+def study_md(manifest: dict, runs: list[Path]) -> str:
+    """What the last sweep ran, per dataset, read from its run folders (sizes, steps, lengths)."""
+    from privrad.runs import read_run
+
+    by_dataset: dict[str, list] = {}
+    for rd in runs:
+        res = read_run(rd)
+        by_dataset.setdefault(res.config.dataset, []).append(res)
+
+    def values(results, get) -> str:
+        vs = sorted({get(r) for r in results}, key=lambda v: (v is None, str(v)))
+        return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in vs) or "—"
+
+    rows = [f"Profile `{manifest['profile']}`: {len(runs)} complete runs.", "",
+            "| dataset | reports (train / validation / test) | max_length | batch_size | num_epochs | steps | lr (DP) | lr (non-private) |",
+            "|---|---|---|---|---|---|---|---|"]
+    for dataset, results in sorted(by_dataset.items()):
+        sizes = results[0].info.get("split_sizes", {})
+        private = [r for r in results if r.config.epsilon is not None]
+        public = [r for r in results if r.config.epsilon is None]
+        rows.append(f"| {dataset} | {' / '.join(str(sizes.get(s, '?')) for s in ('train', 'validation', 'test'))} | "
+                    f"{values(results, lambda r: r.config.max_length)} | {values(results, lambda r: r.config.batch_size)} | "
+                    f"{values(results, lambda r: r.config.num_epochs)} | {values(results, lambda r: r.privacy['steps'])} | "
+                    f"{values(private, lambda r: r.config.lr)} | {values(public, lambda r: r.config.lr)} |")
+    return "\n".join(rows) + "\n"
+
+
+def write_facts(folder: Path, manifest: dict, runs: list[Path]) -> None:
+    for name, text in (("paper-numbers.md", paper_numbers_md()), ("stand-ins.md", stand_ins_md()),
+                       ("study.md", study_md(manifest, runs))):
+        atomic_write_text(folder / name, text)
+
+
 def _execute(papermill, src: Path, dst: Path, parameters: dict[str, Any], kernel: str) -> None:
     try:
         papermill.execute_notebook(str(src), str(dst), parameters=parameters, kernel_name=kernel,
@@ -119,6 +185,7 @@ def build_book(results_dir: Path, *, profile_name: str, root: Path | None = None
     tokenizer = book.get("tokenizer") or configs[runs[0].name]["model"]
     _execute(papermill, root / "notebooks" / "data.ipynb", staging / "data.ipynb",
              {"datasets": datasets, "dataset_options": options, "tokenizer": tokenizer}, kernel)
+    write_facts(staging, manifest, runs)
     generated = root / GENERATED
     shutil.rmtree(generated, ignore_errors=True)
     os.replace(staging, generated)

@@ -91,6 +91,10 @@ class RunConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
+#: Every RunConfig field name, in order: the run notebook's parameters, profile keys, --set keys.
+FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
+
+
 def epsilon_label(epsilon: float | None) -> str:
     """How an epsilon is shown: ``∞`` for non-private, otherwise ``%g``."""
     return "∞" if epsilon is None else f"{epsilon:g}"

@@ -14,7 +14,6 @@ value means the same thing wherever it is typed.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import os
@@ -25,7 +24,7 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
-from privrad.config import RunConfig, epsilon_label, validate_config
+from privrad.config import FIELDS, RunConfig, epsilon_label, validate_config
 from privrad.errors import ConfigError
 
 PROFILE_KEYS = ("description", "results", "datasets", "grid", "extra", "params", "book", "kernel", "provenance")
@@ -33,7 +32,6 @@ DATASET_KEYS = ("name", "dataset", "data_dir", "dataset_options", "simulate", "p
 SIMULATE_KEYS = ("kind", "n", "seed")
 RUN_NOTEBOOK = Path("notebooks") / "run.ipynb"
 NOTEBOOK_EXTRA_PARAMETERS = ("run_dir",)  # notebook parameters that are not RunConfig fields
-FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
 DATASET_FIELDS = ("dataset", "data_dir", "dataset_options")  # set per dataset entry, not in the grid
 
 
