@@ -78,7 +78,10 @@ def prepare_data(profile: Profile, *, log: "Log | None" = None) -> None:
             if not path.exists():
                 print(f"privrad: simulating {kind} (n={n}, seed={seed}) into {path} …", file=sys.stderr)
             t0 = time.time()
-            simulate(kind, path, n=n, seed=seed)
+            try:
+                simulate(kind, path, n=n, seed=seed)
+            except ConfigError as exc:  # another simulation is already there: never overwritten
+                raise ConfigError(f"dataset {entry.name}: {exc} To keep both, pass --set {entry.name}.data_dir=<another folder>.") from None
             if log:
                 log.event("simulated", dataset=entry.name, kind=kind, n=n, seed=seed, path=str(path), seconds=round(time.time() - t0, 2))
             continue

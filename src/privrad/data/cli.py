@@ -1,7 +1,7 @@
 """``privrad data …``: simulate a download, describe a dataset, list the known datasets.
 
-    privrad data simulate mimic-cxr --out data/simulated/mimic-cxr --n 4000 --seed 0
-    privrad data simulate ct-rate --out data/simulated/ct-rate
+    privrad data simulate mimic-cxr --out data/simulated/mimic-cxr-4k --n 4000 --seed 0
+    privrad data simulate ct-rate --out data/simulated/ct-rate-2k --n 2000
     privrad data describe openi ../shared/data/openi --option test_list=true --tokenizer minilm-l6
     privrad data list
 """
@@ -54,7 +54,7 @@ def register_cli(subparsers) -> None:
 
     s = sub.add_parser("simulate", help="write a simulated, layout-exact MIMIC-CXR or CT-RATE download")
     s.add_argument("kind", choices=["mimic-cxr", "ct-rate"])
-    s.add_argument("--out", required=True, help="output folder (by convention data/simulated/<kind>)")
+    s.add_argument("--out", required=True, help="output folder, e.g. data/simulated/<kind>-4k (data/simulated/<kind> is where the default profile simulates its own data)")
     s.add_argument("--n", type=int, default=None, help="number of reports (default: 4000 MIMIC-CXR, 2000 CT-RATE)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--label-noise", type=float, default=0.05, dest="label_noise",
