@@ -20,8 +20,8 @@ def test_values_are_yaml_as_people_write_numbers(text, value):
 def test_assignments_and_files_share_the_reader(tmp_path):
     assert parse_assignment("lr=1e-3") == ("lr", 1e-3)
     assert parse_assignment("mimic-cxr.data_dir=/a=b") == ("mimic-cxr.data_dir", "/a=b")
-    with pytest.raises(ConfigError, match=r"^--option 'x' is not of the form KEY=VALUE \(e.g. --option max_reports=1000\)\.$"):
-        parse_assignment("x", flag="--option")
+    with pytest.raises(ConfigError, match=r"^--dataset-option 'x' is not of the form KEY=VALUE \(e.g. --dataset-option max_reports=1000\)\.$"):
+        parse_assignment("x", flag="--dataset-option")
     with pytest.raises(ConfigError, match=r"--set lr: the value '\[1' is not valid YAML"):
         parse_assignment("lr=[1")
     (tmp_path / "c.yml").write_text("lr: 1e-3\nepsilon: null\n")

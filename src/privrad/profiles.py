@@ -7,7 +7,7 @@ overrides; :func:`expand` turns it into :class:`Point` s, each with a checked
 
 Every KEY=VALUE and every YAML file privrad reads goes through :func:`parse_value` /
 :func:`parse_assignment` / :func:`read_yaml_file`: ``privrad study run --set``, ``privrad run
---set`` and ``--config``, ``privrad data … --option`` and the profiles themselves. Values are YAML
+--set`` and ``--config``, ``privrad data … --dataset-option`` and the profiles themselves. Values are YAML
 as people write numbers (``1e-3`` is a float, which plain YAML 1.1 reads as a string), so one
 value means the same thing wherever it is typed.
 """
@@ -56,7 +56,7 @@ def parse_value(text: str) -> Any:
     return yaml.load(text, Loader=_Loader) if text.strip() else ""
 
 
-_EXAMPLES = {"--set": "lr=1e-3", "--option": "max_reports=1000"}
+_EXAMPLES = {"--set": "lr=1e-3", "--dataset-option": "max_reports=1000"}
 
 
 def parse_assignment(item: str, *, flag: str = "--set") -> tuple[str, Any]:

@@ -2,7 +2,7 @@
 
     privrad data simulate mimic-cxr --out data/simulated/mimic-cxr-4k --n 4000 --seed 0
     privrad data simulate ct-rate --out data/simulated/ct-rate-2k --n 2000
-    privrad data describe openi ../shared/data/openi --option test_list=true --tokenizer minilm-l6
+    privrad data describe openi ../shared/data/openi --dataset-option test_list=true --tokenizer minilm-l6
     privrad data list
 """
 
@@ -28,7 +28,7 @@ def _describe(args) -> int:
 
     with warnings.catch_warnings():  # the loader's summary line is printed below, once
         warnings.simplefilter("ignore", DataWarning)
-        ds = load_dataset(args.dataset, args.path, **parse_assignments(args.option, flag="--option"))
+        ds = load_dataset(args.dataset, args.path, **parse_assignments(args.dataset_options, flag="--dataset-option"))
     tok = None if args.tokenizer in (None, "", "none") else args.tokenizer
     d = describe(ds, tokenizer=tok)
     print(format_description(d))
@@ -65,8 +65,8 @@ def register_cli(subparsers) -> None:
     d = sub.add_parser("describe", help="counts, prevalence and lengths of a dataset (never its text)")
     d.add_argument("dataset", help="registry name, e.g. mimic-cxr, ct-rate, openi, csv, simulated-mimic-cxr")
     d.add_argument("path", help="the download folder (or the file, for csv)")
-    d.add_argument("-o", "--option", action="append", metavar="KEY=VALUE",
-                   help="loader option, repeatable (e.g. uncertain=positive, max_reports=1000, text_column=report)")
+    d.add_argument("-o", "--dataset-option", action="append", dest="dataset_options", metavar="KEY=VALUE",
+                   help="one entry of the loader's dataset_options, repeatable (e.g. uncertain=positive, max_reports=1000, text_column=report)")
     d.add_argument("--tokenizer", default="minilm-l6", help="tokenizer for token lengths ('none' to skip); default minilm-l6")
     d.add_argument("--json", default=None, help="also write the tables to this JSON file")
     d.set_defaults(func=_describe)
