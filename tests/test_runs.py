@@ -1,11 +1,9 @@
 import json
-import warnings
 
 import numpy as np
 import pytest
 import torch
 
-from privrad.config import RunConfig
 from privrad.errors import ConfigError, DataError, PrivacyError
 from privrad.runs import UntrainableLabelWarning, read_run, run, run_id
 

@@ -106,7 +106,6 @@ def evaluate(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray, label_name
     mask = np.asarray(mask, bool)
     decisions = decide(probs, thresholds)
     per_label = []
-    f1s, supports = [], []
     for j, name in enumerate(label_names):
         y, d = _flat(labels, decisions, mask, j)
         with warnings.catch_warnings():
