@@ -107,22 +107,27 @@ class Classifier(torch.nn.Module):
             pooled = hf.albert.pooler_activation(hf.albert.pooler(h[:, 0]))
         return hf.classifier(hf.dropout(pooled))
 
-    def frozen(self, input_ids, attention_mask):
+    def frozen(self, input_ids, attention_mask, *, start: int = 0, hidden=None):
         """The frozen prefix's output: embeddings, then ``frozen_layers`` layers, as fixed features.
 
-        When the embeddings are trained (full fine-tuning) this is just the embeddings, with
-        gradients and dropout as the model's mode says.
+        ``hidden``: the output of the first ``start`` layers, to continue from (instead of the
+        token ids). When the embeddings are trained (full fine-tuning) this is just the
+        embeddings, with gradients and dropout as the model's mode says.
         """
-        b, t = input_ids.shape
-        pos = torch.arange(t, device=input_ids.device).expand(b, t)  # one row per report (Opacus, full FT)
         fixed = not any(p.requires_grad for m in self._embedders for p in m.parameters())
         with torch.no_grad() if fixed else contextlib.nullcontext(), _eval(self._embedders + self._stack[:self.frozen_layers], fixed):
-            h = self._embedders[0](input_ids=input_ids, position_ids=pos)
-            for m in self._embedders[1:]:
-                h = m(h)
-            if self.frozen_layers:
+            if hidden is None:
+                b, t = input_ids.shape
+                pos = torch.arange(t, device=input_ids.device).expand(b, t)  # one row per report (Opacus, full FT)
+                h = self._embedders[0](input_ids=input_ids, position_ids=pos)
+                for m in self._embedders[1:]:
+                    h = m(h)
+                start = 0
+            else:
+                h = hidden
+            if self.frozen_layers > start:
                 mask = _additive_mask(attention_mask, h.dtype)
-                for layer in self._stack[:self.frozen_layers]:
+                for layer in self._stack[start:self.frozen_layers]:
                     h = layer(h, mask)
         return h
 
@@ -236,17 +241,32 @@ class Features:
         return int(self.flat.nbytes)
 
 
-def frozen_key(classifier: Classifier, encoded) -> str:
-    """Cache key: sha256 of the frozen weights, the token ids and the prefix depth."""
-    h = hashlib.sha256(f"{classifier.family}|{classifier.frozen_layers}".encode())
-    for m in classifier._embedders + classifier._stack[:classifier.frozen_layers]:
-        for name, t in sorted(m.state_dict().items()):
-            h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+def frozen_keys(classifier: Classifier, encoded) -> list[str]:
+    """Cache keys of the frozen prefix's output at each depth 0 … ``frozen_layers``: a sha256 chain
+    over the token ids, the embeddings' weights and each layer's weights in turn. Two models that
+    share their lower layers (``minilm-l3`` is ``minilm-l6``'s first three) share those keys."""
+    h = hashlib.sha256(f"{classifier.family}|".encode())
     for ids in encoded.input_ids:
         h.update(np.asarray(ids, np.int64).tobytes())
         h.update(b"|")
-    return h.hexdigest()[:24]
+
+    def add(module) -> None:
+        for name, t in sorted(module.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+
+    for m in classifier._embedders:
+        add(m)
+    keys = [h.hexdigest()[:24]]
+    for layer in classifier._stack[:classifier.frozen_layers]:
+        add(layer)
+        keys.append(h.hexdigest()[:24])
+    return keys
+
+
+def frozen_key(classifier: Classifier, encoded) -> str:
+    """Cache key of the frozen prefix's output (the last of :func:`frozen_keys`)."""
+    return frozen_keys(classifier, encoded)[-1]
 
 
 @torch.no_grad()
@@ -257,9 +277,10 @@ def frozen_features(classifier: Classifier, encoded, *, cache_dir: str | os.Path
     adapted (:meth:`Classifier.with_key_value`; computed here, not cached).
 
     With ``cache_dir`` the features are kept on disk under a key of the frozen weights and the
-    token ids, in shards of :data:`SHARD_SIZE` reports written atomically. Runs that need the same
-    features at the same time share the work: each computes the shards nobody is computing (a
-    file lock per shard) and waits for the others'.
+    token ids (:func:`frozen_keys`), in shards of :data:`SHARD_SIZE` reports written atomically.
+    Runs that need the same features at the same time share the work: each computes the shards
+    nobody is computing (a file lock per shard) and waits for the others'. A shard cached at a
+    lower depth by a model with the same lower layers is continued from, not recomputed.
     """
     from privrad.data.tokenize import collate
 
@@ -270,13 +291,20 @@ def frozen_features(classifier: Classifier, encoded, *, cache_dir: str | os.Path
     n = len(encoded)
     shards = [range(i, min(n, i + SHARD_SIZE)) for i in range(0, n, SHARD_SIZE)]
 
-    def compute(rows: range) -> tuple[np.ndarray, np.ndarray]:
+    def compute(rows: range, start: int = 0, below: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
         order = sorted(rows, key=lambda i: len(encoded.input_ids[i]))
+        first = rows[0]
         out: dict[int, np.ndarray] = {}
         for k in range(0, len(order), batch_size):
             idx = order[k: k + batch_size]
-            batch = collate([(encoded.input_ids[i], np.zeros(0), np.zeros(0, bool), 1.0) for i in idx], encoded.pad_token_id)
-            h = classifier.frozen(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float().cpu().numpy()
+            rows_in = [(encoded.input_ids[i], np.zeros(0), np.zeros(0, bool), 1.0) for i in idx]
+            if below is not None:  # continue from the cached output of the first `start` layers
+                flat, off = below
+                rows_in = [r + (flat[off[i - first]: off[i - first + 1]],) for r, i in zip(rows_in, idx)]
+            batch = collate(rows_in, encoded.pad_token_id)
+            hidden = batch["features"].to(device) if below is not None else None
+            h = classifier.frozen(batch["input_ids"].to(device), batch["attention_mask"].to(device), start=start,
+                                  hidden=hidden).float().cpu().numpy()
             for j, i in enumerate(idx):
                 out[i] = h[j, : len(encoded.input_ids[i])]
         arrays = [out[i] for i in rows]
@@ -285,16 +313,20 @@ def frozen_features(classifier: Classifier, encoded, *, cache_dir: str | os.Path
     if cache_dir is None:
         parts = [compute(r) for r in shards]
     else:
-        folder = Path(cache_dir) / f"features-{frozen_key(classifier, encoded)}"
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = [folder / f"shard-{k:05d}.npz" for k in range(len(shards))]
+        keys = frozen_keys(classifier, encoded)
+        folders = [Path(cache_dir) / f"features-{key}" for key in keys]
+        folders[-1].mkdir(parents=True, exist_ok=True)
+        name = lambda k: f"shard-{k:05d}.npz"  # noqa: E731
         for blocking in (False, True):  # first take free shards, then wait for (or redo) the others'
-            for rows, path in zip(shards, paths):
+            for k, rows in enumerate(shards):
+                path = folders[-1] / name(k)
                 if not path.exists():
                     with _shard_lock(path, blocking=blocking) as mine:
                         if mine and not path.exists():
-                            _save_shard(path, *compute(rows))
-        parts = [_load_shard(p) for p in paths]
+                            depth = next((d for d in range(len(keys) - 2, 0, -1) if (folders[d] / name(k)).exists()), 0)
+                            below = _load_shard(folders[depth] / name(k)) if depth else None
+                            _save_shard(path, *compute(rows, depth, below))
+        parts = [_load_shard(folders[-1] / name(k)) for k in range(len(shards))]
     if not parts:
         return Features(np.zeros((0, 0), np.float32), np.zeros(1, np.int64))
     offsets = [0]
@@ -332,4 +364,4 @@ def _load_shard(path: Path) -> tuple[np.ndarray, np.ndarray]:
         return z["flat"], z["offsets"]
 
 
-__all__ = ["Classifier", "Features", "frozen_features", "frozen_key", "base_model", "SHARD_SIZE"]
+__all__ = ["Classifier", "Features", "frozen_features", "frozen_key", "frozen_keys", "base_model", "SHARD_SIZE"]
