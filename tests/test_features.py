@@ -232,3 +232,15 @@ def test_a_model_sharing_lower_layers_continues_from_their_cached_features(tmp_p
     scratch = frozen_features(deeper, enc)
     for i in range(len(reports)):
         np.testing.assert_allclose(continued[i], scratch[i], rtol=1e-5, atol=1e-6)
+
+
+def test_features_with_or_without_the_top_layers_key_value_give_the_same_logits():
+    net = Classifier(_model("tiny-bert", lora_layers=1)).eval()
+    reports = _reports()
+    enc = Encoded(reports, np.array([len(r) for r in reports]), 16, 0)
+    with_kv, plain = frozen_features(net, enc), frozen_features(net, enc, key_value=False)
+    assert with_kv[0].shape[1] == 3 * plain[0].shape[1] == 3 * net.hidden_size
+    a, b = _padded(reports, with_kv), _padded(reports, plain)
+    torch.testing.assert_close(net(input_ids=a["input_ids"], attention_mask=a["attention_mask"], features=a["features"]),
+                               net(input_ids=b["input_ids"], attention_mask=b["attention_mask"], features=b["features"]),
+                               rtol=1e-5, atol=1e-6)

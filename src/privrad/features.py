@@ -85,14 +85,18 @@ class Classifier(torch.nn.Module):
     def num_layers(self) -> int:
         return len(self._stack)
 
+    @property
+    def hidden_size(self) -> int:
+        return int(self._hf[0].config.hidden_size)
+
     def forward(self, input_ids=None, attention_mask=None, features=None):
         if self.family is None:
             return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
         kv = None
         if features is None:
             h = self.frozen(input_ids, attention_mask)
-        elif self.kv_features:  # [h, key base, value base] of the top layer
-            h, *kv = features.split(features.shape[-1] // 3, dim=-1)
+        elif self.kv_features and features.shape[-1] == 3 * self.hidden_size:  # [h, key base, value base]
+            h, *kv = features.split(self.hidden_size, dim=-1)
         else:
             h = features
         mask = _additive_mask(attention_mask, h.dtype)
@@ -271,10 +275,12 @@ def frozen_key(classifier: Classifier, encoded) -> str:
 
 @torch.no_grad()
 def frozen_features(classifier: Classifier, encoded, *, cache_dir: str | os.PathLike | None = None,
-                    batch_size: int = 64) -> Features:
+                    batch_size: int = 64, key_value: bool = True) -> Features:
     """The frozen prefix's output for every report of ``encoded`` (token ids), in dataset order,
     extended with the top layer's frozen key and value projections when only that layer is
-    adapted (:meth:`Classifier.with_key_value`; computed here, not cached).
+    adapted and ``key_value`` (:meth:`Classifier.with_key_value`; computed here, not cached: it
+    triples the memory, which pays for the training split, read at every step, not for the
+    evaluation splits, read once).
 
     With ``cache_dir`` the features are kept on disk under a key of the frozen weights and the
     token ids (:func:`frozen_keys`), in shards of :data:`SHARD_SIZE` reports written atomically.
@@ -332,7 +338,8 @@ def frozen_features(classifier: Classifier, encoded, *, cache_dir: str | os.Path
     offsets = [0]
     for flat, off in parts:
         offsets.extend((offsets[-1] + off[1:]).tolist())
-    return classifier.with_key_value(Features(np.concatenate([p[0] for p in parts]), np.asarray(offsets, np.int64)))
+    features = Features(np.concatenate([p[0] for p in parts]), np.asarray(offsets, np.int64))
+    return classifier.with_key_value(features) if key_value else features
 
 
 @contextlib.contextmanager

@@ -320,8 +320,8 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
     net = Classifier(model)
     if net.frozen_layers:  # LoRA in the top layers only: the frozen layers run once per report, cached
         where = cache_dir if cache_dir is not None else privrad_cache("features")
-        for e in enc.values():
-            e.features = frozen_features(net, e.encoded, cache_dir=where)
+        for split, e in enc.items():
+            e.features = frozen_features(net, e.encoded, cache_dir=where, key_value=split == "train")
     t_prep = time.perf_counter() - t0
     result = train(net, enc["train"], cfg, delta=delta, progress=progress)
     t1 = time.perf_counter()
