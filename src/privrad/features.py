@@ -89,6 +89,26 @@ class Classifier(torch.nn.Module):
     def hidden_size(self) -> int:
         return int(self._hf[0].config.hidden_size)
 
+    def weight_digests(self) -> list[str]:
+        """sha256 chain over the frozen prefix's weights: after the embeddings, then after each
+        frozen layer (computed once; the weights are frozen)."""
+        if getattr(self, "_digests", None) is None:
+            h = hashlib.sha256(f"{self.family}|".encode())
+
+            def add(module) -> None:
+                for name, t in sorted(module.state_dict().items()):
+                    h.update(name.encode())
+                    h.update(t.detach().cpu().contiguous().numpy().tobytes())
+
+            for m in self._embedders:
+                add(m)
+            digests = [h.hexdigest()]
+            for layer in self._stack[:self.frozen_layers]:
+                add(layer)
+                digests.append(h.hexdigest())
+            self._digests = digests
+        return self._digests
+
     def forward(self, input_ids=None, attention_mask=None, features=None):
         if self.family is None:
             return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
@@ -246,26 +266,15 @@ class Features:
 
 
 def frozen_keys(classifier: Classifier, encoded) -> list[str]:
-    """Cache keys of the frozen prefix's output at each depth 0 … ``frozen_layers``: a sha256 chain
-    over the token ids, the embeddings' weights and each layer's weights in turn. Two models that
-    share their lower layers (``minilm-l3`` is ``minilm-l6``'s first three) share those keys."""
-    h = hashlib.sha256(f"{classifier.family}|".encode())
+    """Cache keys of the frozen prefix's output at each depth 0 … ``frozen_layers``: sha256 of the
+    token ids and of a chain over the embeddings' weights and each layer's weights in turn. Two
+    models that share their lower layers (``minilm-l3`` is ``minilm-l6``'s first three) share
+    those keys."""
+    tokens = hashlib.sha256()
     for ids in encoded.input_ids:
-        h.update(np.asarray(ids, np.int64).tobytes())
-        h.update(b"|")
-
-    def add(module) -> None:
-        for name, t in sorted(module.state_dict().items()):
-            h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
-
-    for m in classifier._embedders:
-        add(m)
-    keys = [h.hexdigest()[:24]]
-    for layer in classifier._stack[:classifier.frozen_layers]:
-        add(layer)
-        keys.append(h.hexdigest()[:24])
-    return keys
+        tokens.update(np.asarray(ids, np.int64).tobytes())
+        tokens.update(b"|")
+    return [hashlib.sha256(f"{w}|{tokens.hexdigest()}".encode()).hexdigest()[:24] for w in classifier.weight_digests()]
 
 
 def frozen_key(classifier: Classifier, encoded) -> str:
