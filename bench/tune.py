@@ -24,7 +24,7 @@ def table(results_dir: str) -> str:
     for r in runs.itertuples():
         c = read_run(r.run_dir).config
         what = ("LoRA " + "+".join(c.lora_targets or ("query", "value")) + f" r={c.lora_r}, top {c.lora_layers or 'all'} layer(s), "
-                + ("pooler trained" if c.train_pooler else "pooler frozen"))
+                + ("pooler trained" if c.train_pooler else "pooler frozen") + f", batch {c.batch_size} × {c.num_epochs:g} epochs")
         method = "non-private" if c.epsilon is None else f"DP ε={c.epsilon:g}"
         key = (r.dataset, what, method)
         rows.setdefault(key, {"reference": r.learned_nothing_weighted_f1})[c.lr] = (
