@@ -11,6 +11,7 @@ import html
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -47,18 +48,47 @@ def metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+def fresh_project(dest: Path) -> Path:
+    """What a fresh clone gives a user besides the package: the book's sources, the notebooks and
+    the profiles (no data, no results, no built book)."""
+    dest.mkdir(parents=True)
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy(ROOT / name, dest / name)
+    for name in ("book", "notebooks", "studies"):
+        shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("generated", ".generated.tmp"))
+    return dest
+
+
+def documented(target: str, profile: str = "smoke", jobs: int = 2) -> list[str]:
+    """The privrad command of a Makefile target (`make study`, `make book`), as argv for PROFILE/JOBS."""
+    recipe = re.search(rf"^{target}:.*\n\t(\$\(VENV\)/bin/privrad .*)$", (ROOT / "Makefile").read_text(), flags=re.M).group(1)
+    return shlex.split(recipe.replace("$(VENV)/bin/privrad ", "").replace("$(PROFILE)", profile).replace("$(JOBS)", str(jobs)))
+
+
+def documented_simulate() -> list[str]:
+    """The `privrad data simulate …` command the data chapter shows (book/data.md)."""
+    return shlex.split(re.search(r"`privrad (data simulate [^`]+)`", (ROOT / "book" / "data.md").read_text()).group(1))
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    """The smoke study, uninterrupted, with its data simulated by the sweep itself."""
+    """The documented sequence on a fresh project, with the smoke profile for `make book`'s
+    default: the data chapter's `privrad data simulate …` command first (it must not fill a folder
+    a profile simulates into), then `make study PROFILE=smoke JOBS=2`'s command (the sweep
+    simulates the profile's own data); the book test runs `make book`'s last command."""
     base = tmp_path_factory.mktemp("smoke")
-    sets = ["--set", f"mimic-cxr.data_dir={base}/data/mimic-cxr", "--set", f"simulated-ct-rate.data_dir={base}/data/ct-rate"]
-    results = base / "results"
+    project = fresh_project(base / "project")
+    sim = privrad(*documented_simulate(), cwd=project)
+    assert sim.returncode == 0, sim.stderr
     t0 = time.time()
-    proc = privrad("study", "run", "--profile", "smoke", "--jobs", "2", "--results-dir", str(results), *sets)
+    proc = privrad(*documented("study"), cwd=project)
     seconds = time.time() - t0
     assert proc.returncode == 0, proc.stdout + proc.stderr
     print(f"\nsmoke study: {seconds:.1f} s\n{proc.stdout}")
-    return {"base": base, "sets": sets, "results": results, "stdout": proc.stdout, "seconds": seconds}
+    data = project / "data" / "simulated" / "smoke"
+    sets = ["--set", f"mimic-cxr.data_dir={data}/mimic-cxr", "--set", f"simulated-ct-rate.data_dir={data}/ct-rate"]
+    return {"base": base, "project": project, "data": data, "sets": sets, "results": project / "results",
+            "stdout": proc.stdout, "seconds": seconds}
 
 
 def test_smoke_study_writes_complete_run_folders(smoke):
@@ -211,25 +241,21 @@ def _sentences(texts) -> set[str]:
 def test_book_from_the_smoke_study_shows_no_credentialed_text(smoke, tmp_path):
     from privrad.data import load_dataset
 
-    project = tmp_path / "project"
-    project.mkdir()
-    for name in ("_config.yml", "_toc.yml"):
-        shutil.copy(ROOT / name, project / name)
-    for name in ("book", "notebooks", "studies"):
-        shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("generated", ".generated.tmp"))
     # the book shows the last sweep's grid: re-run the plain smoke study (all cached) so that the
     # extra ε point added by an earlier test is left out of the book
     rerun = privrad("study", "run", "--profile", "smoke", "--results-dir", str(smoke["results"]), *smoke["sets"])
     assert rerun.returncode == 0 and "8 complete (0 run now, 8 cached), 0 failed" in rerun.stdout
-    # a results folder copied elsewhere, with three run folders damaged: left out, never a traceback
-    results = tmp_path / "results"
-    shutil.copytree(smoke["results"], results)
+    # the project copied elsewhere with its results, three run folders damaged (as copies off a
+    # cluster or a full disk leave them): left out of the book by name, never a traceback
+    project = fresh_project(tmp_path / "project")
+    shutil.copytree(smoke["results"], project / "results")
+    results = project / "results"
     damaged = _damage(results)
     stale = project / "_build" / "html" / "book" / "generated" / "runs" / "stale-page.html"
     stale.parent.mkdir(parents=True)
     stale.write_text("<p>from an earlier build</p>")
     t0 = time.time()
-    proc = privrad("book", "build", "--profile", "smoke", "--results-dir", str(results), cwd=project)
+    proc = privrad(*documented("book"), cwd=project)  # `make book`'s last command
     print(f"\nbook build: {time.time() - t0:.1f} s")
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
@@ -249,10 +275,10 @@ def test_book_from_the_smoke_study_shows_no_credentialed_text(smoke, tmp_path):
     assert "paper: ∞" in analysis and "Friedman across ε" in analysis
     # the data chapter describes the data the sweep used (its --set data_dir), from study.json
     data_page = text[project / "_build" / "html" / "book" / "generated" / "data.html"]
-    assert str(smoke["base"] / "data" / "ct-rate") in data_page and "skipped, nothing at /" not in data_page  # (the code cell itself shows "skipped, nothing at {folder}")
+    assert str(smoke["data"] / "ct-rate") in data_page and "skipped, nothing at /" not in data_page  # (the code cell itself shows "skipped, nothing at {folder}")
 
-    mimic = load_dataset("mimic-cxr", str(smoke["base"] / "data" / "mimic-cxr"))
-    ct = load_dataset("simulated-ct-rate", str(smoke["base"] / "data" / "ct-rate"))
+    mimic = load_dataset("mimic-cxr", str(smoke["data"] / "mimic-cxr"))
+    ct = load_dataset("simulated-ct-rate", str(smoke["data"] / "ct-rate"))
     assert mimic.credentialed and not ct.credentialed
     public = _sentences(ct.texts)
     secret = _sentences(mimic.split("train").texts) - public
@@ -267,14 +293,12 @@ def test_book_from_the_smoke_study_shows_no_credentialed_text(smoke, tmp_path):
 def test_the_readme_papermill_command_runs_one_notebook_by_hand(smoke, tmp_path):
     """The README's `papermill notebooks/run.ipynb …` command, verbatim, in a folder laid out
     like a checkout after `make book` (its data folder holds simulated MIMIC-CXR)."""
-    import shlex
-
     readme = (ROOT / "README.md").read_text()
     block = re.search(r"```bash\n(\S*papermill notebooks/run\.ipynb .*?)\n```", readme, flags=re.S).group(1)
     argv = shlex.split(block.replace("\\\n", " "))
     assert argv[0].endswith("papermill")
     (tmp_path / "data" / "simulated").mkdir(parents=True)
-    (tmp_path / "data" / "simulated" / "mimic-cxr").symlink_to(smoke["base"] / "data" / "mimic-cxr")
+    (tmp_path / "data" / "simulated" / "mimic-cxr").symlink_to(smoke["data"] / "mimic-cxr")
     (tmp_path / "notebooks").symlink_to(ROOT / "notebooks")
     proc = subprocess.run([sys.executable, "-m", "papermill", *argv[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -283,3 +307,33 @@ def test_the_readme_papermill_command_runs_one_notebook_by_hand(smoke, tmp_path)
     run_dir = tmp_path / argv[argv.index("run_dir") + 1]
     cfg = json.loads((run_dir / "config.json").read_text())["config"]
     assert cfg["epsilon"] == 0.5 and cfg["dataset"] == "simulated-mimic-cxr"
+
+
+def test_the_readme_paper_recipe_on_simulated_data_at_a_custom_data_dir(tmp_path):
+    """The README's paper recipe (`study run --profile paper --set mimic-cxr.data_dir=… --set
+    ct-rate.data_dir=…`, then `book build --profile paper`) on simulated downloads placed at custom
+    folders, made CPU-sized with more `--set`: the data chapter describes exactly that data."""
+    from privrad.data.simulate import simulate
+
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"```bash\n(\S*privrad study run --profile paper .*?)\n```", readme, flags=re.S).group(1)
+    study_cmd, book_cmd = [shlex.split(line)[1:] for line in block.replace("\\\n", " ").splitlines()]
+    assert study_cmd[:4] == ["study", "run", "--profile", "paper"] and book_cmd == ["book", "build", "--profile", "paper"]
+    mimic, ct = tmp_path / "downloads" / "physionet" / "mimic-cxr", tmp_path / "downloads" / "CT-RATE"
+    simulate("mimic-cxr", mimic, n=160, seed=1)
+    simulate("ct-rate", ct, n=120, seed=1)
+    where = {"mimic-cxr.data_dir": mimic, "ct-rate.data_dir": ct}
+    args = [f"{a.split('=')[0]}={where[a.split('=')[0]]}" if a.split("=")[0] in where else a for a in study_cmd]
+    assert f"mimic-cxr.data_dir={mimic}" in args and f"ct-rate.data_dir={ct}" in args
+    args[args.index("--jobs") + 1] = "2"
+    cpu = ["model=[tiny-bert]", "seed=[0]", "epsilon=[null]", "num_epochs=1", "batch_size=16", "physical_batch_size=16",
+           "n_bootstrap=20", "mimic-cxr.max_length=32", "ct-rate.max_length=48"]
+    project = fresh_project(tmp_path / "project")
+    proc = privrad(*args, *[x for c in cpu for x in ("--set", c)], cwd=project)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "4 complete (4 run now, 0 cached), 0 failed" in proc.stdout  # 2 datasets × (LoRA at ∞ + full fine-tuning)
+    proc = privrad(*book_cmd, cwd=project)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    page = (project / "_build" / "html" / "book" / "generated" / "data.html").read_text()
+    assert str(mimic) in page and str(ct) in page and "skipped, nothing at /" not in page
+    assert page.count("credentialed text, no examples shown") == 2

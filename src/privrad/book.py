@@ -181,8 +181,10 @@ def build_book(results_dir: Path, *, profile_name: str, root: Path | None = None
     used = {configs[rd.name]["dataset"] for rd in runs}
     datasets = [[d["dataset"], d["data_dir"]] for d in manifest["datasets"] if d["dataset"] in used]
     options = {d["dataset"]: d["dataset_options"] for d in manifest["datasets"] if d["dataset_options"] and d["dataset"] in used}
-    book = manifest.get("book") or {}
-    tokenizer = book.get("tokenizer") or configs[runs[0].name]["model"]
+    # token lengths with the tokenizer of a model that ran (the profile's choice when it ran)
+    ran = sorted({configs[rd.name]["model"] for rd in runs})
+    tokenizer = (manifest.get("book") or {}).get("tokenizer")
+    tokenizer = tokenizer if tokenizer in ran else ran[0]
     _execute(papermill, root / "notebooks" / "data.ipynb", staging / "data.ipynb",
              {"datasets": datasets, "dataset_options": options, "tokenizer": tokenizer}, kernel)
     write_facts(staging, manifest, runs)
