@@ -51,18 +51,19 @@ def _free(device):
         torch.cuda.empty_cache()
 
 
-def step_benchmark(shapes, device, *, batch, length, repeats, warmup, methods) -> list[dict]:
+def step_benchmark(shapes, device, *, batch_size, max_length, repeats, warmup, methods) -> list[dict]:
     rows = []
     for shape in shapes:
         common.shaped_model_dir(shape)
         for method in methods:
             try:
-                r = step.measure(shape, method, batch=batch, length=length, repeats=repeats, warmup=warmup, device=device)
+                r = step.measure(shape, method, batch_size=batch_size, max_length=max_length, repeats=repeats, warmup=warmup,
+                                 device=device)
             except Exception as exc:  # noqa: BLE001 - e.g. out of memory: report and go on
                 r = {"model": shape, "method": method, "status": "error", "error": f"{type(exc).__name__}: {exc}"[:300]}
             r.pop("times_s", None)
             rows.append(r)
-            print(f"  {shape:18s} {method:14s} B={batch} L={length} {step._brief(r)}", flush=True)
+            print(f"  {shape:18s} {method:14s} batch_size={batch_size} max_length={max_length} {step._brief(r)}", flush=True)
             _free(device)
     step._add_ratios(rows)
     return rows
@@ -107,7 +108,7 @@ def paper_run(model, shape, kind, length, n, *, epochs, device, tmp, dry) -> dic
            "train_examples_per_s": n_train * epochs / t["train_s"], "noise_multiplier": res.privacy["noise_multiplier"],
            "weighted_f1_untuned": res.weighted_f1, "n_truncated": res.info["n_truncated"]["train"],
            "mean_tokens": _mean_tokens(ds, config, Path(tmp) / "cache"), "device": res.info["device"]}
-    print(f"  {model:12s} {kind:9s} L={length:3d} n={n} train {t['train_s']:7.1f}s ({out['train_examples_per_s']:.0f} ex/s, "
+    print(f"  {model:12s} {kind:9s} max_length={length:3d} n={n} train {t['train_s']:7.1f}s ({out['train_examples_per_s']:.0f} ex/s, "
           f"mean {out['mean_tokens']:.0f} tokens) prepare {rt['prepare_s']:.1f}s calibrate {t['calibrate_s']:.1f}s "
           f"evaluate {t['evaluate_s']:.1f}s", flush=True)
     return out
@@ -142,7 +143,7 @@ def estimate_grid(steps_rows, runs, *, kernel_start_s, dry) -> dict:
                 o = other[0]
                 length = DATASETS[kind] if not dry else o["max_length"]
                 got = [{**o, "kind": kind, "max_length": length, "epoch_s": o["epoch_s"] * length / o["max_length"]}]
-                note = f"extrapolated from L={o['max_length']} (× tokens)"
+                note = f"extrapolated from max_length={o['max_length']} (× tokens)"
             r = got[0]
             length = r["max_length"]
             t = ratio.get(r["shape"], {})
@@ -198,9 +199,9 @@ def main(argv=None) -> int:
 
     print(f"[1/3] step benchmark, {device}", flush=True)
     rep, wu = (1, 0) if dry else (args.repeats, args.warmup)
-    out["steps_128"] = step_benchmark(shapes, device, batch=4 if dry else 64, length=16 if dry else 128,
+    out["steps_128"] = step_benchmark(shapes, device, batch_size=4 if dry else 64, max_length=16 if dry else 128,
                                       repeats=rep, warmup=wu, methods=step.DEFAULT_METHODS)
-    out["steps_512"] = step_benchmark(shapes, device, batch=4 if dry else 64, length=32 if dry else 512,
+    out["steps_512"] = step_benchmark(shapes, device, batch_size=4 if dry else 64, max_length=32 if dry else 512,
                                       repeats=rep, warmup=wu, methods=["lora", "dp-lora"])
     print("\n" + step.render(out["steps_128"]) + "\n\n" + step.render(out["steps_512"]), flush=True)
     common.write_json("gpu.json", out, args.out)
@@ -234,7 +235,7 @@ def main(argv=None) -> int:
     print("\n[3/3] paper grid estimate (2 datasets × 3 models × 6 configurations × 3 seeds)", flush=True)
     out["grid"] = estimate_grid(out["steps_128"], runs, kernel_start_s=args.kernel_start_s, dry=dry)
     for r in out["grid"]["rows"]:
-        print(f"  {r['dataset']:9s} {r['model']:12s} L={r['max_length']:3d} epoch {r['epoch_s']:7.1f}s fixed "
+        print(f"  {r['dataset']:9s} {r['model']:12s} max_length={r['max_length']:3d} epoch {r['epoch_s']:7.1f}s fixed "
               f"{r['fixed_s']:5.1f}s → {r['runs']} runs {r['seconds'] / 60:7.1f} min ({r['source']})", flush=True)
     g = out["grid"]
     print(f"  total ≈ {g['total_h']:.2f} h on one {out['machine'].get('gpu', device)} ({g['assumptions']})")

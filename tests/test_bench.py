@@ -45,7 +45,7 @@ def test_stepper_dp_lora_updates_only_trainable_weights():
     model = build_model("tiny-bert", step.N_LABELS, method="lora", seed=0)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    s = step.Stepper(model, "dp-lora", batch=4, physical=2, device="cpu", lr=1e-2)
+    s = step.Stepper(model, "dp-lora", batch_size=4, physical_batch_size=2, device="cpu", lr=1e-2)
     s.step(step.synthetic_data(4, 16), [0, 1, 2, 3])
     s.detach()
     changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
@@ -69,7 +69,7 @@ def test_scaling_tiny_sweep(tmp_path):
     out = tmp_path / "scaling.json"
     assert scaling.main(["--tiny", "--in-process", "--skip-runs", "--out", str(out)]) == 0
     sweep = json.loads(out.read_text())["sweep"]
-    assert {r["axis"] for r in sweep} == {"batch", "length"} and all(r["status"] == "ok" for r in sweep)
+    assert {r["axis"] for r in sweep} == {"batch_size", "max_length"} and all(r["status"] == "ok" for r in sweep)
     assert all(r["tokens_per_s"] > 0 for r in sweep)
 
 
