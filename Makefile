@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM := false
 export PYTHONHASHSEED := 0
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: setup book study test bench clean distclean
+.PHONY: setup book study test test-fast bench clean distclean
 
 setup: $(STAMP)
 
@@ -34,6 +34,10 @@ book: study
 
 test: setup
 	$(PY) -m pytest -q
+
+# the unit tests only (no training beyond tiny steps, no notebooks, no book): the edit-test loop
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
 
 bench: setup
 	$(PY) bench/run.py

@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 
+@pytest.mark.slow  # subprocesses, papermill or large data: `make test`, not `make test-fast`
 def test_step_benchmark_tiny_runs_every_method(tmp_path):
     import step
 
@@ -90,6 +91,7 @@ def test_gpu_script_dry_run_on_cpu(tmp_path):
     assert "paper grid estimate" in p.stdout and "total ≈" in p.stdout
 
 
+@pytest.mark.slow  # subprocesses, papermill or large data: `make test`, not `make test-fast`
 def test_cached_noise_multiplier_is_the_fresh_answer_and_never_trusts_a_bad_entry(tmp_path):
     import json
 

@@ -70,6 +70,7 @@ def test_list(capsys):
     assert "mimic-cxr" in out and "credentialed" in out and "openi" in out
 
 
+@pytest.mark.slow  # subprocesses, papermill or large data: `make test`, not `make test-fast`
 def test_subprocess_simulate_and_describe(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     out = tmp_path / "ct-rate"

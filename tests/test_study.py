@@ -123,6 +123,7 @@ def test_a_missing_data_path_is_found_before_any_run(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow  # subprocesses, papermill or large data: `make test`, not `make test-fast`
 def test_cli_reports_bad_input_in_one_line(tmp_path):
     env_py = [sys.executable, "-m", "privrad"]
     proc = subprocess.run(env_py + ["study", "run", "--profile", "nope"], capture_output=True, text=True, cwd=ROOT)
@@ -161,6 +162,7 @@ def _task(tmp_path: Path, notebook: Path, run_id: str, value) -> executors.Task:
                       kernel="python3", cwd=str(tmp_path))
 
 
+@pytest.mark.slow  # subprocesses, papermill or large data: `make test`, not `make test-fast`
 def test_execute_task_places_the_notebook_or_keeps_the_failed_one(tmp_path):
     """Real papermill on a tiny notebook standing for the run notebook: it writes a run folder
     through the real writer (as privrad.run does) unless its parameter makes it raise, or
