@@ -116,3 +116,15 @@ def test_the_books_study_facts_come_from_the_run_folders(tmp_path):
     assert text.startswith("Profile `smoke`: 2 complete runs.")
     row = next(line for line in text.splitlines() if line.startswith("| simulated-mimic-cxr |"))
     assert f"| {read_run(runs[0]).config.max_length} |" in row and "| 100 |" in row  # max_length, steps
+
+
+def test_privrad_run_refuses_an_incomplete_folder_in_one_sentence(tmp_path):
+    """`privrad run --out DIR` on an incomplete folder: refused, naming the file (the sweep instead
+    sets such a folder aside and runs it again, tests/test_study_e2e.py)."""
+    from privrad.errors import ConfigError
+    from privrad.runs import _reuse
+
+    rd = fabricate_run(tmp_path)
+    damage(rd, "metrics.json", "truncated")
+    with pytest.raises(ConfigError, match=rf"^{rd} already exists but is not a complete run folder \(metrics.json cannot be read .*\); delete it to run again.$"):
+        _reuse(rd, rd.name)
