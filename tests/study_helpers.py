@@ -29,9 +29,11 @@ def test_labels(n: int = 300, seed: int = 123) -> tuple[np.ndarray, np.ndarray]:
 
 def fabricate_run(results: Path, *, dataset="simulated-mimic-cxr", model="tiny-bert", method="lora", epsilon=1.0,
                   seed=0, flip: float = 0.1, n_test: int = 300, noise_multiplier: float = 1.0,
-                  run_dir: Path | None = None) -> Path:
-    """A run folder whose test decisions are the true labels with a fraction ``flip`` flipped."""
-    config = RunConfig(dataset=dataset, model=model, method=method, epsilon=epsilon, seed=seed).validate()
+                  run_dir: Path | None = None, config: RunConfig | None = None) -> Path:
+    """A run folder whose test decisions are the true labels with a fraction ``flip`` flipped
+    (``config``: the whole RunConfig, instead of dataset/model/method/epsilon/seed)."""
+    config = (config or RunConfig(dataset=dataset, model=model, method=method, epsilon=epsilon, seed=seed)).validate()
+    model, method, epsilon, seed = config.model, config.method, config.epsilon, config.seed
     fingerprint = "f" * 64
     rid = make_run_id(config, fingerprint) if run_dir is None else Path(run_dir).name
     run_dir = Path(results) / rid if run_dir is None else Path(run_dir)

@@ -219,12 +219,17 @@ def test_incomplete_run_folders_are_named_by_status_and_run_again(smoke, tmp_pat
     assert status.returncode == 0 and "complete: 5" in status.stdout and "incomplete: 3" in status.stdout
     for folder, name in damaged.items():
         assert re.search(rf"incomplete: {re.escape(str(results / 'smoke' / folder))}: {name} (is missing|cannot be read)", status.stdout), status.stdout
-    proc = privrad("study", "run", "--profile", "smoke", "--jobs", "2", "--results-dir", str(results), *smoke["sets"])
+    # two repaired by hand (copied back), one left truncated: the sweep sets it aside and runs it
+    # again (every kind of damage goes through the same rule: tests/test_run_folder.py, fast)
+    (folder, name), *repaired = damaged.items()
+    for other, _ in repaired:
+        shutil.rmtree(results / "smoke" / other)
+        shutil.copytree(smoke["results"] / "smoke" / other, results / "smoke" / other)
+    proc = privrad("study", "run", "--profile", "smoke", "--results-dir", str(results), *smoke["sets"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "8 complete (3 run now, 5 cached), 0 failed" in proc.stdout
-    for folder, name in damaged.items():
-        assert f"{results / 'smoke' / folder}: {name}" in proc.stderr and "set aside in" in proc.stderr
-        assert (results / "smoke" / "incomplete" / folder).is_dir()
+    assert "8 complete (1 run now, 7 cached), 0 failed" in proc.stdout
+    assert f"{results / 'smoke' / folder}: {name}" in proc.stderr and "set aside in" in proc.stderr
+    assert (results / "smoke" / "incomplete" / folder).is_dir()
     assert {k: metrics(d) for k, d in run_dirs(results).items()} == before  # the same runs, complete again
 
 
@@ -336,4 +341,4 @@ def test_the_readme_paper_recipe_on_simulated_data_at_a_custom_data_dir(tmp_path
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     page = (project / "_build" / "html" / "book" / "generated" / "data.html").read_text()
     assert str(mimic) in page and str(ct) in page and "skipped, nothing at /" not in page
-    assert page.count("credentialed text, no examples shown") == 2
+    assert "mimic-cxr: credentialed text, no examples shown" in page and "ct-rate: credentialed text, no examples shown" in page
