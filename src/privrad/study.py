@@ -363,12 +363,12 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "(no runs)"
     df = pd.DataFrame(rows)
-    df["state"] = [("cached" if c else s) if s == "complete" else s for s, c in zip(df["state"], df["cached"])]
-    df = df[["state", "run_id", "dataset", "model", "method", "epsilon", "seed", "seconds", "error"]]
+    df["cached"] = df["cached"].map({True: "yes", False: ""})
+    df = df[["state", "cached", "run_id", "dataset", "model", "method", "epsilon", "seed", "seconds", "error"]]
     df["run_id"] = df["run_id"].map(_short_id)
     df["error"] = df["error"].fillna("")
-    order = {"failed": 0, "incomplete": 1, "missing": 2, "complete": 3, "cached": 4}
-    df = df.sort_values("state", key=lambda s: s.map(order), kind="stable")
+    order = {s: i for i, s in enumerate(("failed", "incomplete", "missing", "complete"))}
+    df = df.sort_values(["state", "cached"], key=lambda s: s.map(order) if s.name == "state" else s, kind="stable")
     with pd.option_context("display.width", 200, "display.max_colwidth", 80, "display.max_rows", 1000):
         return df.to_string(index=False)
 
