@@ -36,6 +36,18 @@ def test_step_benchmark_tiny_runs_every_method(tmp_path):
     assert rows[("tiny-bert", "dp-lora")]["trainable"] < rows[("tiny-bert", "dp-lora")]["total"] / 2
 
 
+def test_fastpath_benchmark_tiny_times_every_variant(tmp_path, monkeypatch):
+    import fastpath
+
+    monkeypatch.setattr(fastpath.common, "OUT_DIR", tmp_path)  # the simulated reports go there too
+    out = tmp_path / "fastpath.json"
+    assert fastpath.main(["--tiny", "--out", str(out)]) == 0
+    rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(fastpath.VARIANTS) <= set(rows) and rows["before"]["ratio_to_before"] == 1.0
+    assert all(rows[v]["median_s"] > 0 and rows[v]["cpu_s"] >= 0 for v in fastpath.VARIANTS)
+    assert rows["frozen features (once per report)"]["reports_per_s"] > 0
+
+
 def test_stepper_dp_lora_updates_only_trainable_weights():
     """The benchmark's step is a real DP-SGD step: LoRA weights move, the base stays put."""
     import torch

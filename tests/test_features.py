@@ -202,3 +202,45 @@ def test_lora_layers_adapts_only_the_top_layers_and_train_pooler_freezes_the_poo
         build_model("tiny-albert", 3, lora_layers=1)
     with pytest.raises(ConfigError, match="out of range"):
         build_model("tiny-bert", 3, lora_layers=3)
+
+
+def test_a_model_sharing_lower_layers_continues_from_their_cached_features(tmp_path, monkeypatch):
+    """minilm-l3 is minilm-l6's first three layers: the deeper model's features start from the
+    shallower one's cache (same key at the shared depth) and equal features computed from scratch."""
+    from transformers import BertForSequenceClassification
+
+    from privrad.features import base_model, frozen_keys
+
+    plain = base_model(build_model("tiny-bert", 3, method="full", seed=0))
+    config = plain.config.__class__.from_dict({**plain.config.to_dict(), "num_hidden_layers": 3})
+    deep = BertForSequenceClassification(config)
+    missing, _ = deep.load_state_dict(plain.state_dict(), strict=False)  # layers 0-1 shared, layer 2 new
+    assert all(".layer.2." in k for k in missing)
+    deep.save_pretrained(tmp_path / "deep")
+    shallow = Classifier(build_model("tiny-bert", 3, seed=0, lora_layers=1))  # frozen: embeddings + layer 0
+    deeper = Classifier(build_model(str(tmp_path / "deep"), 3, seed=0, lora_layers=1))  # frozen: layers 0-1
+    reports = _reports()
+    enc = Encoded(reports, np.array([len(r) for r in reports]), 16, 0)
+    assert frozen_keys(shallow, enc)[1] == frozen_keys(deeper, enc)[1] != frozen_keys(deeper, enc)[2]
+    frozen_features(shallow, enc, cache_dir=tmp_path / "cache")
+    starts = []
+    original = Classifier.frozen
+    monkeypatch.setattr(Classifier, "frozen", lambda self, *a, **kw: starts.append(kw.get("start")) or original(self, *a, **kw))
+    continued = frozen_features(deeper, enc, cache_dir=tmp_path / "cache")
+    assert starts and set(starts) == {1}
+    monkeypatch.setattr(Classifier, "frozen", original)
+    scratch = frozen_features(deeper, enc)
+    for i in range(len(reports)):
+        np.testing.assert_allclose(continued[i], scratch[i], rtol=1e-5, atol=1e-6)
+
+
+def test_features_with_or_without_the_top_layers_key_value_give_the_same_logits():
+    net = Classifier(_model("tiny-bert", lora_layers=1)).eval()
+    reports = _reports()
+    enc = Encoded(reports, np.array([len(r) for r in reports]), 16, 0)
+    with_kv, plain = frozen_features(net, enc), frozen_features(net, enc, key_value=False)
+    assert with_kv[0].shape[1] == 3 * plain[0].shape[1] == 3 * net.hidden_size
+    a, b = _padded(reports, with_kv), _padded(reports, plain)
+    torch.testing.assert_close(net(input_ids=a["input_ids"], attention_mask=a["attention_mask"], features=a["features"]),
+                               net(input_ids=b["input_ids"], attention_mask=b["attention_mask"], features=b["features"]),
+                               rtol=1e-5, atol=1e-6)

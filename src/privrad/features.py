@@ -85,14 +85,38 @@ class Classifier(torch.nn.Module):
     def num_layers(self) -> int:
         return len(self._stack)
 
+    @property
+    def hidden_size(self) -> int:
+        return int(self._hf[0].config.hidden_size)
+
+    def weight_digests(self) -> list[str]:
+        """sha256 chain over the frozen prefix's weights: after the embeddings, then after each
+        frozen layer (computed once; the weights are frozen)."""
+        if getattr(self, "_digests", None) is None:
+            h = hashlib.sha256(f"{self.family}|".encode())
+
+            def add(module) -> None:
+                for name, t in sorted(module.state_dict().items()):
+                    h.update(name.encode())
+                    h.update(t.detach().cpu().contiguous().numpy().tobytes())
+
+            for m in self._embedders:
+                add(m)
+            digests = [h.hexdigest()]
+            for layer in self._stack[:self.frozen_layers]:
+                add(layer)
+                digests.append(h.hexdigest())
+            self._digests = digests
+        return self._digests
+
     def forward(self, input_ids=None, attention_mask=None, features=None):
         if self.family is None:
             return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
         kv = None
         if features is None:
             h = self.frozen(input_ids, attention_mask)
-        elif self.kv_features:  # [h, key base, value base] of the top layer
-            h, *kv = features.split(features.shape[-1] // 3, dim=-1)
+        elif self.kv_features and features.shape[-1] == 3 * self.hidden_size:  # [h, key base, value base]
+            h, *kv = features.split(self.hidden_size, dim=-1)
         else:
             h = features
         mask = _additive_mask(attention_mask, h.dtype)
@@ -107,22 +131,27 @@ class Classifier(torch.nn.Module):
             pooled = hf.albert.pooler_activation(hf.albert.pooler(h[:, 0]))
         return hf.classifier(hf.dropout(pooled))
 
-    def frozen(self, input_ids, attention_mask):
+    def frozen(self, input_ids, attention_mask, *, start: int = 0, hidden=None):
         """The frozen prefix's output: embeddings, then ``frozen_layers`` layers, as fixed features.
 
-        When the embeddings are trained (full fine-tuning) this is just the embeddings, with
-        gradients and dropout as the model's mode says.
+        ``hidden``: the output of the first ``start`` layers, to continue from (instead of the
+        token ids). When the embeddings are trained (full fine-tuning) this is just the
+        embeddings, with gradients and dropout as the model's mode says.
         """
-        b, t = input_ids.shape
-        pos = torch.arange(t, device=input_ids.device).expand(b, t)  # one row per report (Opacus, full FT)
         fixed = not any(p.requires_grad for m in self._embedders for p in m.parameters())
         with torch.no_grad() if fixed else contextlib.nullcontext(), _eval(self._embedders + self._stack[:self.frozen_layers], fixed):
-            h = self._embedders[0](input_ids=input_ids, position_ids=pos)
-            for m in self._embedders[1:]:
-                h = m(h)
-            if self.frozen_layers:
+            if hidden is None:
+                b, t = input_ids.shape
+                pos = torch.arange(t, device=input_ids.device).expand(b, t)  # one row per report (Opacus, full FT)
+                h = self._embedders[0](input_ids=input_ids, position_ids=pos)
+                for m in self._embedders[1:]:
+                    h = m(h)
+                start = 0
+            else:
+                h = hidden
+            if self.frozen_layers > start:
                 mask = _additive_mask(attention_mask, h.dtype)
-                for layer in self._stack[:self.frozen_layers]:
+                for layer in self._stack[start:self.frozen_layers]:
                     h = layer(h, mask)
         return h
 
@@ -236,30 +265,37 @@ class Features:
         return int(self.flat.nbytes)
 
 
-def frozen_key(classifier: Classifier, encoded) -> str:
-    """Cache key: sha256 of the frozen weights, the token ids and the prefix depth."""
-    h = hashlib.sha256(f"{classifier.family}|{classifier.frozen_layers}".encode())
-    for m in classifier._embedders + classifier._stack[:classifier.frozen_layers]:
-        for name, t in sorted(m.state_dict().items()):
-            h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+def frozen_keys(classifier: Classifier, encoded) -> list[str]:
+    """Cache keys of the frozen prefix's output at each depth 0 … ``frozen_layers``: sha256 of the
+    token ids and of a chain over the embeddings' weights and each layer's weights in turn. Two
+    models that share their lower layers (``minilm-l3`` is ``minilm-l6``'s first three) share
+    those keys."""
+    tokens = hashlib.sha256()
     for ids in encoded.input_ids:
-        h.update(np.asarray(ids, np.int64).tobytes())
-        h.update(b"|")
-    return h.hexdigest()[:24]
+        tokens.update(np.asarray(ids, np.int64).tobytes())
+        tokens.update(b"|")
+    return [hashlib.sha256(f"{w}|{tokens.hexdigest()}".encode()).hexdigest()[:24] for w in classifier.weight_digests()]
+
+
+def frozen_key(classifier: Classifier, encoded) -> str:
+    """Cache key of the frozen prefix's output (the last of :func:`frozen_keys`)."""
+    return frozen_keys(classifier, encoded)[-1]
 
 
 @torch.no_grad()
 def frozen_features(classifier: Classifier, encoded, *, cache_dir: str | os.PathLike | None = None,
-                    batch_size: int = 64) -> Features:
+                    batch_size: int = 64, key_value: bool = True) -> Features:
     """The frozen prefix's output for every report of ``encoded`` (token ids), in dataset order,
     extended with the top layer's frozen key and value projections when only that layer is
-    adapted (:meth:`Classifier.with_key_value`; computed here, not cached).
+    adapted and ``key_value`` (:meth:`Classifier.with_key_value`; computed here, not cached: it
+    triples the memory, which pays for the training split, read at every step, not for the
+    evaluation splits, read once).
 
     With ``cache_dir`` the features are kept on disk under a key of the frozen weights and the
-    token ids, in shards of :data:`SHARD_SIZE` reports written atomically. Runs that need the same
-    features at the same time share the work: each computes the shards nobody is computing (a
-    file lock per shard) and waits for the others'.
+    token ids (:func:`frozen_keys`), in shards of :data:`SHARD_SIZE` reports written atomically.
+    Runs that need the same features at the same time share the work: each computes the shards
+    nobody is computing (a file lock per shard) and waits for the others'. A shard cached at a
+    lower depth by a model with the same lower layers is continued from, not recomputed.
     """
     from privrad.data.tokenize import collate
 
@@ -270,13 +306,20 @@ def frozen_features(classifier: Classifier, encoded, *, cache_dir: str | os.Path
     n = len(encoded)
     shards = [range(i, min(n, i + SHARD_SIZE)) for i in range(0, n, SHARD_SIZE)]
 
-    def compute(rows: range) -> tuple[np.ndarray, np.ndarray]:
+    def compute(rows: range, start: int = 0, below: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
         order = sorted(rows, key=lambda i: len(encoded.input_ids[i]))
+        first = rows[0]
         out: dict[int, np.ndarray] = {}
         for k in range(0, len(order), batch_size):
             idx = order[k: k + batch_size]
-            batch = collate([(encoded.input_ids[i], np.zeros(0), np.zeros(0, bool), 1.0) for i in idx], encoded.pad_token_id)
-            h = classifier.frozen(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float().cpu().numpy()
+            rows_in = [(encoded.input_ids[i], np.zeros(0), np.zeros(0, bool), 1.0) for i in idx]
+            if below is not None:  # continue from the cached output of the first `start` layers
+                flat, off = below
+                rows_in = [r + (flat[off[i - first]: off[i - first + 1]],) for r, i in zip(rows_in, idx)]
+            batch = collate(rows_in, encoded.pad_token_id)
+            hidden = batch["features"].to(device) if below is not None else None
+            h = classifier.frozen(batch["input_ids"].to(device), batch["attention_mask"].to(device), start=start,
+                                  hidden=hidden).float().cpu().numpy()
             for j, i in enumerate(idx):
                 out[i] = h[j, : len(encoded.input_ids[i])]
         arrays = [out[i] for i in rows]
@@ -285,22 +328,27 @@ def frozen_features(classifier: Classifier, encoded, *, cache_dir: str | os.Path
     if cache_dir is None:
         parts = [compute(r) for r in shards]
     else:
-        folder = Path(cache_dir) / f"features-{frozen_key(classifier, encoded)}"
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = [folder / f"shard-{k:05d}.npz" for k in range(len(shards))]
+        keys = frozen_keys(classifier, encoded)
+        folders = [Path(cache_dir) / f"features-{key}" for key in keys]
+        folders[-1].mkdir(parents=True, exist_ok=True)
+        name = lambda k: f"shard-{k:05d}.npz"  # noqa: E731
         for blocking in (False, True):  # first take free shards, then wait for (or redo) the others'
-            for rows, path in zip(shards, paths):
+            for k, rows in enumerate(shards):
+                path = folders[-1] / name(k)
                 if not path.exists():
                     with _shard_lock(path, blocking=blocking) as mine:
                         if mine and not path.exists():
-                            _save_shard(path, *compute(rows))
-        parts = [_load_shard(p) for p in paths]
+                            depth = next((d for d in range(len(keys) - 2, 0, -1) if (folders[d] / name(k)).exists()), 0)
+                            below = _load_shard(folders[depth] / name(k)) if depth else None
+                            _save_shard(path, *compute(rows, depth, below))
+        parts = [_load_shard(folders[-1] / name(k)) for k in range(len(shards))]
     if not parts:
         return Features(np.zeros((0, 0), np.float32), np.zeros(1, np.int64))
     offsets = [0]
     for flat, off in parts:
         offsets.extend((offsets[-1] + off[1:]).tolist())
-    return classifier.with_key_value(Features(np.concatenate([p[0] for p in parts]), np.asarray(offsets, np.int64)))
+    features = Features(np.concatenate([p[0] for p in parts]), np.asarray(offsets, np.int64))
+    return classifier.with_key_value(features) if key_value else features
 
 
 @contextlib.contextmanager
@@ -332,4 +380,4 @@ def _load_shard(path: Path) -> tuple[np.ndarray, np.ndarray]:
         return z["flat"], z["offsets"]
 
 
-__all__ = ["Classifier", "Features", "frozen_features", "frozen_key", "base_model", "SHARD_SIZE"]
+__all__ = ["Classifier", "Features", "frozen_features", "frozen_key", "frozen_keys", "base_model", "SHARD_SIZE"]

@@ -281,7 +281,7 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
     ``dataset``: an already-loaded ReportDataset (its name must equal ``config.dataset``);
     otherwise ``load_dataset(config.dataset, config.data_dir, **config.dataset_options)``.
     ``run_dir`` defaults to ``results_dir/<run_id>``. ``cache_dir`` caches tokenized reports and
-    frozen-layer features (default for the features: ``$PRIVRAD_CACHE_DIR/features``).
+    frozen-layer features (default: ``$PRIVRAD_CACHE_DIR/tokens`` and ``…/features``).
     ``device``: where to train (``"cuda"``, ``"cuda:1"``, ``"cpu"``); ``None`` takes the first GPU
     when there is one. The device is not part of the run id (it says where, not what); it is
     recorded in ``config.json``.
@@ -312,7 +312,8 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
 
     t0 = time.perf_counter()
     tok = load_tokenizer(cfg.model)
-    enc = {s: EncodedDataset(tokenize_dataset(d, tok, max_length=cfg.max_length, cache_dir=cache_dir), d.labels, d.label_mask)
+    tokens = cache_dir if cache_dir is not None else privrad_cache("tokens")
+    enc = {s: EncodedDataset(tokenize_dataset(d, tok, max_length=cfg.max_length, cache_dir=tokens), d.labels, d.label_mask)
            for s, d in splits.items()}
     model = build_model(cfg.model, dataset.n_labels, method=cfg.method, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                         lora_dropout=cfg.lora_dropout, lora_targets=cfg.lora_targets, lora_layers=cfg.lora_layers,
@@ -320,8 +321,8 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
     net = Classifier(model)
     if net.frozen_layers:  # LoRA in the top layers only: the frozen layers run once per report, cached
         where = cache_dir if cache_dir is not None else privrad_cache("features")
-        for e in enc.values():
-            e.features = frozen_features(net, e.encoded, cache_dir=where)
+        for split, e in enc.items():
+            e.features = frozen_features(net, e.encoded, cache_dir=where, key_value=split == "train")
     t_prep = time.perf_counter() - t0
     result = train(net, enc["train"], cfg, delta=delta, progress=progress)
     t1 = time.perf_counter()

@@ -1,0 +1,35 @@
+"""The default recipe is one recipe: the Open-i profile applies it unchanged, and the tuning
+sweep varies only what it tunes around it."""
+
+from pathlib import Path
+
+from privrad import profiles
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ("lora_layers", "train_pooler", "lora_r", "lora_alpha", "lora_targets", "batch_size", "num_epochs", "lr",
+          "max_grad_norm", "physical_batch_size")
+
+
+def _recipe(name):
+    points = profiles.expand(profiles.load_profile(name, root=ROOT))
+    return {(p.config.epsilon is None): {k: getattr(p.config, k) for k in RECIPE} for p in points
+            if p.config.model == "minilm-l6" and p.config.lora_targets is None and not p.config.train_pooler}
+
+
+def test_openi_applies_the_default_recipe_unchanged():
+    default, openi = _recipe("default"), _recipe("openi")
+    assert set(default) == set(openi) == {True, False}  # private and non-private
+    assert openi == default
+
+
+def test_the_tuning_sweep_varies_only_the_learning_rate_around_the_recipe_and_contains_it():
+    default = _recipe("default")
+    points = profiles.expand(profiles.load_profile("tune", root=ROOT))
+    tune = [{k: getattr(p.config, k) for k in RECIPE} for p in points]
+    for private in (True, False):
+        assert default[not private] in tune  # the chosen recipe is one of the tuned points
+    for cfg in tune:
+        assert {k: v for k, v in cfg.items() if k not in ("lr", "train_pooler", "lora_targets")} == \
+               {k: v for k, v in default[False].items() if k not in ("lr", "train_pooler", "lora_targets")}
+    assert {p.entry.simulate["seed"] for p in points} == {1}  # never the study's seed-0 reports
+    assert {e.simulate["seed"] for e in profiles.load_profile("default", root=ROOT).datasets} == {0}
