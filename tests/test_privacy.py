@@ -5,12 +5,16 @@ import torch
 
 from privrad.errors import PrivacyError
 from privrad.privacy import (
+    PLD_PRECISION,
     calibrate_noise_multiplier,
     check_delta,
     check_epsilon,
     default_delta,
+    cross_check,
     epsilon_from_history,
+    pld_bounds,
     privacy_report,
+    prv_bounds,
 )
 
 
@@ -46,11 +50,42 @@ def test_calibration_is_tight_and_pld_agrees(target):
                             max_grad_norm=1.0)
     spent = report["epsilon"]
     assert 0.97 * target <= spent <= target
-    pld = report["cross_check"]["epsilon"]
-    assert abs(pld - spent) <= 0.02 or abs(pld - spent) <= 0.02 * spent
-    assert report["cross_check"]["agrees"]
-    assert report["rdp_epsilon"] >= pld  # RDP is the looser bound
+    check = report["cross_check"]
+    assert check["agrees"] and not check["pld_above_target"]
+    # each accountant's interval is as narrow as its stated precision: PRV 2 × 1 %, PLD 2 % of the target
+    r_low, r_up = check["reporting_interval"]
+    p_low, p_up = check["pld_interval"]
+    assert r_up == spent and r_up - r_low <= 2.05 * 0.01 * target
+    assert p_up - p_low == pytest.approx(PLD_PRECISION * target)
+    assert p_low <= r_up and r_low <= p_up
+    assert report["rdp_epsilon"] >= check["epsilon"]  # RDP is the looser bound
     assert report["steps"] == steps and math.isclose(report["epochs"], 3.0)
+
+
+def test_a_constructed_disagreement_at_epsilon_001_fails_the_cross_check():
+    """A PLD of 0.029 beside a PRV of 0.0099 at target 0.01 passed the old rule (|Δ| ≤ 0.02);
+    both numbers come from the real accountants (the PLD one of a history with less noise)."""
+    target, q, steps, delta = 0.01, 0.1, 30, 1e-5
+    sigma = calibrate_noise_multiplier(target, delta, q, steps)
+    prv_low, _, prv_up = prv_bounds([(sigma, q, steps)], delta, 0.01 * target)
+    wrong = [(sigma / 2.5, q, steps)]  # what a PLD that mis-read σ would compute
+    pld = pld_bounds(wrong, delta, PLD_PRECISION * target)
+    assert 0.025 < pld[1] < 0.03 and abs(pld[1] - prv_up) <= 0.02  # the old rule said "agrees"
+    check = cross_check((prv_low, prv_up), pld, target)
+    assert not check["agrees"] and check["pld_above_target"]
+    assert check["epsilon_spent"] == pld[1]  # the larger of the two is reported
+    # and a PLD that is right but merely a hair above the target is flagged, still agreeing
+    near = cross_check((0.00985, 0.00999), (0.0099, 0.0101), target)
+    assert near["agrees"] and near["pld_above_target"] and near["epsilon_spent"] == 0.00999
+
+
+def test_calibration_reaches_epsilon_001_where_rdp_cannot():
+    """At δ = 1e-8 RDP's orders cannot certify ε = 0.01 at any noise; the PLD brackets instead."""
+    q, steps, delta = 0.1, 30, 1e-8
+    assert epsilon_from_history([(1e4, q, steps)], delta, accountant="rdp-dp_accounting") > 0.01
+    sigma = calibrate_noise_multiplier(0.01, delta, q, steps)
+    spent = epsilon_from_history([(sigma, q, steps)], delta, eps_error=1e-4)
+    assert 0.985 * 0.01 <= spent <= 0.01
 
 
 def test_unreachable_target_says_what_would_reach_it():
