@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
@@ -77,10 +78,15 @@ def test_tests_find_the_built_in_tradeoff_and_label_what_one_seed_cannot_do(tmp_
     strong = boot[boot["comparison"].str.contains("ε=0.01 vs")]
     assert (strong["effect"] < -0.2).all() and (strong["ci_high"] < 0).all() and (strong["p_holm"] < 0.05).all()
     assert (boot["p_holm"] >= boot["p"]).all()
-    sp = t[(t["test"] == "Spearman log ε ~ F1") & (t["comparison"] != "all models")]
-    assert np.allclose(sp["statistic"], 1.0)
-    pooled = t[(t["test"] == "Spearman log ε ~ F1") & (t["comparison"] == "all models")].iloc[0]
-    assert pooled["statistic"] > 0.8 and pooled["p"] < 0.01
+    page = t[t["test"] == stats.PAGE].set_index("comparison")
+    per_model = page.drop("all models")
+    assert np.allclose(per_model["effect"], 1.0)  # each model's F1 rises with ε: mean ρ = 1
+    assert np.allclose(per_model["p"], 1 / 24) and np.allclose(per_model["p_min"], 1 / 24)  # one block of 4 levels
+    pooled = page.loc["all models"]
+    assert pooled["n"] == 3 and pooled["effect"] == 1.0 and pooled["p"] == pytest.approx(24.0 ** -3)
+    assert (t["p"].dropna() >= t.loc[t["p"].notna(), "p_min"] - 1e-15).all()
+    # the bootstrap of a strong effect reports its minimum, never 0
+    assert np.allclose(strong["p"], 2 / 501)
 
 
 def test_paired_bootstrap_difference_matches_metrics_and_is_zero_against_itself(tmp_path):
@@ -120,5 +126,57 @@ def test_too_few_levels_are_labelled_not_run(tmp_path):
     notes = dict(zip(t["test"], t["note"]))
     assert notes["Friedman across ε"].startswith("not run")
     assert notes["Wilcoxon vs ∞"].startswith("not run")
-    assert notes["Spearman log ε ~ F1"].startswith("not run")
+    assert notes[stats.PAGE].startswith("not run")
     assert t[t["test"] == "paired bootstrap vs ∞"]["p"].notna().all()
+
+
+def test_page_trend_reproduces_a_hand_computed_l_and_exact_p():
+    table = np.array([[0.50, 0.55, 0.60],   # ranks 1 2 3
+                      [0.52, 0.51, 0.58],   # ranks 2 1 3
+                      [0.40, 0.45, 0.44]])  # ranks 1 3 2
+    # L = Σ_j j · R_j with column rank sums R = (4, 6, 8): 1·4 + 2·6 + 3·8 = 40
+    # one block's Σ j·r_j over the 6 orderings of (1, 2, 3): 14 once, 13 twice, 11 twice, 10 once;
+    # three blocks reach ≥ 40 as 14+14+14 (1 way), 14+14+13 (3 · 2 = 6), 14+13+13 (3 · 2 · 2 = 12)
+    L, p, p_min, method = stats.page_trend(table)
+    assert L == 40 and method == "exact"
+    assert p == pytest.approx(19 / 216, abs=1e-12) and p_min == pytest.approx(1 / 216)
+    # one block: the exact permutation p over its 4! orderings; ranks 1 3 2 4 give L = 29 of a
+    # maximum 30, reached or beaten by the identity and its three adjacent swaps: 4 / 24
+    L1, p1, p1_min, _ = stats.page_trend(np.array([[0.1, 0.3, 0.2, 0.4]]))
+    assert L1 == 29 and p1 == pytest.approx(4 / 24) and p1_min == pytest.approx(1 / 24)
+
+
+def _runs_frame(rows):
+    return pd.DataFrame(rows, columns=["dataset", "model", "method", "epsilon", "seed", "weighted_f1"])
+
+
+def test_wilcoxon_counts_only_non_zero_differences_and_respects_its_exact_minimum():
+    rows = []
+    for i, model in enumerate(("a", "b", "c", "d", "e", "f")):
+        rows.append(("ds", model, "lora", math.inf, 0, 0.80 + 0.01 * i))
+        # two blocks tie exactly with ∞; four are lower by tied amounts (scipy then approximates)
+        rows.append(("ds", model, "lora", 1.0, 0, 0.80 + 0.01 * i - (0.0 if i < 2 else 0.05)))
+    t = pd.DataFrame(stats.paired_vs_nonprivate(_runs_frame(rows)))
+    row = t.iloc[0]
+    assert row["n"] == 6 and "4 non-zero of 6" in row["note"]
+    assert row["p_min"] == pytest.approx(2 / 2 ** 4) and row["p"] >= row["p_min"]
+    assert "cannot reach 0.05" in row["note"]
+
+
+def test_friedman_minimum_and_label_when_it_cannot_reach_005():
+    rows = [("ds", m, "lora", e, 0, f) for m in ("a", "b") for e, f in ((0.1, 0.5), (1.0, 0.6), (math.inf, 0.7))]
+    row = stats.friedman(_runs_frame(rows))[0]
+    assert row["p_min"] == pytest.approx(1 / 6) and row["p"] >= 1 / 6 and "cannot reach 0.05" in row["note"]
+
+
+def test_seed_mean_interval_is_computed_not_averaged(tmp_path):
+    runs = make_grid(tmp_path, seeds=(0, 1, 2), models=("tiny-bert",), with_full=False)
+    s = stats.summarize(runs, n_bootstrap=400)
+    cell = s[s["epsilon"] == 1.0].iloc[0]
+    dirs = runs[runs["epsilon"] == 1.0]["run_dir"]
+    mean, lo, hi = stats.seed_mean_interval(dirs, n_bootstrap=400)
+    assert cell["mean"] == pytest.approx(mean) and (cell["ci_low"], cell["ci_high"]) == (lo, hi)
+    assert lo < mean < hi
+    # the fabricated runs store [F1 − 0.03, F1 + 0.03]; the averaged endpoints would be exactly that
+    # band around the mean — the computed interval is not
+    assert (lo, hi) != pytest.approx((mean - 0.03, mean + 0.03), abs=1e-6)

@@ -6,24 +6,34 @@ Everything here reads run folders only (``config.json``, ``metrics.json``, ``pri
 The questions and the tests that answer them (scipy throughout):
 
 * *How good is each configuration?* — per dataset × model × method × ε: the mean weighted F1
-  over seeds ± its standard deviation (training randomness; undefined with one seed) and the
-  per-run bootstrap 95 % interval over test reports (test-sampling uncertainty; averaged over
-  seeds when there are several).
+  over seeds ± its standard deviation (training randomness; undefined with one seed) and a 95 %
+  interval over test reports (test-sampling uncertainty): with one seed the run's own bootstrap
+  interval, with several an interval of the seed mean computed by resampling the test reports
+  jointly for every seed (:func:`seed_mean_interval`) — never averaged endpoints.
 * *Does ε matter at all?* — a Friedman test across the ε levels (∞ included), blocks = model
   × seed (:func:`scipy.stats.friedmanchisquare`). Rank-based, so the models' different levels
   do not matter, only their ordering across ε.
 * *Which ε cost utility?* — each ε against non-private on the same blocks, a Wilcoxon
   signed-rank test (:func:`scipy.stats.wilcoxon`), Holm-corrected over the ε levels of a
-  dataset (:func:`holm`). With n pairs the smallest two-sided exact p is 2/2ⁿ, so with three
-  models and one seed (p ≥ 0.25) it cannot reach significance: the table says so.
-* *Within one model and seed, is the difference real?* — a paired bootstrap over the same
-  test reports of weighted F1(ε) − weighted F1(∞) (:func:`paired_bootstrap`), with its 95 %
-  interval and a two-sided bootstrap p, Holm-corrected per dataset.
-* *Is there a trend?* — Spearman's ρ between log ε and weighted F1 over the private runs
-  (:func:`scipy.stats.spearmanr`), per dataset and per dataset × model.
+  dataset (:func:`holm`). Zero differences are dropped (scipy's default), so with n non-zero
+  differences the smallest two-sided exact p is 2/2ⁿ: with three models and one seed (p ≥ 0.25)
+  it cannot reach significance, and the table says so.
+* *Do these two trained models differ on test reports like these?* — a paired bootstrap over
+  the same test reports of weighted F1(ε) − weighted F1(∞) for one model and seed
+  (:func:`paired_bootstrap`), with its 95 % interval and a two-sided bootstrap p, Holm-corrected
+  per dataset. It is a statement about two trained models, not about the training procedure:
+  training randomness is held fixed, so it cannot say that another seed would differ as much.
+* *Does utility rise with ε?* — Page's trend test (:func:`scipy.stats.page_trend_test`) over
+  the private ε levels in increasing order, blocks = model × seed per dataset and blocks =
+  seeds per dataset × model; one block is tested exactly by enumerating its k! orderings
+  (:func:`page_trend`). Blocks keep models and seeds apart, so clustered runs are never treated
+  as independent points.
 
-Each test row carries a ``note`` that says when a test could not be run, or cannot reach
-significance with the runs at hand (e.g. one seed), instead of leaving a silent gap.
+Every test row carries ``p_min``, the smallest p-value the test can give with these blocks or
+resamples (for rank tests: under their exact permutation distribution). No row reports a p below
+it (an approximate p is raised to it, and the note says so), and a row whose ``p_min`` exceeds
+0.05 is labelled "cannot reach 0.05". Each row's ``note`` also says when a test could not be
+run, instead of leaving a silent gap.
 """
 
 from __future__ import annotations
@@ -167,15 +177,56 @@ def load_predictions(run_dir: str | Path) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------------------
 
 
-def summarize(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per dataset × model × method × ε: seeds, mean ± sd of weighted F1 and the (seed-averaged)
-    bootstrap interval; sd is NaN with one seed (undefined, not zero)."""
-    g = runs.groupby(["dataset", "model", "method", "epsilon"], sort=True)
+def summarize(runs: pd.DataFrame, *, n_bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Per dataset × model × method × ε: seeds, mean ± sd of weighted F1 and a 95 % interval
+    over test reports; sd is NaN with one seed (undefined, not zero).
+
+    The interval is the run's own bootstrap interval with one seed; with several it is computed
+    for the seed mean by :func:`seed_mean_interval` (averaging the runs' endpoints would not be
+    an interval of anything)."""
+    keys = ["dataset", "model", "method", "epsilon"]
+    g = runs.groupby(keys, sort=True)
     out = g.agg(n_seeds=("seed", "nunique"), mean=("weighted_f1", "mean"), sd=("weighted_f1", "std"),
-                ci_low=("ci_low", "mean"), ci_high=("ci_high", "mean"),
+                ci_low=("ci_low", "first"), ci_high=("ci_high", "first"),
                 noise_multiplier=("noise_multiplier", "mean"), spent_epsilon=("spent_epsilon", "mean")).reset_index()
+    for i, (_, sub) in enumerate(g):
+        if len(sub) > 1:
+            _, lo, hi = seed_mean_interval(sub["run_dir"], n_bootstrap=n_bootstrap, seed=seed)
+            out.loc[i, ["ci_low", "ci_high"]] = [lo, hi]
     out.insert(4, "epsilon_label", [epsilon_label(None if e == INF else e) for e in out["epsilon"]])
     return out
+
+
+def _resample_counts(n: int, n_bootstrap: int, seed: int) -> np.ndarray:
+    """``(n_bootstrap, n)`` multiplicities of a report-level bootstrap (one row per resample)."""
+    rng = np.random.default_rng(seed)
+    return np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(n_bootstrap)]).astype(float)
+
+
+def _resampled_weighted_f1(pred: dict[str, np.ndarray], counts: np.ndarray) -> tuple[float, np.ndarray]:
+    """Weighted F1 of a run's stored decisions: on the test reports, and on each resample."""
+    y = pred["labels"] > 0.5
+    m = pred["label_mask"].astype(bool) if "label_mask" in pred else np.ones_like(y)
+    d = pred["decisions"] > 0.5
+    ind = [(y & d & m), (~y & d & m), (y & ~d & m)]
+    point = weighted_f1_counts(*(x.sum(0).astype(float) for x in ind))
+    return float(point), weighted_f1_counts(*(counts @ x.astype(float) for x in ind))
+
+
+def seed_mean_interval(run_dirs: Iterable[str | Path], *, n_bootstrap: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """The mean weighted F1 of several runs (seeds) on the same test reports, with a percentile
+    95 % interval over test reports: each resample draws the reports once and scores every run
+    on it, so the interval is one of the seed mean itself."""
+    preds = [load_predictions(r) for r in run_dirs]
+    ids = preds[0]["ids"]
+    if any(p["ids"].shape != ids.shape or not np.array_equal(p["ids"], ids) for p in preds):
+        raise ValueError("the runs do not hold predictions for the same test reports")
+    counts = _resample_counts(len(ids), n_bootstrap, seed)
+    scored = [_resampled_weighted_f1(p, counts) for p in preds]
+    mean = float(np.mean([pt for pt, _ in scored]))
+    boots = np.mean([b for _, b in scored], axis=0)
+    lo, hi = np.nanpercentile(boots, [2.5, 97.5])
+    return mean, float(lo), float(hi)
 
 
 def _cell(mean: float, sd: float, lo: float, hi: float) -> str:
@@ -237,9 +288,19 @@ def holm(pvalues: Iterable[float]) -> np.ndarray:
 
 
 def _row(test: str, dataset: str, comparison: str, n: int, statistic: float = math.nan, p: float = math.nan,
-         effect: float = math.nan, ci_low: float = math.nan, ci_high: float = math.nan, note: str = "") -> dict[str, Any]:
+         effect: float = math.nan, ci_low: float = math.nan, ci_high: float = math.nan, note: str = "",
+         p_min: float = math.nan) -> dict[str, Any]:
+    """One row of the tests table. ``p_min`` is the smallest p the test can give here: a p below
+    it (an approximation's artefact) is raised to it, and a row that cannot reach 0.05 says so."""
+    notes = [note] if note else []
+    if not math.isnan(p) and not math.isnan(p_min) and p < p_min:
+        p = p_min
+        notes.append(f"approximate p was below the exact minimum {p_min:.3g}; shown as that minimum")
+    if not math.isnan(p_min) and p_min > 0.05:
+        notes.append(f"smallest possible p is {p_min:.3g}: cannot reach 0.05")
     return {"test": test, "dataset": dataset, "comparison": comparison, "n": n, "statistic": statistic,
-            "effect": effect, "ci_low": ci_low, "ci_high": ci_high, "p": p, "p_holm": math.nan, "note": note}
+            "effect": effect, "ci_low": ci_low, "ci_high": ci_high, "p": p, "p_min": p_min, "p_holm": math.nan,
+            "note": "; ".join(notes)}
 
 
 def _blocks(sub: pd.DataFrame) -> pd.DataFrame:
@@ -261,7 +322,10 @@ def friedman(runs: pd.DataFrame) -> list[dict[str, Any]]:
             continue
         res = st.friedmanchisquare(*[wide[c].to_numpy() for c in wide.columns])
         note = f"blocks = model × seed ({n}); chi-square approximation is rough with few blocks" if n < 10 else f"blocks = model × seed ({n})"
-        out.append(_row("Friedman across ε", dataset, f"ε ∈ {{{levels}}}", n, float(res.statistic), float(res.pvalue), note=note))
+        # exact minimum: every block ranks the levels the same way, k! of the (k!)^n equally likely rankings
+        p_min = float(math.factorial(k)) ** (1 - n)
+        out.append(_row("Friedman across ε", dataset, f"ε ∈ {{{levels}}}", n, float(res.statistic), float(res.pvalue),
+                        note=note, p_min=p_min))
     return out
 
 
@@ -285,16 +349,15 @@ def paired_vs_nonprivate(runs: pd.DataFrame) -> list[dict[str, Any]]:
                                  note="not run: needs ≥ 2 paired blocks (model × seed)"))
                 continue
             if np.all(d == 0):
-                rows.append(_row("Wilcoxon vs ∞", dataset, comp, n, effect=0.0, p=1.0, note="all differences are zero"))
+                rows.append(_row("Wilcoxon vs ∞", dataset, comp, n, effect=0.0, p=1.0, p_min=1.0, note="all differences are zero"))
                 continue
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 res = st.wilcoxon(pair[e].to_numpy(), pair[INF].to_numpy())
-            min_p = 2.0 / 2 ** n
-            note = f"median difference {np.median(d):+.3f}"
-            if min_p > 0.05:
-                note += f"; with n = {n} pairs the smallest possible p is {min_p:.3g}: cannot reach 0.05 (add seeds)"
-            rows.append(_row("Wilcoxon vs ∞", dataset, comp, n, float(res.statistic), float(res.pvalue), effect=float(np.mean(d)), note=note))
+            nonzero = int(np.count_nonzero(d))  # scipy drops zero differences (zero_method="wilcox")
+            note = f"median difference {np.median(d):+.3f}; {nonzero} non-zero of {n} differences"
+            rows.append(_row("Wilcoxon vs ∞", dataset, comp, n, float(res.statistic), float(res.pvalue), effect=float(np.mean(d)),
+                             note=note, p_min=2.0 / 2 ** nonzero))
         adj = holm([r["p"] for r in rows])
         for r, a in zip(rows, adj):
             r["p_holm"] = a
@@ -325,31 +388,25 @@ def weighted_f1(labels: np.ndarray, decisions: np.ndarray, mask: np.ndarray | No
 def paired_bootstrap(run_a: str | Path, run_b: str | Path, *, n_bootstrap: int = 2000, seed: int = 0) -> dict[str, float]:
     """Weighted F1(a) − weighted F1(b) on the same test reports, resampled together.
 
-    Both runs must hold predictions for the same test ids (same dataset, same split). Returns
-    the observed difference, the percentile 95 % interval and a two-sided bootstrap p
-    (twice the share of resamples on the other side of zero)."""
+    A statement about these two trained models on test reports like these, not about the
+    training procedure (each model's training randomness is held fixed). Both runs must hold
+    predictions for the same test ids (same dataset, same split). Returns the observed
+    difference, the percentile 95 % interval and a two-sided bootstrap p,
+    ``2 (1 + #resamples on the other side of zero) / (n_bootstrap + 1)`` capped at 1, whose
+    smallest possible value ``p_min = 2 / (n_bootstrap + 1)`` is returned too."""
     a, b = load_predictions(run_a), load_predictions(run_b)
     if a["ids"].shape != b["ids"].shape or not np.array_equal(a["ids"], b["ids"]):
         raise ValueError(f"{run_a} and {run_b} do not hold predictions for the same test reports")
-    y = a["labels"] > 0.5
-    m = a["label_mask"].astype(bool) if "label_mask" in a else np.ones_like(y)
-    n = len(y)
-    rng = np.random.default_rng(seed)
-    counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(n_bootstrap)]).astype(float)
-
-    def boot(dec: np.ndarray) -> tuple[float, np.ndarray]:
-        p = dec > 0.5
-        ind = [(y & p & m), (~y & p & m), (y & ~p & m)]
-        point = weighted_f1_counts(*(x.sum(0).astype(float) for x in ind))
-        resampled = weighted_f1_counts(*(counts @ x.astype(float) for x in ind))
-        return float(point), resampled
-
-    pa, ba = boot(a["decisions"])
-    pb, bb = boot(b["decisions"])
+    n = len(a["ids"])
+    counts = _resample_counts(n, n_bootstrap, seed)
+    pa, ba = _resampled_weighted_f1(a, counts)
+    pb, bb = _resampled_weighted_f1(b, counts)
     diff = ba - bb
     lo, hi = np.nanpercentile(diff, [2.5, 97.5])
-    p = min(1.0, 2 * min(np.mean(diff <= 0), np.mean(diff >= 0)))
-    return {"difference": pa - pb, "ci_low": float(lo), "ci_high": float(hi), "p": float(p), "n_reports": n}
+    other_side = min(int(np.sum(diff <= 0)), int(np.sum(diff >= 0)))
+    p = min(1.0, 2 * (1 + other_side) / (n_bootstrap + 1))
+    return {"difference": pa - pb, "ci_low": float(lo), "ci_high": float(hi), "p": float(p),
+            "p_min": 2 / (n_bootstrap + 1), "n_reports": n}
 
 
 def bootstrap_vs_nonprivate(runs: pd.DataFrame, *, n_bootstrap: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
@@ -372,8 +429,8 @@ def bootstrap_vs_nonprivate(runs: pd.DataFrame, *, n_bootstrap: int = 2000, seed
                     rows.append(_row("paired bootstrap vs ∞", dataset, comp, 0, note=f"not run: {exc}"))
                     continue
                 rows.append(_row("paired bootstrap vs ∞", dataset, comp, b["n_reports"], effect=b["difference"],
-                                 ci_low=b["ci_low"], ci_high=b["ci_high"], p=b["p"],
-                                 note=f"{n_bootstrap} resamples of the test reports"))
+                                 ci_low=b["ci_low"], ci_high=b["ci_high"], p=b["p"], p_min=b["p_min"],
+                                 note=f"these two trained models; {n_bootstrap} resamples of the test reports"))
         adj = holm([r["p"] for r in rows])
         for r, a in zip(rows, adj):
             r["p_holm"] = a
@@ -381,31 +438,59 @@ def bootstrap_vs_nonprivate(runs: pd.DataFrame, *, n_bootstrap: int = 2000, seed
     return out
 
 
+PAGE = "Page trend: F1 rises with ε"
+
+
+def page_trend(table: np.ndarray) -> tuple[float, float, float, str]:
+    """Page's L, its one-sided p, and its exact minimum p for ``table`` (blocks × levels, the
+    levels in the predicted increasing order); the method used.
+
+    Two or more blocks: :func:`scipy.stats.page_trend_test` (exact for small tables, normal
+    approximation beyond). One block: the exact permutation p, the share of the k! orderings of
+    its ranks whose L is at least the observed one. The exact minimum is (1/k!)^blocks.
+    """
+    table = np.asarray(table, dtype=float)
+    m, k = table.shape
+    p_min = float(math.factorial(k)) ** -m
+    if m >= 2:
+        res = st.page_trend_test(table)
+        return float(res.statistic), float(res.pvalue), p_min, str(res.method)
+    from itertools import permutations
+
+    ranks = st.rankdata(table[0])
+    weights = np.arange(1, k + 1)
+    L = float(weights @ ranks)
+    perms = np.array(list(permutations(ranks)))
+    p = float(np.mean(perms @ weights >= L - 1e-9))
+    return L, p, p_min, "exact (one block, all orderings)"
+
+
 def trend(runs: pd.DataFrame) -> list[dict[str, Any]]:
-    """Spearman's ρ between log10 ε and weighted F1 over private LoRA runs, per dataset (all
-    models and seeds pooled) and per dataset × model."""
+    """Page's trend test of "weighted F1 rises with ε" over the private LoRA ε levels: per
+    dataset with blocks = model × seed, and per dataset × model with blocks = seeds. The effect
+    is the mean within-block Spearman ρ between ε and F1, ρ̄ = 12 L / (m k (k² − 1)) − 3 (k + 1) / (k − 1)."""
     out = []
     for dataset, sub in runs.groupby("dataset", sort=True):
         priv = sub[(sub["method"] == "lora") & (sub["epsilon"] != INF)]
         groups = [("all models", priv)] + [(m, g) for m, g in priv.groupby("model", sort=True)]
         for who, g in groups:
-            n, k = len(g), g["epsilon"].nunique()
-            if k < 3:
-                out.append(_row("Spearman log ε ~ F1", dataset, who, n, note=f"not run: needs ≥ 3 private ε levels, have {k}"))
+            wide = g.pivot_table(index=["model", "seed"], columns="epsilon", values="weighted_f1", aggfunc="mean").dropna()
+            m, k = wide.shape
+            blocks = "model × seed" if who == "all models" else "seed"
+            if k < 3 or m < 1:
+                out.append(_row(PAGE, dataset, who, m, note=f"not run: needs ≥ 3 private ε levels in a complete block ({blocks}); have {k}"))
                 continue
-            res = st.spearmanr(np.log10(g["epsilon"].to_numpy()), g["weighted_f1"].to_numpy())
-            note = "pooled over models and seeds (model differences add noise)" if who == "all models" else ""
-            if n < 10:
-                note = (note + "; " if note else "") + f"n = {n}: p is approximate"
-            out.append(_row("Spearman log ε ~ F1", dataset, who, n, float(res.statistic), float(res.pvalue),
-                            effect=float(res.statistic), note=note))
+            L, p, p_min, method = page_trend(wide[sorted(wide.columns)].to_numpy())
+            rho = 12 * L / (m * k * (k * k - 1)) - 3 * (k + 1) / (k - 1)
+            out.append(_row(PAGE, dataset, who, m, L, p, effect=rho, p_min=p_min,
+                            note=f"blocks = {blocks} ({m}), {k} ε levels; {method}; one-sided"))
     return out
 
 
 def tests_table(runs: pd.DataFrame, *, n_bootstrap: int = 2000, seed: int = 0) -> pd.DataFrame:
     """All tests in one table (see the module docstring for what each answers)."""
     rows = friedman(runs) + paired_vs_nonprivate(runs) + bootstrap_vs_nonprivate(runs, n_bootstrap=n_bootstrap, seed=seed) + trend(runs)
-    cols = ["test", "dataset", "comparison", "n", "statistic", "effect", "ci_low", "ci_high", "p", "p_holm", "note"]
+    cols = ["test", "dataset", "comparison", "n", "statistic", "effect", "ci_low", "ci_high", "p", "p_min", "p_holm", "note"]
     return pd.DataFrame(rows, columns=cols)
 
 
