@@ -138,3 +138,33 @@ def test_per_sample_gradients_equal_one_at_a_time(name):
                 ps = per_sample["_module." + n][i]
                 rel = (ps - p.grad).norm() / p.grad.norm().clamp(min=1e-12)
                 assert rel < 1e-4, (n, float(rel))
+
+
+def test_release_terms_answer_may_i_publish_this_adapter():
+    from privrad.privacy import TRAINING_STATISTICS, release_terms
+
+    secure = release_terms(private=True, dp_randomness="secure", credentialed=True, threshold="tuned", epsilon=1.0, delta=1e-5)
+    assert secure["dp_release"] and "adapter" in secure["covers"][0] and "k·ε" in secure["covers"][0]
+    assert secure["withheld"] == list(TRAINING_STATISTICS)
+    assert any("validation and test splits are declared public" in s for s in secure["does_not_cover"])
+    assert any("--set" in s for s in secure["does_not_cover"])
+    replay = release_terms(private=True, dp_randomness="reproducible", credentialed=True, threshold="tuned")
+    assert not replay["dp_release"] and replay["release"].startswith("not a DP release") and replay["covers"] == []
+    public = release_terms(private=True, credentialed=False, threshold="fixed")
+    assert public["dp_release"] and public["withheld"] == []
+    assert any("training-split label prevalence" in s for s in public["does_not_cover"])
+    assert any("fixed at 0.5" in s for s in public["does_not_cover"])
+    patient = release_terms(private=True, privacy_unit="patient", credentialed=True, threshold="tuned")
+    assert "one patient with all of their reports" in patient["covers"][0]
+    assert not release_terms(private=False, credentialed=True, threshold="tuned")["dp_release"]
+    with pytest.raises(PrivacyError, match="dp_randomness"):
+        release_terms(private=True, dp_randomness="seeded", credentialed=True, threshold="tuned")
+
+
+def test_delta_table_states_how_far_below_one_over_n_the_default_is():
+    from privrad.privacy import delta_table
+
+    rows = {r["n_train"]: r for r in delta_table([25_000, 35_000, 250_000])}
+    assert rows[25_000]["delta"] == 1e-5 and rows[25_000]["one_over_n_divided_by_delta"] == pytest.approx(4.0)
+    assert 2.5 < rows[35_000]["one_over_n_divided_by_delta"] < 3.0  # n^-1.1 takes over: only ~3× below 1/n
+    assert rows[250_000]["delta"] < 1e-5 and rows[250_000]["delta_times_n"] == pytest.approx(250_000 ** -0.1)

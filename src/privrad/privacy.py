@@ -393,3 +393,105 @@ def cached_noise_multiplier(target_epsilon: float, delta: float, sample_rate: fl
     except OSError:  # a read-only home: calibrate every time, as before
         pass
     return sigma
+
+
+# ---------------------------------------------------------------------------- what a run releases
+
+#: Where DP-SGD's randomness (the Poisson batches and the Gaussian noise) comes from:
+#: ``secure`` — generators seeded from OS entropy, never recorded (the default; needed for the
+#: guarantee to hold for the released adapter); ``reproducible`` — generators seeded from the
+#: public run seed (teaching, tests; the adapter is then *not a DP release*).
+DP_RANDOMNESS = ("secure", "reproducible")
+
+#: What two neighbouring training sets differ by: one report (add/remove), or one patient with
+#: all of their reports (patients are Poisson-sampled and contribute one clipped gradient each).
+PRIVACY_UNITS = ("report", "patient")
+
+#: Statistics of the training split that a run could publish outside the accountant. For private
+#: runs on credentialed data the run writer withholds every one of them; otherwise they are
+#: published and listed as not covered.
+TRAINING_STATISTICS = {
+    "loss": "per-step training loss (curve.json, the run notebook's loss plot)",
+    "batch_size": "realised Poisson batch sizes (curve.json)",
+    "empty_batches": "the count of empty Poisson batches (privacy.json)",
+    "n_truncated": "how many training reports were cut at max_length (config.json)",
+    "train_prevalence": "training-split label prevalence (run notebook, data chapter)",
+}
+
+
+def withholds_training_statistics(*, private: bool, credentialed: bool) -> bool:
+    """Whether a run withholds :data:`TRAINING_STATISTICS`: private runs on credentialed data."""
+    return bool(private and credentialed)
+
+
+def release_terms(*, private: bool, dp_randomness: str = "secure", privacy_unit: str = "report",
+                  credentialed: bool, threshold: str, epsilon: float | None = None,
+                  delta: float | None = None) -> dict:
+    """What the (ε, δ) of a run covers, what it does not, and whether its adapter is a DP release.
+
+    The answer to "may I publish this adapter?" is ``dp_release``: true only for a private run
+    whose DP randomness was secret. ``covers`` and ``does_not_cover`` are sentences for
+    ``privacy.json`` and the book; ``withheld`` names the training statistics this run did not
+    publish (:data:`TRAINING_STATISTICS`).
+    """
+    if dp_randomness not in DP_RANDOMNESS:
+        raise PrivacyError(f"dp_randomness {dp_randomness!r} is unknown; use one of {', '.join(DP_RANDOMNESS)}.")
+    if privacy_unit not in PRIVACY_UNITS:
+        raise PrivacyError(f"privacy_unit {privacy_unit!r} is unknown; use one of {', '.join(PRIVACY_UNITS)}.")
+    withheld = withholds_training_statistics(private=private, credentialed=credentialed)
+    public_splits = ("the validation and test splits are declared public: thresholds tuned on the validation split "
+                     "and every validation or test metric and prediction (metrics.json, predictions.npz) are "
+                     "computed from them without noise" if threshold == "tuned" else
+                     "the test split is declared public: test metrics and predictions (metrics.json, predictions.npz) are "
+                     "computed from it without noise; thresholds are fixed at 0.5, so no validation data is released")
+    not_covered = [
+        public_splits,
+        "the training-split size n_train and the split sizes (the sample rate is computed from n_train)",
+        "hyperparameters chosen by looking at results on private data (e.g. repeated runs with --set): "
+        "that choice spends privacy no accountant counts",
+        "wall-clock times in config.json (they vary with the realised Poisson batch sizes)",
+    ]
+    if not private:
+        return {"dp_release": False, "release": "not a DP release: non-private training, no noise and no clipping",
+                "covers": [], "does_not_cover": ["anything: the adapter and every output are functions of the training data without noise"],
+                "withheld": [], "dp_randomness": None, "privacy_unit": None}
+    eps = f"ε = {epsilon:.3g}, δ = {delta:.2g}" if epsilon is not None and delta is not None else "(ε, δ)"
+    unit = ("one report: neighbouring training sets differ by adding or removing one report. A patient with k "
+            "reports in the training split is protected only at about k·ε (group privacy: (kε, k·e^{(k-1)ε}·δ))"
+            if privacy_unit == "report" else
+            "one patient with all of their reports: neighbouring training sets differ by adding or removing one "
+            "patient (patients are Poisson-sampled; each contributes one clipped gradient per step)")
+    if not withheld:
+        not_covered.append("published although computed from the training split without noise, because this dataset is not "
+                           "credentialed: " + "; ".join(TRAINING_STATISTICS.values()))
+    if dp_randomness == "reproducible":
+        return {
+            "dp_release": False,
+            "release": "not a DP release: the Poisson batches and the noise were drawn from generators seeded by the "
+                       "public run seed in config.json, so anyone can replay them; the accounted ε describes the "
+                       "mechanism, not this adapter",
+            "covers": [],
+            "does_not_cover": ["the adapter and everything computed from it: its DP randomness is reproducible"] + not_covered,
+            "withheld": [k for k in TRAINING_STATISTICS] if withheld else [],
+            "dp_randomness": dp_randomness, "privacy_unit": privacy_unit,
+        }
+    return {
+        "dp_release": True,
+        "release": f"a DP release at {eps} per {privacy_unit}: the adapter may be published under that guarantee, "
+                   "with the split and hyperparameter caveats listed under does_not_cover",
+        "covers": [
+            f"the adapter (LoRA weights and the trained head) and anything computed from it alone, e.g. predictions on "
+            f"new reports (post-processing): {eps}, the privacy unit being {unit}",
+            "ε spent at checkpoints, the noise multiplier, the sample rate and the step count (they depend on the "
+            "training split only through its size)",
+        ],
+        "does_not_cover": not_covered,
+        "withheld": [k for k in TRAINING_STATISTICS] if withheld else [],
+        "dp_randomness": dp_randomness, "privacy_unit": privacy_unit,
+    }
+
+
+def delta_table(n_trains: Sequence[int]) -> list[dict]:
+    """privrad's default δ for training sets of these sizes, and how far below 1/n it is."""
+    return [{"n_train": int(n), "delta": default_delta(n), "delta_times_n": default_delta(n) * n,
+             "one_over_n_divided_by_delta": 1 / (n * default_delta(n))} for n in n_trains]
