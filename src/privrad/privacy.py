@@ -495,3 +495,28 @@ def delta_table(n_trains: Sequence[int]) -> list[dict]:
     """privrad's default δ for training sets of these sizes, and how far below 1/n it is."""
     return [{"n_train": int(n), "delta": default_delta(n), "delta_times_n": default_delta(n) * n,
              "one_over_n_divided_by_delta": 1 / (n * default_delta(n))} for n in n_trains]
+
+
+def delta_cost(target_epsilon: float, n_train: int, sample_rate: float, steps: int, *, reference_delta: float = 1e-5) -> dict:
+    """How much the same noise spends at privrad's default δ for ``n_train`` instead of ``reference_delta``.
+
+    The noise multiplier is found by bisection on the PLD accountant so that ε at
+    ``reference_delta`` is ``target_epsilon`` (to 0.1 %); then ε is recomputed at
+    :func:`default_delta` ``(n_train)``. A quick comparison for the book, not a calibration: the
+    PLD runs at a coarse discretisation (``target_epsilon / 1000``), both numbers alike.
+    """
+    interval = target_epsilon / 1000
+
+    def eps(sigma: float, delta: float) -> float:
+        return epsilon_from_history([(sigma, sample_rate, steps)], delta, accountant="pld", pld_interval=interval)
+
+    lo, hi = 0.1, 1.0
+    while eps(hi, reference_delta) > target_epsilon:
+        lo, hi = hi, hi * 2
+    while hi - lo > 1e-3 * hi:
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if eps(mid, reference_delta) <= target_epsilon else (mid, hi)
+    delta = default_delta(n_train)
+    return {"n_train": int(n_train), "sample_rate": sample_rate, "steps": int(steps), "noise_multiplier": hi,
+            "reference_delta": reference_delta, "epsilon_at_reference_delta": eps(hi, reference_delta),
+            "default_delta": delta, "epsilon_at_default_delta": eps(hi, delta)}

@@ -991,6 +991,10 @@ def build_book(profile: Profile, *, root: Path | None = None, out=sys.stdout) ->
     print(f"privrad: executing the analysis notebook over {len(runs)} runs …", file=sys.stderr)
     _execute_for_book(papermill, root / "notebooks" / "analysis.ipynb", staging / "analysis.ipynb",
                       {"results_dir": str(results_dir), "run_dirs": [str(rd) for rd in runs], "profile": profile.name}, kernel)
+    # what the runs release: coverage, δ, trainable parameters, the accountants (a section of methods)
+    print("privrad: executing the privacy notebook …", file=sys.stderr)
+    _execute_for_book(papermill, root / "notebooks" / "privacy.ipynb", staging / "privacy.ipynb",
+                      {"run_dirs": [str(rd) for rd in runs], "profile": profile.name}, kernel)
     # data: the datasets helper's notebook, over this profile's datasets
     data_nb = root / "notebooks" / "data.ipynb"
     if data_nb.is_file():
