@@ -407,6 +407,10 @@ DP_RANDOMNESS = ("secure", "reproducible")
 #: all of their reports (patients are Poisson-sampled and contribute one clipped gradient each).
 PRIVACY_UNITS = ("report", "patient")
 
+#: The splits the book declares public: their statistics, metrics and the thresholds tuned on the
+#: validation split are published without noise. The training split is the only one ε protects.
+PUBLIC_SPLITS = ("validation", "test")
+
 #: Statistics of the training split that a run could publish outside the accountant. For private
 #: runs on credentialed data the run writer withholds every one of them; otherwise they are
 #: published and listed as not covered.
