@@ -48,7 +48,7 @@ def test_calibration_is_tight_and_pld_agrees(target):
     report = privacy_report(target_epsilon=target, delta=delta, noise_multiplier=sigma, sample_rate=q,
                             history=[(sigma, q, steps)], n_train=640, planned_steps=steps, batch_size=64,
                             max_grad_norm=1.0)
-    spent = report["epsilon"]
+    spent = report["epsilon_spent"]
     assert 0.97 * target <= spent <= target
     check = report["cross_check"]
     assert check["agrees"] and not check["pld_above_target"]
@@ -58,7 +58,7 @@ def test_calibration_is_tight_and_pld_agrees(target):
     assert r_up == spent and r_up - r_low <= 2.05 * 0.01 * target
     assert p_up - p_low == pytest.approx(PLD_PRECISION * target)
     assert p_low <= r_up and r_low <= p_up
-    assert report["rdp_epsilon"] >= check["epsilon"]  # RDP is the looser bound
+    assert report["rdp_epsilon"] >= check["epsilon_spent"]  # RDP is the looser bound
     assert report["steps"] == steps and math.isclose(report["epochs"], 3.0)
 
 

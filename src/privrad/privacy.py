@@ -297,7 +297,7 @@ def privacy_report(*, target_epsilon: float | None, delta: float | None, noise_m
     steps = int(sum(t for _, _, t in history))
     base = {
         "private": target_epsilon is not None,
-        "target_epsilon": target_epsilon,
+        "epsilon": target_epsilon,  # the target (the config's epsilon); None = non-private
         "delta": delta,
         "noise_multiplier": noise_multiplier,
         "max_grad_norm": max_grad_norm,
@@ -310,7 +310,7 @@ def privacy_report(*, target_epsilon: float | None, delta: float | None, noise_m
         "accountant": accountant,
     }
     if target_epsilon is None:
-        return {**base, "epsilon": None, "epsilon_label": "∞", "note": "non-private training: no noise, no clipping"}
+        return {**base, "epsilon_spent": None, "note": "non-private training: no noise, no clipping"}
     err = _prv_eps_error(target_epsilon)
     if accountant == "prv":
         low, _, up = prv_bounds(history, delta, err)
@@ -322,12 +322,11 @@ def privacy_report(*, target_epsilon: float | None, delta: float | None, noise_m
     rdp = epsilon_from_history(history, delta, accountant="rdp-dp_accounting")
     return {
         **base,
-        "epsilon": spent,
-        "epsilon_label": f"{spent:.3g}",
+        "epsilon_spent": spent,
         "prv_eps_error": err if accountant == "prv" else None,
         "cross_check": {
             "accountant": "pld (dp_accounting)",
-            "epsilon": pld[1],
+            "epsilon_spent": pld[1],
             "pld_precision": PLD_PRECISION * target_epsilon,
             "abs_difference": abs(pld[1] - up),
             **{k: v for k, v in check.items() if k != "epsilon_spent"},
