@@ -52,7 +52,10 @@ def test_load_runs_and_paper_table(tmp_path):
 
 def test_tests_find_the_built_in_tradeoff_and_label_what_one_seed_cannot_do(tmp_path):
     runs = make_grid(tmp_path)
-    t = stats.tests_table(runs, n_bootstrap=500)
+    full = stats.tests_table(runs, n_bootstrap=500)
+    # every test at the runs' thresholds and at 0.5; these fabricated runs decide at 0.5, so both agree
+    t, at_half = (full[full["threshold"] == k].reset_index(drop=True) for k in ("tuned", "0.5"))
+    assert len(t) == len(at_half) and np.allclose(t["statistic"], at_half["statistic"], equal_nan=True)
     fr = t[t["test"] == "Friedman across ε"].iloc[0]
     assert fr["n"] == 3 and fr["statistic"] == pytest.approx(12.0) and fr["p"] < 0.05
     wil = t[t["test"] == "Wilcoxon vs ∞"]
@@ -69,7 +72,7 @@ def test_tests_find_the_built_in_tradeoff_and_label_what_one_seed_cannot_do(tmp_
     assert np.allclose(per_model["p"], 1 / 24) and np.allclose(per_model["p_min"], 1 / 24)  # one block of 4 levels
     pooled = page.loc["all models"]
     assert pooled["n"] == 3 and pooled["effect"] == 1.0 and pooled["p"] == pytest.approx(24.0 ** -3)
-    assert (t["p"].dropna() >= t.loc[t["p"].notna(), "p_min"] - 1e-15).all()
+    assert (full["p"].dropna() >= full.loc[full["p"].notna(), "p_min"] - 1e-15).all()
     # the bootstrap of a strong effect reports its minimum, never 0
     assert np.allclose(strong["p"], 2 / 501)
 
@@ -98,6 +101,7 @@ def test_three_seeds_give_sd_and_a_wilcoxon_that_can_reach_significance(tmp_path
     assert (s["n_seeds"] == 3).all() and s["sd"].notna().all()
     assert stats.paper_table(runs)["ε=1"].str.contains("±").all()
     t = stats.tests_table(runs, n_bootstrap=200)
+    t = t[t["threshold"] == "tuned"]
     wil = t[t["test"] == "Wilcoxon vs ∞"]
     assert (wil["n"] == 9).all() and not wil["note"].str.contains("cannot reach").any()
     assert (wil["p_holm"] < 0.05).all()
@@ -165,3 +169,26 @@ def test_seed_mean_interval_is_computed_not_averaged(tmp_path):
     # each run stores its own bootstrap interval: averaging their endpoints is not what is shown
     averaged = (runs[runs["epsilon"] == 1.0]["weighted_f1_ci95_low"].mean(), runs[runs["epsilon"] == 1.0]["weighted_f1_ci95_high"].mean())
     assert (lo, hi) != pytest.approx(averaged, abs=1e-6)
+
+
+def test_the_weighted_f1_at_05_is_shown_beside_the_tuned_one(tmp_path):
+    """Tuned thresholds come from the validation split (declared public); every table shows the
+    weighted F1 at a fixed 0.5, which uses no validation data, beside it."""
+    for eps in (0.1, 1.0, 10.0, None):
+        fabricate_run(tmp_path, epsilon=eps, flip=0.1, threshold=0.9)  # "tuned" at 0.9
+    runs = stats.load_runs(tmp_path)
+    assert (runs["weighted_f1"] != runs["weighted_f1_at_0.5"]).all()
+    s = stats.summarize(runs, n_bootstrap=200)
+    for r in s.itertuples():
+        run = runs[runs["epsilon"] == r.epsilon].iloc[0]
+        assert r.mean == pytest.approx(run["weighted_f1"])
+    assert np.allclose(s["mean_at_0.5"], runs["weighted_f1_at_0.5"])
+    assert (s["weighted_f1_ci95_low_at_0.5"] < s["mean_at_0.5"]).all() and (s["mean_at_0.5"] < s["weighted_f1_ci95_high_at_0.5"]).all()
+    tuned = stats.paper_table(runs, formatted=False, n_bootstrap=100)
+    fixed = stats.paper_table(runs, threshold="0.5", formatted=False, n_bootstrap=100)
+    assert tuned.loc[0, "ε=1"] == runs.loc[runs["epsilon"] == 1.0, "weighted_f1"].iloc[0]
+    assert fixed.loc[0, "ε=1"] == runs.loc[runs["epsilon"] == 1.0, "weighted_f1_at_0.5"].iloc[0]
+    pred = stats.load_predictions(runs["run_dir"].iloc[0])
+    assert stats.weighted_f1(pred["labels"], stats.decisions(pred, "0.5"), pred["label_mask"]) == pytest.approx(runs["weighted_f1_at_0.5"].iloc[0])
+    t = stats.tests_table(runs, n_bootstrap=100)
+    assert set(t["threshold"]) == {"tuned", "0.5"}

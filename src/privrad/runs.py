@@ -60,7 +60,7 @@ RUN_FILES = ("config.json", "metrics.json", "privacy.json", "predictions.npz", "
 #: :func:`run_state` calls a folder without them incomplete.
 REQUIRED = {
     "config.json": ("run_format", "run_id", "config", "dataset_fingerprint", "label_names", "privrad_version"),
-    "metrics.json": ("weighted_f1", "macro_f1", "micro_f1", "per_label"),
+    "metrics.json": ("weighted_f1", "weighted_f1_at_0.5", "macro_f1", "micro_f1", "per_label"),
     "privacy.json": ("epsilon", "epsilon_spent", "delta", "noise_multiplier", "sample_rate", "steps"),
     "curve.json": ("steps",),
     "predictions.npz": ("ids", "probabilities", "labels", "label_mask", "decisions", "thresholds"),
@@ -182,7 +182,8 @@ class RunResult:
         lo, hi = self.weighted_f1_ci95
         return {"run_id": self.run_id, "run_dir": str(self.run_dir), "dataset": c.dataset, "model": c.model,
                 "method": c.method, "epsilon": c.epsilon, "seed": c.seed, "weighted_f1": m["weighted_f1"],
-                "weighted_f1_ci95_low": lo, "weighted_f1_ci95_high": hi, "macro_f1": m["macro_f1"],
+                "weighted_f1_ci95_low": lo, "weighted_f1_ci95_high": hi, "weighted_f1_at_0.5": m["weighted_f1_at_0.5"],
+                "macro_f1": m["macro_f1"],
                 "micro_f1": m["micro_f1"], "macro_auroc": m.get("macro_auroc"), "epsilon_spent": p["epsilon_spent"],
                 "delta": p["delta"], "noise_multiplier": p["noise_multiplier"], "sample_rate": p["sample_rate"],
                 "steps": p["steps"]}

@@ -54,6 +54,11 @@ from privrad.runs import read_run, run_state
 EPSILON_ORDER = (0.01, 0.1, 1.0, 10.0, math.inf)
 INF = math.inf
 
+#: The two thresholds every weighted F1 is shown at: the run's own (``tuned`` on the validation
+#: split, which the book declares public, or 0.5 for ``threshold: fixed``) and a fixed 0.5, which
+#: uses no validation data. Keys name them in tables; values are the ``load_runs`` columns.
+THRESHOLDS = {"tuned": "weighted_f1", "0.5": "weighted_f1_at_0.5"}
+
 #: Weighted F1 reported in arXiv 2506.04450 (abstract): on MIMIC-CXR, DP-LoRA at a moderate
 #: privacy budget 0.88 (up to 0.89), non-private LoRA 0.90, full fine-tuning 0.96; on CT-RATE
 #: 0.59 at a moderate budget and 0.78 non-private.
@@ -94,7 +99,7 @@ def run_folders(results: str | Path | Iterable[str | Path]) -> list[Path]:
 
 
 COLUMNS = ["run_id", "run_dir", "dataset", "paper_dataset", "model", "method", "epsilon", "epsilon_label", "seed",
-           "weighted_f1", "weighted_f1_ci95_low", "weighted_f1_ci95_high", "macro_f1", "micro_f1", "epsilon_spent",
+           "weighted_f1", "weighted_f1_ci95_low", "weighted_f1_ci95_high", "weighted_f1_at_0.5", "macro_f1", "micro_f1", "epsilon_spent",
            "delta", "noise_multiplier", "sample_rate", "steps"]
 
 
@@ -136,35 +141,51 @@ def load_predictions(run_dir: str | Path) -> dict[str, np.ndarray]:
 
 def summarize(runs: pd.DataFrame, *, n_bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Per dataset × model × method × ε: seeds, mean ± sd of weighted F1 and a 95 % interval
-    over test reports; sd is NaN with one seed (undefined, not zero).
+    over test reports, at the run's thresholds and at 0.5 (``*_at_0.5``); sd is NaN with one seed
+    (undefined, not zero).
 
-    The interval is the run's own bootstrap interval with one seed; with several it is computed
-    for the seed mean by :func:`seed_mean_interval` (averaging the runs' endpoints would not be
-    an interval of anything)."""
+    The interval at the run's thresholds is the run's own bootstrap interval with one seed; with
+    several it is computed for the seed mean by :func:`seed_mean_interval` (averaging the runs'
+    endpoints would not be an interval of anything). At 0.5 it is always computed that way."""
     keys = ["dataset", "model", "method", "epsilon"]
     g = runs.groupby(keys, sort=True)
     out = g.agg(n_seeds=("seed", "nunique"), mean=("weighted_f1", "mean"), sd=("weighted_f1", "std"),
                 weighted_f1_ci95_low=("weighted_f1_ci95_low", "first"), weighted_f1_ci95_high=("weighted_f1_ci95_high", "first"),
+                mean_at_0_5=("weighted_f1_at_0.5", "mean"), sd_at_0_5=("weighted_f1_at_0.5", "std"),
                 noise_multiplier=("noise_multiplier", "mean"), epsilon_spent=("epsilon_spent", "mean")).reset_index()
+    out = out.rename(columns={"mean_at_0_5": "mean_at_0.5", "sd_at_0_5": "sd_at_0.5"})
+    out["weighted_f1_ci95_low_at_0.5"] = math.nan
+    out["weighted_f1_ci95_high_at_0.5"] = math.nan
     for i, (_, sub) in enumerate(g):
         if len(sub) > 1:
             _, lo, hi = seed_mean_interval(sub["run_dir"], n_bootstrap=n_bootstrap, seed=seed)
             out.loc[i, ["weighted_f1_ci95_low", "weighted_f1_ci95_high"]] = [lo, hi]
+        if n_bootstrap:
+            _, lo, hi = seed_mean_interval(sub["run_dir"], threshold="0.5", n_bootstrap=n_bootstrap, seed=seed)
+            out.loc[i, ["weighted_f1_ci95_low_at_0.5", "weighted_f1_ci95_high_at_0.5"]] = [lo, hi]
     out.insert(4, "epsilon_label", [epsilon_label(None if e == INF else e) for e in out["epsilon"]])
     return out
 
 
-def seed_mean_interval(run_dirs: Iterable[str | Path], *, n_bootstrap: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+def decisions(pred: dict[str, np.ndarray], threshold: str = "tuned") -> np.ndarray:
+    """A run's stored test decisions (``tuned``: at its own thresholds) or those at 0.5 (``"0.5"``)."""
+    if threshold not in THRESHOLDS:
+        raise ValueError(f"threshold {threshold!r}: use one of {', '.join(THRESHOLDS)}")
+    return pred["decisions"] if threshold == "tuned" else pred["probabilities"] >= 0.5
+
+
+def seed_mean_interval(run_dirs: Iterable[str | Path], *, threshold: str = "tuned", n_bootstrap: int = 1000,
+                       seed: int = 0) -> tuple[float, float, float]:
     """The mean weighted F1 of several runs (seeds) on the same test reports, with a percentile
     95 % interval over test reports: each resample draws the reports once and scores every run
-    on it, so the interval is one of the seed mean itself."""
+    on it, so the interval is one of the seed mean itself. ``threshold``: see :func:`decisions`."""
     preds = [load_predictions(r) for r in run_dirs]
     ids = preds[0]["ids"]
     if any(p["ids"].shape != ids.shape or not np.array_equal(p["ids"], ids) for p in preds):
         raise ValueError("the runs do not hold predictions for the same test reports")
     counts = bootstrap_counts(len(ids), n_bootstrap, seed)  # one resample of the reports, every seed scored on it
-    mean = float(np.mean([weighted_f1(p["labels"], p["decisions"], p["label_mask"]) for p in preds]))
-    boots = np.mean([bootstrap_weighted_f1(p["labels"], p["decisions"], p["label_mask"], counts) for p in preds], axis=0)
+    mean = float(np.mean([weighted_f1(p["labels"], decisions(p, threshold), p["label_mask"]) for p in preds]))
+    boots = np.mean([bootstrap_weighted_f1(p["labels"], decisions(p, threshold), p["label_mask"], counts) for p in preds], axis=0)
     lo, hi = np.nanpercentile(boots, [2.5, 97.5])
     return mean, float(lo), float(hi)
 
@@ -177,11 +198,20 @@ def _cell(mean: float, sd: float, lo: float, hi: float) -> str:
     return f"{mean:.3f}"
 
 
-def paper_table(runs: pd.DataFrame, *, formatted: bool = True) -> pd.DataFrame:
+def paper_table(runs: pd.DataFrame, *, threshold: str = "tuned", formatted: bool = True, n_bootstrap: int = 1000) -> pd.DataFrame:
     """The paper's layout: rows dataset × model, columns ε = 0.01, 0.1, 1, 10, ∞ (LoRA) and
     full fine-tuning (non-private), then the paper's reported numbers for the paper's dataset it stands for.
-    Cells are ``mean ± sd`` over seeds, or ``mean [bootstrap CI]`` with one seed."""
-    s = summarize(runs)
+    Cells are ``mean ± sd`` over seeds, or ``mean [bootstrap CI]`` with one seed; ``threshold``
+    ``"tuned"`` (the runs' thresholds) or ``"0.5"`` (see :data:`THRESHOLDS`)."""
+    if threshold not in THRESHOLDS:
+        raise ValueError(f"threshold {threshold!r}: use one of {', '.join(THRESHOLDS)}")
+    s = summarize(runs, n_bootstrap=n_bootstrap)
+    at = "" if threshold == "tuned" else "_at_0.5"
+    cols = (f"mean{at}", f"sd{at}", f"weighted_f1_ci95_low{at}", f"weighted_f1_ci95_high{at}")
+
+    def cell(h):
+        return _cell(*(h[c] for c in cols)) if formatted else h[cols[0]]
+
     rows = []
     for (dataset, model), sub in s.groupby(["dataset", "model"], sort=True):
         row: dict[str, Any] = {"dataset": dataset, "model": model}
@@ -190,17 +220,9 @@ def paper_table(runs: pd.DataFrame, *, formatted: bool = True) -> pd.DataFrame:
         for e in eps_levels:
             hit = lora[lora["epsilon"] == e]
             key = f"ε={epsilon_label(None if e == INF else e)}"
-            if hit.empty:
-                row[key] = "" if formatted else math.nan
-            else:
-                h = hit.iloc[0]
-                row[key] = _cell(h["mean"], h["sd"], h["weighted_f1_ci95_low"], h["weighted_f1_ci95_high"]) if formatted else h["mean"]
+            row[key] = ("" if formatted else math.nan) if hit.empty else cell(hit.iloc[0])
         full = sub[(sub["method"] == "full") & (sub["epsilon"] == INF)]
-        if full.empty:
-            row["full"] = "" if formatted else math.nan
-        else:
-            h = full.iloc[0]
-            row["full"] = _cell(h["mean"], h["sd"], h["weighted_f1_ci95_low"], h["weighted_f1_ci95_high"]) if formatted else h["mean"]
+        row["full"] = ("" if formatted else math.nan) if full.empty else cell(full.iloc[0])
         for k, v in PAPER.get(paper_dataset(dataset), {}).items():
             row[k] = ("" if v is None else f"{v:.2f}") if formatted else (math.nan if v is None else v)
         rows.append(row)
@@ -243,17 +265,18 @@ def _row(test: str, dataset: str, comparison: str, n: int, statistic: float = ma
             "p_min": p_min, "p_holm": math.nan, "note": "; ".join(notes)}
 
 
-def _blocks(sub: pd.DataFrame) -> pd.DataFrame:
-    """Weighted F1 pivoted to blocks (model × seed) × ε levels, LoRA runs only."""
+def _blocks(sub: pd.DataFrame, threshold: str = "tuned") -> pd.DataFrame:
+    """Weighted F1 (at ``threshold``, see :data:`THRESHOLDS`) pivoted to blocks (model × seed) ×
+    ε levels, LoRA runs only."""
     lora = sub[sub["method"] == "lora"]
-    return lora.pivot_table(index=["model", "seed"], columns="epsilon", values="weighted_f1", aggfunc="mean")
+    return lora.pivot_table(index=["model", "seed"], columns="epsilon", values=THRESHOLDS[threshold], aggfunc="mean")
 
 
-def friedman(runs: pd.DataFrame) -> list[dict[str, Any]]:
+def friedman(runs: pd.DataFrame, *, threshold: str = "tuned") -> list[dict[str, Any]]:
     """Friedman test across ε levels per dataset; blocks = model × seed with every level."""
     out = []
     for dataset, sub in runs.groupby("dataset", sort=True):
-        wide = _blocks(sub).dropna()
+        wide = _blocks(sub, threshold).dropna()
         k, n = wide.shape[1], wide.shape[0]
         levels = ", ".join(epsilon_label(None if e == INF else e) for e in wide.columns)
         if k < 3 or n < 2:
@@ -269,12 +292,12 @@ def friedman(runs: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
-def paired_vs_nonprivate(runs: pd.DataFrame) -> list[dict[str, Any]]:
+def paired_vs_nonprivate(runs: pd.DataFrame, *, threshold: str = "tuned") -> list[dict[str, Any]]:
     """Wilcoxon signed-rank of each ε against ε = ∞ over blocks (model × seed); Holm over the ε
     levels within a dataset."""
     out = []
     for dataset, sub in runs.groupby("dataset", sort=True):
-        wide = _blocks(sub)
+        wide = _blocks(sub, threshold)
         if INF not in wide.columns:
             out.append(_row("Wilcoxon vs ∞", dataset, "each ε vs ∞", 0, note="not run: no non-private LoRA run (ε = ∞)"))
             continue
@@ -305,7 +328,8 @@ def paired_vs_nonprivate(runs: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
-def paired_bootstrap(run_a: str | Path, run_b: str | Path, *, n_bootstrap: int = 2000, seed: int = 0) -> dict[str, float]:
+def paired_bootstrap(run_a: str | Path, run_b: str | Path, *, n_bootstrap: int = 2000, seed: int = 0,
+                     threshold: str = "tuned") -> dict[str, float]:
     """Weighted F1(a) − weighted F1(b) on the same test reports, resampled together.
 
     A statement about these two trained models on test reports like these, not about the
@@ -319,8 +343,9 @@ def paired_bootstrap(run_a: str | Path, run_b: str | Path, *, n_bootstrap: int =
         raise ValueError(f"{run_a} and {run_b} do not hold predictions for the same test reports")
     y, m, n = a["labels"], a["label_mask"], len(a["labels"])
     counts = bootstrap_counts(n, n_bootstrap, seed)  # the same resamples for both runs: paired
-    pa, pb = weighted_f1(y, a["decisions"], m), weighted_f1(y, b["decisions"], m)
-    diff = bootstrap_weighted_f1(y, a["decisions"], m, counts) - bootstrap_weighted_f1(y, b["decisions"], m, counts)
+    da, db = decisions(a, threshold), decisions(b, threshold)
+    pa, pb = weighted_f1(y, da, m), weighted_f1(y, db, m)
+    diff = bootstrap_weighted_f1(y, da, m, counts) - bootstrap_weighted_f1(y, db, m, counts)
     lo, hi = np.nanpercentile(diff, [2.5, 97.5])
     other_side = min(int(np.sum(diff <= 0)), int(np.sum(diff >= 0)))
     p = min(1.0, 2 * (1 + other_side) / (n_bootstrap + 1))
@@ -328,7 +353,8 @@ def paired_bootstrap(run_a: str | Path, run_b: str | Path, *, n_bootstrap: int =
             "p_min": 2 / (n_bootstrap + 1), "n_reports": n}
 
 
-def bootstrap_vs_nonprivate(runs: pd.DataFrame, *, n_bootstrap: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
+def bootstrap_vs_nonprivate(runs: pd.DataFrame, *, n_bootstrap: int = 2000, seed: int = 0,
+                            threshold: str = "tuned") -> list[dict[str, Any]]:
     """Paired bootstrap of each private LoRA run against the non-private LoRA run of the same
     dataset, model and seed; Holm over all comparisons of a dataset."""
     out = []
@@ -343,7 +369,7 @@ def bootstrap_vs_nonprivate(runs: pd.DataFrame, *, n_bootstrap: int = 2000, seed
                     rows.append(_row("paired bootstrap vs ∞", dataset, comp, 0, note="not run: no non-private run of this model and seed"))
                     continue
                 try:
-                    b = paired_bootstrap(r.run_dir, ref.iloc[0]["run_dir"], n_bootstrap=n_bootstrap, seed=seed)
+                    b = paired_bootstrap(r.run_dir, ref.iloc[0]["run_dir"], n_bootstrap=n_bootstrap, seed=seed, threshold=threshold)
                 except ValueError as exc:  # not the same test reports
                     rows.append(_row("paired bootstrap vs ∞", dataset, comp, 0, note=f"not run: {exc}"))
                     continue
@@ -385,7 +411,7 @@ def page_trend(table: np.ndarray) -> tuple[float, float, float, str]:
     return L, p, p_min, "exact (one block, all orderings)"
 
 
-def trend(runs: pd.DataFrame) -> list[dict[str, Any]]:
+def trend(runs: pd.DataFrame, *, threshold: str = "tuned") -> list[dict[str, Any]]:
     """Page's trend test of "weighted F1 rises with ε" over the private LoRA ε levels: per
     dataset with blocks = model × seed, and per dataset × model with blocks = seeds. The effect
     is the mean within-block Spearman ρ between ε and F1, ρ̄ = 12 L / (m k (k² − 1)) − 3 (k + 1) / (k − 1)."""
@@ -394,7 +420,7 @@ def trend(runs: pd.DataFrame) -> list[dict[str, Any]]:
         priv = sub[(sub["method"] == "lora") & (sub["epsilon"] != INF)]
         groups = [("all models", priv)] + [(m, g) for m, g in priv.groupby("model", sort=True)]
         for who, g in groups:
-            wide = g.pivot_table(index=["model", "seed"], columns="epsilon", values="weighted_f1", aggfunc="mean").dropna()
+            wide = g.pivot_table(index=["model", "seed"], columns="epsilon", values=THRESHOLDS[threshold], aggfunc="mean").dropna()
             m, k = wide.shape
             blocks = "model × seed" if who == "all models" else "seed"
             if k < 3 or m < 1:
@@ -408,10 +434,16 @@ def trend(runs: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def tests_table(runs: pd.DataFrame, *, n_bootstrap: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """All tests in one table (see the module docstring for what each answers)."""
-    rows = friedman(runs) + paired_vs_nonprivate(runs) + bootstrap_vs_nonprivate(runs, n_bootstrap=n_bootstrap, seed=seed) + trend(runs)
-    cols = ["test", "dataset", "comparison", "n", "statistic", "effect", "effect_ci95_low", "effect_ci95_high", "p", "p_min",
-            "p_holm", "note"]
+    """All tests in one table (see the module docstring for what each answers), each at the runs'
+    thresholds and at 0.5 (column ``threshold``, see :data:`THRESHOLDS`); Holm within each."""
+    rows = []
+    for threshold in THRESHOLDS:
+        part = (friedman(runs, threshold=threshold) + paired_vs_nonprivate(runs, threshold=threshold)
+                + bootstrap_vs_nonprivate(runs, n_bootstrap=n_bootstrap, seed=seed, threshold=threshold)
+                + trend(runs, threshold=threshold))
+        rows += [{**r, "threshold": threshold} for r in part]
+    cols = ["test", "threshold", "dataset", "comparison", "n", "statistic", "effect", "effect_ci95_low", "effect_ci95_high",
+            "p", "p_min", "p_holm", "note"]
     return pd.DataFrame(rows, columns=cols)
 
 
