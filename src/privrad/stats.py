@@ -99,8 +99,9 @@ def run_folders(results: str | Path | Iterable[str | Path]) -> list[Path]:
 
 
 COLUMNS = ["run_id", "run_dir", "dataset", "paper_dataset", "model", "method", "epsilon", "epsilon_label", "seed",
-           "weighted_f1", "weighted_f1_ci95_low", "weighted_f1_ci95_high", "weighted_f1_at_0.5", "macro_f1", "micro_f1", "epsilon_spent",
-           "delta", "noise_multiplier", "sample_rate", "steps"]
+           "weighted_f1", "weighted_f1_ci95_low", "weighted_f1_ci95_high", "weighted_f1_at_0.5", "macro_f1", "micro_f1",
+           "learned_nothing_weighted_f1", "learned_nothing_weighted_f1_at_0.5", "n_train", "epsilon_spent", "delta",
+           "noise_multiplier", "sample_rate", "steps"]
 
 
 def load_runs(results: str | Path | Iterable[str | Path]) -> pd.DataFrame:
@@ -198,13 +199,24 @@ def _cell(mean: float, sd: float, lo: float, hi: float) -> str:
     return f"{mean:.3f}"
 
 
+def learned_nothing(runs: pd.DataFrame, *, threshold: str = "tuned") -> pd.Series:
+    """Per dataset, the weighted F1 of the text-blind reference (``evaluate.learned_nothing``;
+    the mean over seeds where the splits differ) at the runs' thresholds or at 0.5: a cell not
+    above it learned nothing."""
+    column = "learned_nothing_weighted_f1" + ("" if threshold == "tuned" else "_at_0.5")
+    values = pd.to_numeric(runs[column], errors="coerce")
+    return values.groupby(runs["dataset"], sort=True).mean()
+
+
 def paper_table(runs: pd.DataFrame, *, threshold: str = "tuned", formatted: bool = True, n_bootstrap: int = 1000) -> pd.DataFrame:
     """The paper's layout: rows dataset × model, columns ε = 0.01, 0.1, 1, 10, ∞ (LoRA) and
-    full fine-tuning (non-private), then the paper's reported numbers for the paper's dataset it stands for.
+    full fine-tuning (non-private), the learned-nothing reference of the dataset, then the paper's
+    reported numbers for the paper's dataset it stands for.
     Cells are ``mean ± sd`` over seeds, or ``mean [bootstrap CI]`` with one seed; ``threshold``
     ``"tuned"`` (the runs' thresholds) or ``"0.5"`` (see :data:`THRESHOLDS`)."""
     if threshold not in THRESHOLDS:
         raise ValueError(f"threshold {threshold!r}: use one of {', '.join(THRESHOLDS)}")
+    reference = learned_nothing(runs, threshold=threshold)
     s = summarize(runs, n_bootstrap=n_bootstrap)
     at = "" if threshold == "tuned" else "_at_0.5"
     cols = (f"mean{at}", f"sd{at}", f"weighted_f1_ci95_low{at}", f"weighted_f1_ci95_high{at}")
@@ -223,6 +235,8 @@ def paper_table(runs: pd.DataFrame, *, threshold: str = "tuned", formatted: bool
             row[key] = ("" if formatted else math.nan) if hit.empty else cell(hit.iloc[0])
         full = sub[(sub["method"] == "full") & (sub["epsilon"] == INF)]
         row["full"] = ("" if formatted else math.nan) if full.empty else cell(full.iloc[0])
+        ref = reference.get(dataset, math.nan)
+        row["learned nothing"] = ("" if math.isnan(ref) else f"{ref:.3f}") if formatted else ref
         for k, v in PAPER.get(paper_dataset(dataset), {}).items():
             row[k] = ("" if v is None else f"{v:.2f}") if formatted else (math.nan if v is None else v)
         rows.append(row)
@@ -455,3 +469,67 @@ def seeds_note(runs: pd.DataFrame) -> str:
     return ("One seed: cells show the weighted F1 with its bootstrap 95 % interval over test reports; "
             "the spread over seeds (training randomness) is not estimated — add seeds with `--set seed=[0,1,2]`.")
 
+
+
+def findings(runs: pd.DataFrame) -> str:
+    """What the runs show, in sentences (Markdown), computed from the run folders.
+
+    Per dataset: the learned-nothing reference, and per model the gap of DP-LoRA to non-private
+    LoRA at each ε with whether the bootstrap interval lies above the reference; every weighted F1
+    at the runs' thresholds with the one at a fixed 0.5 beside it in brackets. Used by the
+    analysis notebook so that the results chapter's prose about a study can never drift from it.
+    """
+    s = summarize(runs)
+    ref, ref_half = learned_nothing(runs), learned_nothing(runs, threshold="0.5")
+    out = []
+    for dataset, sub in s[s["method"] == "lora"].groupby("dataset", sort=True):
+        r = ref.get(dataset, math.nan)
+        n_train = runs.loc[runs["dataset"] == dataset, "n_train"].dropna()
+        size = f" ({int(n_train.iloc[0]):,} training reports)" if len(n_train) else ""
+        half = ref_half.get(dataset, math.nan)
+        lines = [f"**{dataset}**{size}: {recipe(runs[runs['dataset'] == dataset])} A classifier that ignores "
+                 f"the text (learned nothing) scores {r:.3f} [{half:.3f} at 0.5]." if not math.isnan(r) else f"**{dataset}**{size}:"]
+        below = []
+        for model, g in sub.groupby("model", sort=True):
+            g = g.set_index("epsilon")
+            if INF not in g.index:
+                continue
+            top, top_half = g.loc[INF, "mean"], g.loc[INF, "mean_at_0.5"]
+            parts = []
+            for e in sorted(x for x in g.index if x != INF):
+                h = g.loc[e]
+                above = not math.isnan(r) and h["weighted_f1_ci95_low"] > r
+                if not above and not math.isnan(r):
+                    below.append(f"{model} at ε = {epsilon_label(e)}")
+                parts.append(f"{h['mean']:.3f} [{h['mean_at_0.5']:.3f}] at ε = {epsilon_label(e)} (gap {top - h['mean']:+.3f})")
+            lines.append(f"- {model}: non-private {top:.3f} [{top_half:.3f}]; DP-LoRA " + ", ".join(parts) + ".")
+        if not math.isnan(r):
+            lines.append("- Bootstrap interval not above the learned-nothing reference: "
+                         + ("; ".join(below) if below else "none — every private cell learned something") + ".")
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
+
+
+def recipe(runs: pd.DataFrame) -> str:
+    """One sentence on how the LoRA runs among ``runs`` were trained, read from their configs."""
+    cfgs = {}
+    for r in runs[runs["method"] == "lora"].itertuples():
+        c = read_run(r.run_dir).config.to_dict()
+        cfgs.setdefault("dp" if c.get("epsilon") is not None else "np", c)
+    c = cfgs.get("dp") or cfgs.get("np")
+    if not c:
+        return ""
+    layers = c.get("lora_layers")
+    where = "every layer" if layers is None else ("the top layer" if layers == 1 else f"the top {layers} layers")
+    targets = " and ".join(c.get("lora_targets") or ["query", "value"])
+    head = "classifier and pooler" if c.get("train_pooler", True) else "classifier (pooler frozen)"
+    lrs = []
+    for key, what in (("dp", "DP-SGD"), ("np", "non-private")):
+        if key in cfgs:
+            lrs.append(f"{cfgs[key]['lr']:g} ({what})")
+    text = (f"LoRA of rank {c['lora_r']} on the attention {targets} of {where}, with the {head} trained; "
+            f"{c['num_epochs']:g} epochs of batches of {c['batch_size']} reports (Poisson-sampled under DP), "
+            f"reports cut at {c['max_length']} tokens, learning rate {' and '.join(lrs)}")
+    if "dp" in cfgs:
+        text += f", clipping norm {cfgs['dp']['max_grad_norm']:g}"
+    return text + "."
