@@ -23,6 +23,8 @@ import math
 import warnings
 from typing import Sequence
 
+import numpy as np
+
 from privrad.errors import PrivacyError
 
 #: Relative slack of the calibration: spent ε lands in [(1 - CALIBRATION_RTOL) × target, target].
@@ -113,9 +115,9 @@ def epsilon_from_history(history: Sequence[tuple[float, float, int]], delta: flo
             acc = dp_accounting.pld.PLDAccountant(value_discretization_interval=pld_interval or 1e-4)
         else:
             acc = dp_accounting.rdp.RdpAccountant()
-        acc.compose(dp_event.ComposedDpEvent(events))
         logging.disable(logging.WARNING)  # RDP logs every order it excludes; not a user concern
         try:
+            acc.compose(dp_event.ComposedDpEvent(events))
             return float(acc.get_epsilon(delta))
         finally:
             logging.disable(logging.NOTSET)
@@ -288,11 +290,15 @@ def _unreachable(eps, delta, sample_rate, steps) -> PrivacyError:
 def privacy_report(*, target_epsilon: float | None, delta: float | None, noise_multiplier: float | None,
                    sample_rate: float, history: Sequence[tuple[float, float, int]], n_train: int,
                    planned_steps: int, batch_size: int, max_grad_norm: float | None,
-                   accountant: str = "prv") -> dict:
-    """The content of ``privacy.json``: what was promised, what was spent, and the cross-checks.
+                   accountant: str = "prv", dp_randomness: str = "secure", privacy_unit: str = "report",
+                   n_patients: int | None = None, credentialed: bool = True, threshold: str = "tuned") -> dict:
+    """The content of ``privacy.json``: what was promised, what was spent, the cross-checks, and
+    what the guarantee covers (``release_terms``, :func:`release_terms`).
 
     ``history`` is the accountant history of the training that ran (one entry per segment of
     equal noise and sample rate), so ``steps`` counts real optimizer steps, empty batches included.
+    ``dp_randomness`` and ``privacy_unit`` are the run's (see :data:`DP_RANDOMNESS`,
+    :data:`PRIVACY_UNITS`); ``n_patients`` the training split's patients under patient-level DP.
     """
     steps = int(sum(t for _, _, t in history))
     base = {
@@ -309,8 +315,13 @@ def privacy_report(*, target_epsilon: float | None, delta: float | None, noise_m
         "epochs": steps * sample_rate,
         "accountant": accountant,
     }
+    private = target_epsilon is not None
+    base.update(dp_randomness=dp_randomness if private else None, privacy_unit=privacy_unit if private else None)
+    if private and privacy_unit == "patient":
+        base["n_patients"] = n_patients
     if target_epsilon is None:
-        return {**base, "epsilon_spent": None, "note": "non-private training: no noise, no clipping"}
+        return {**base, "epsilon_spent": None, "note": "non-private training: no noise, no clipping",
+                "release_terms": release_terms(private=False, credentialed=credentialed, threshold=threshold)}
     err = _prv_eps_error(target_epsilon)
     if accountant == "prv":
         low, _, up = prv_bounds(history, delta, err)
@@ -335,6 +346,8 @@ def privacy_report(*, target_epsilon: float | None, delta: float | None, noise_m
         },
         "rdp_epsilon": rdp,
         "history": [list(h) for h in history],
+        "release_terms": release_terms(private=True, dp_randomness=dp_randomness, privacy_unit=privacy_unit,
+                                       credentialed=credentialed, threshold=threshold, epsilon=spent, delta=delta),
     }
 
 
@@ -399,29 +412,55 @@ def cached_noise_multiplier(target_epsilon: float, delta: float, sample_rate: fl
 
 # ------------------------------------------------------------------------------------ DP-SGD
 
-#: Units a DP guarantee can protect. Today one report; issue 8 adds "patient" (one clipped
-#: contribution per patient) through the same ``make_private`` call.
-SAMPLING_UNITS = ("report",)
+#: Units a DP guarantee can protect (one Poisson draw and one clipped contribution each):
+#: ``report``, or ``patient`` (all of a patient's reports in a batch together, their gradients
+#: averaged into one contribution before clipping). The same list as :data:`PRIVACY_UNITS`.
+SAMPLING_UNITS = ("report", "patient")
+
+
+class UnitSampler:
+    """Poisson sampling of units (patients): each unit joins a step's batch independently with
+    probability ``sample_rate`` (Opacus' ``UniformWithReplacementSampler`` over the units), and a
+    batch is the example indices of every unit drawn, each unit's examples together."""
+
+    def __init__(self, units: np.ndarray, *, sample_rate: float, steps: int, generator=None):
+        from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
+        order = np.argsort(units, kind="stable")
+        bounds = np.searchsorted(units[order], np.arange(int(units.max()) + 2))
+        self.members = [order[bounds[u]: bounds[u + 1]].tolist() for u in range(int(units.max()) + 1)]
+        self.sampler = UniformWithReplacementSampler(num_samples=len(self.members), sample_rate=sample_rate,
+                                                     generator=generator, steps=steps)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        for drawn in self.sampler:
+            yield [i for u in drawn for i in self.members[u]]
 
 
 class PrivateTraining:
     """DP-SGD for one training run, as :func:`make_private` assembled it.
 
-    The training loop needs four things from it and nothing else:
+    The training loop needs five things from it and nothing else:
 
     * ``batches``: the logical batches, one list of example indices per step (Poisson sampling:
       each unit is in a batch independently with probability ``sample_rate``; a batch may be empty);
+    * ``units``: under patient-level DP, the unit of each example (else ``None``): the loop keeps
+      each unit's examples of a batch in one physical chunk, so that a unit is clipped once;
     * ``module``: the model wrapped for per-sample gradients (call it like the model);
-    * ``backward(losses, last=...)``: per-example losses of one physical chunk → per-sample
-      gradients; on the logical batch's last chunk also clip, sum, noise and step;
+    * ``backward(losses, last=..., indices=...)``: per-example losses of one physical chunk →
+      per-sample gradients (one per unit); on the logical batch's last chunk also clip, sum,
+      noise and step;
     * ``close()``: remove the hooks, check the accountant saw every step, return the history.
     """
 
     def __init__(self, *, module, optimizer, batches, accountant, noise_multiplier: float, sample_rate: float,
-                 steps: int, grad_sample_mode: str):
+                 steps: int, grad_sample_mode: str, units: np.ndarray | None = None):
         self.module, self.optimizer, self.batches = module, optimizer, batches
         self.accountant, self.noise_multiplier, self.sample_rate = accountant, noise_multiplier, sample_rate
-        self.steps, self.grad_sample_mode = steps, grad_sample_mode
+        self.steps, self.grad_sample_mode, self.units = steps, grad_sample_mode, units
 
     @property
     def history(self) -> list[tuple[float, float, int]]:
@@ -432,13 +471,25 @@ class PrivateTraining:
     def steps_taken(self) -> int:
         return int(sum(t for _, _, t in self.accountant.history))
 
-    def backward(self, losses, *, last: bool) -> None:
+    def backward(self, losses, *, last: bool, indices: Sequence[int] | None = None) -> None:
         """Backward one physical chunk's per-example ``losses``; step on the logical batch's ``last`` chunk.
 
         The loss is the chunk mean; Opacus rescales the per-sample gradients it collects and
-        divides the noisy sum by the expected batch size (``loss_reduction="mean"``).
+        divides the noisy sum by the expected batch size (``loss_reduction="mean"``). Under
+        patient-level DP, ``indices`` are the chunk's example indices: each example's loss is
+        divided by its unit's number of examples in the chunk (all of the unit's examples in the
+        batch) and the per-example gradients are summed per unit, so each unit contributes the
+        gradient of its mean loss and is clipped once. An empty batch's dummy row (``indices``
+        empty) weighs nothing and stays one row.
         """
+        import torch
+
         self.optimizer.signal_skip_step(do_skip=not last)
+        group = None
+        if self.units is not None and indices is not None and len(indices):
+            _, inverse, sizes = np.unique(self.units[np.asarray(indices)], return_inverse=True, return_counts=True)
+            group = torch.as_tensor(inverse, device=losses.device)
+            losses = losses / torch.as_tensor(sizes, dtype=losses.dtype, device=losses.device)[group]
         with warnings.catch_warnings():  # Opacus' hooks on modules after frozen embeddings: harmless
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
             if self.grad_sample_mode == "ghost":  # norms first, then a second backward with clipped losses
@@ -447,6 +498,12 @@ class PrivateTraining:
                 DPTensorFastGradientClipping(self.module, self.optimizer, losses, "mean").backward()
             else:
                 losses.mean().backward()
+        if group is not None:  # one row per unit: the sum of its examples' gradients
+            n_groups = int(group.max()) + 1
+            for p in self.optimizer.params:
+                gs = getattr(p, "grad_sample", None)
+                if gs is not None:
+                    p.grad_sample = torch.zeros((n_groups, *gs.shape[1:]), dtype=gs.dtype, device=gs.device).index_add_(0, group, gs)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -458,7 +515,8 @@ class PrivateTraining:
 def make_private(*, module, optimizer, num_samples: int, batch_size: int, steps: int, max_grad_norm: float,
                  noise_multiplier: float | None = None, target_epsilon: float | None = None,
                  delta: float | None = None, accountant: str = "prv", grad_sample_mode: str = "hooks",
-                 sample_generator=None, noise_generator=None, sampling_unit: str = "report") -> PrivateTraining:
+                 sample_generator=None, noise_generator=None, secure_noise: bool = False,
+                 sampling_unit: str = "report", units: Sequence | None = None) -> PrivateTraining:
     """Make a model and optimizer private: Poisson batches, per-sample gradients, clipping, noise, accounting.
 
     The one place privrad wires Opacus (the spirit of ``PrivacyEngine.make_private``, with every
@@ -481,8 +539,17 @@ def make_private(*, module, optimizer, num_samples: int, batch_size: int, steps:
     (which examples form each batch) and ``noise_generator`` (the Gaussian noise, on the
     parameters' device). ``None`` leaves each to torch's global generator; passing them decides
     whether a run's DP randomness is reproducible (seeded) or secret (seeded from OS entropy),
-    which is the caller's policy. ``sampling_unit`` names what one Poisson draw and one clipped
-    contribution are: ``"report"`` today (the privacy unit of the guarantee).
+    which is the caller's policy (``privrad.train.dp_generators``). ``secure_noise`` draws the
+    noise as Opacus' secure mode does (a sum of several Gaussian draws, robust to floating-point
+    attacks).
+
+    ``sampling_unit`` names what one Poisson draw and one clipped contribution are — the privacy
+    unit of the guarantee: ``"report"``, or ``"patient"`` with ``units`` the unit (patient id) of
+    each of the ``num_samples`` examples. Patient-level DP samples units at the same rate
+    ``batch_size / num_samples`` (so a batch still holds ``batch_size`` reports on average and an
+    epoch has the same steps), each sampled unit contributes the gradient of its reports' mean
+    loss clipped to ``max_grad_norm``, the noisy sum is divided by the expected number of units
+    per batch, and the accountant composes the same (σ, q, steps) with the patient as the unit.
     """
     from opacus.accountants import create_accountant
     from opacus.grad_sample.utils import wrap_model
@@ -491,6 +558,13 @@ def make_private(*, module, optimizer, num_samples: int, batch_size: int, steps:
 
     if sampling_unit not in SAMPLING_UNITS:
         raise PrivacyError(f"sampling_unit {sampling_unit!r} is not supported; use one of {', '.join(SAMPLING_UNITS)}.")
+    unit_of = None
+    if sampling_unit == "patient":
+        if units is None or len(units) != num_samples:
+            raise PrivacyError(f"patient-level DP needs the patient of each of the {num_samples} training examples (units).")
+        if grad_sample_mode != "hooks":
+            raise PrivacyError(f"patient-level DP sums per-report gradients per patient: use grad_sample_mode 'hooks', not {grad_sample_mode!r}.")
+        unit_of = np.unique(np.asarray(units), return_inverse=True)[1]
     if not (1 <= batch_size <= num_samples) or steps < 1 or not max_grad_norm > 0:
         raise PrivacyError(f"DP-SGD needs 1 ≤ batch_size ≤ num_samples, steps ≥ 1 and max_grad_norm > 0 "
                            f"(got batch_size {batch_size}, num_samples {num_samples}, steps {steps}, max_grad_norm {max_grad_norm}).")
@@ -505,16 +579,21 @@ def make_private(*, module, optimizer, num_samples: int, batch_size: int, steps:
     else:
         net = wrap_model(module, grad_sample_mode=grad_sample_mode, batch_first=True, loss_reduction="mean")
         net.forbid_grad_accumulation()  # Poisson sampling: per-sample grads of two batches must never mix
+    # the noisy sum is divided by the expected number of units per batch (reports, or patients)
+    expected_units = batch_size if unit_of is None else sample_rate * (int(unit_of.max()) + 1)
     dp_optimizer = get_optimizer_class("flat", False, grad_sample_mode)(
-        optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, expected_batch_size=batch_size,
-        loss_reduction="mean", generator=noise_generator)
+        optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, expected_batch_size=expected_units,
+        loss_reduction="mean", generator=noise_generator, secure_mode=secure_noise)
     acc = create_accountant(accountant)
     dp_optimizer.attach_step_hook(acc.get_optimizer_hook_fn(sample_rate=sample_rate))
-    batches = UniformWithReplacementSampler(num_samples=num_samples, sample_rate=sample_rate,
-                                            generator=sample_generator, steps=steps)
+    if unit_of is None:
+        batches = UniformWithReplacementSampler(num_samples=num_samples, sample_rate=sample_rate,
+                                                generator=sample_generator, steps=steps)
+    else:
+        batches = UnitSampler(unit_of, sample_rate=sample_rate, steps=steps, generator=sample_generator)
     return PrivateTraining(module=net, optimizer=dp_optimizer, batches=batches, accountant=acc,
                            noise_multiplier=float(noise_multiplier), sample_rate=sample_rate, steps=steps,
-                           grad_sample_mode=grad_sample_mode)
+                           grad_sample_mode=grad_sample_mode, units=unit_of)
 
 
 # ---------------------------------------------------------------------------- what a run releases

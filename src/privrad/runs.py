@@ -22,6 +22,8 @@ and its one rule of completeness (:func:`run_state`); nothing else opens these f
                     :func:`privrad.privacy.privacy_report`)
 ``predictions.npz`` test split: ids, probabilities, labels, label_mask, decisions, thresholds
 ``curve.json``      ``steps``: per logical step loss, lr, batch size; ``epsilon_spent`` at checkpoints
+                    (a private run on credentialed data keeps only step, lr and ε: see
+                    :func:`withhold_training_statistics`)
 ``adapter/``        peft ``save_pretrained`` (``lora``); ``model/`` for ``full``
 ``run.ipynb``       added by the study runner after its notebook finished (not written here)
 ==================  ==========================================================================
@@ -214,13 +216,42 @@ def read_run(run_dir: str | Path) -> RunResult:
                      read("privacy.json"), read("curve.json")["steps"], info)
 
 
+#: What a private run on credentialed data keeps of each training step: the step, the learning
+#: rate (a function of the step) and ε spent at checkpoints (a function of σ, q and the step).
+CURVE_PUBLIC_KEYS = ("step", "lr", "epsilon_spent")
+
+
+def withhold_training_statistics(info: dict, privacy: dict, curve: list[dict]) -> tuple[dict, dict, list[dict]]:
+    """Drop from a run's files the training statistics its ``release_terms`` withhold.
+
+    :func:`privrad.privacy.release_terms` decides (private runs on credentialed data withhold
+    every entry of :data:`privrad.privacy.TRAINING_STATISTICS`); this is where it is enforced, for
+    every run folder privrad writes: per-step loss and realised batch size leave ``curve.json``
+    (only :data:`CURVE_PUBLIC_KEYS` stay), the empty-batch count leaves ``privacy.json`` and the
+    training split's truncation count leaves ``config.json``."""
+    withheld = set((privacy.get("release_terms") or {}).get("withheld") or ())
+    if not withheld:
+        return info, privacy, curve
+    from privrad.privacy import PUBLIC_SPLITS
+
+    if withheld & {"loss", "batch_size"}:
+        curve = [{k: v for k, v in row.items() if k in CURVE_PUBLIC_KEYS} for row in curve]
+    if "empty_batches" in withheld:
+        privacy = {k: v for k, v in privacy.items() if k != "empty_batches"}
+    if "n_truncated" in withheld and isinstance(info.get("n_truncated"), dict):
+        info = {**info, "n_truncated": {k: v for k, v in info["n_truncated"].items() if k in PUBLIC_SPLITS}}
+    return info, privacy, curve
+
+
 def write_run(run_dir: str | Path, *, info: dict, metrics: dict, privacy: dict, curve: list[dict],
               predictions: dict[str, np.ndarray], save_model: Callable[[Path], None] | None = None) -> RunResult:
     """The one writer of run folders: builds the folder under a temporary name and renames it
     into place (a killed run leaves nothing). ``info`` is config.json without ``run_format`` and
     ``privrad_version`` (added here); every file must hold the fields of :data:`REQUIRED`.
-    ``save_model(folder)`` writes the weights (``adapter/`` or ``model/``)."""
+    ``save_model(folder)`` writes the weights (``adapter/`` or ``model/``). What the run's
+    ``privacy["release_terms"]["withheld"]`` names is not written (:func:`withhold_training_statistics`)."""
     info = {**info, "run_format": RUN_FORMAT, "privrad_version": __version__}
+    info, privacy, curve = withhold_training_statistics(info, privacy, curve)
     docs = {"config.json": info, "metrics.json": metrics, "privacy.json": privacy, "curve.json": {"steps": curve},
             "predictions.npz": predictions}
     for name, doc in docs.items():
@@ -306,7 +337,12 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
     splits = _check_data(cfg, dataset)
     n_train = len(splits["train"])
     cfg = validate_config(cfg, n_train=n_train)
-    delta = (default_delta(n_train) if cfg.delta is None else cfg.delta) if cfg.private else None
+    units, n_patients = None, None
+    if cfg.private and cfg.privacy_unit == "patient":  # the unit of privacy: the patient of each training report
+        units = np.unique(np.asarray(splits["train"].patient_ids), return_inverse=True)[1]
+        n_patients = int(units.max()) + 1
+    # δ well below 1 / (number of units the guarantee protects)
+    delta = (default_delta(n_patients or n_train) if cfg.delta is None else cfg.delta) if cfg.private else None
     rid = run_id(cfg, dataset.fingerprint)
     run_dir = Path(results_dir) / rid if run_dir is None else Path(run_dir)
     if run_dir.exists():
@@ -325,7 +361,7 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
         for e in enc.values():
             e.features = frozen_features(net, e.encoded, cache_dir=where)
     t_prep = time.perf_counter() - t0
-    result = train(net, enc["train"], cfg, delta=delta, progress=progress)
+    result = train(net, enc["train"], cfg, delta=delta, progress=progress, units=units)
     t1 = time.perf_counter()
     val_probs = predict_proba(net, enc["validation"])
     test_probs = predict_proba(net, enc["test"])
@@ -343,7 +379,9 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
     privacy = privacy_report(target_epsilon=cfg.epsilon, delta=delta, noise_multiplier=result.noise_multiplier,
                              sample_rate=result.sample_rate, history=result.history, n_train=n_train,
                              planned_steps=result.planned_steps, batch_size=cfg.batch_size,
-                             max_grad_norm=cfg.max_grad_norm if cfg.private else None, accountant=cfg.accountant)
+                             max_grad_norm=cfg.max_grad_norm if cfg.private else None, accountant=cfg.accountant,
+                             dp_randomness=cfg.dp_randomness, privacy_unit=cfg.privacy_unit, n_patients=n_patients,
+                             credentialed=bool(dataset.credentialed), threshold=cfg.threshold)
     privacy["steps"] = result.steps if cfg.private else len(result.curve)
     privacy["empty_batches"] = result.info["empty_batches"]
     spec = get_model_spec(cfg.model)
