@@ -192,3 +192,11 @@ def test_the_weighted_f1_at_05_is_shown_beside_the_tuned_one(tmp_path):
     assert stats.weighted_f1(pred["labels"], stats.decisions(pred, "0.5"), pred["label_mask"]) == pytest.approx(runs["weighted_f1_at_0.5"].iloc[0])
     t = stats.tests_table(runs, n_bootstrap=100)
     assert set(t["threshold"]) == {"tuned", "0.5"}
+
+
+def test_the_seeds_note_says_what_a_seed_controls_under_each_dp_randomness(tmp_path):
+    runs = make_grid(tmp_path, models=("tiny-bert",), with_full=False)
+    runs = runs.assign(dp_randomness=[None if e == math.inf else "secure" for e in runs["epsilon"]])
+    assert "another draw of the noise" in stats.seeds_note(runs) and "replay" not in stats.seeds_note(runs)
+    runs["dp_randomness"] = runs["dp_randomness"].where(runs["dp_randomness"].isna(), "reproducible")
+    assert "not DP releases" in stats.seeds_note(runs)

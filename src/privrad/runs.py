@@ -192,7 +192,8 @@ class RunResult:
                 "learned_nothing_weighted_f1": m.get("learned_nothing_weighted_f1"),
                 "learned_nothing_weighted_f1_at_0.5": m.get("learned_nothing_weighted_f1_at_0.5"), "n_train": p.get("n_train"),
                 "epsilon_spent": p["epsilon_spent"], "delta": p["delta"], "noise_multiplier": p["noise_multiplier"],
-                "sample_rate": p["sample_rate"], "steps": p["steps"]}
+                "sample_rate": p["sample_rate"], "steps": p["steps"], "dp_randomness": p.get("dp_randomness"),
+                "privacy_unit": p.get("privacy_unit")}
 
     def summary(self):
         """One row: what was run, what it achieved and what it spent (ε shown as a label)."""

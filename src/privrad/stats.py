@@ -101,7 +101,7 @@ def run_folders(results: str | Path | Iterable[str | Path]) -> list[Path]:
 COLUMNS = ["run_id", "run_dir", "dataset", "paper_dataset", "model", "method", "epsilon", "epsilon_label", "seed",
            "weighted_f1", "weighted_f1_ci95_low", "weighted_f1_ci95_high", "weighted_f1_at_0.5", "macro_f1", "micro_f1",
            "learned_nothing_weighted_f1", "learned_nothing_weighted_f1_at_0.5", "n_train", "epsilon_spent", "delta",
-           "noise_multiplier", "sample_rate", "steps"]
+           "noise_multiplier", "sample_rate", "steps", "dp_randomness", "privacy_unit"]
 
 
 def load_runs(results: str | Path | Iterable[str | Path]) -> pd.DataFrame:
@@ -462,13 +462,21 @@ def tests_table(runs: pd.DataFrame, *, n_bootstrap: int = 2000, seed: int = 0) -
 
 
 def seeds_note(runs: pd.DataFrame) -> str:
-    """One sentence on what the number of seeds allows."""
+    """What the number of seeds allows, and what a seed controls under the runs' DP randomness."""
     n = runs["seed"].nunique() if len(runs) else 0
     if n >= 2:
-        return f"{n} seeds: cells show mean ± sd over seeds."
-    return ("One seed: cells show the weighted F1 with its bootstrap 95 % interval over test reports; "
-            "the spread over seeds (training randomness) is not estimated — add seeds with `--set seed=[0,1,2]`.")
-
+        text = f"{n} seeds: cells show mean ± sd over seeds."
+    else:
+        text = ("One seed: cells show the weighted F1 with its bootstrap 95 % interval over test reports; "
+                "the spread over seeds (training randomness) is not estimated — add seeds with `--set seed=[0,1,2]`.")
+    modes = set(runs["dp_randomness"].dropna()) if "dp_randomness" in runs else set()
+    if "secure" in modes:
+        text += (" Private runs draw their Poisson batches and noise from secret randomness: a seed fixes "
+                 "initialisation and data handling only, and re-running a seed gives another draw of the noise.")
+    if "reproducible" in modes:
+        text += (" Runs in reproducible mode replay their batches and noise from the seed: the same seed gives the "
+                 "same model, and their adapters are not DP releases.")
+    return text
 
 
 def findings(runs: pd.DataFrame) -> str:
