@@ -38,7 +38,7 @@ def test_toc_lists_every_chapter_and_the_generated_pages():
     assert toc["format"] == "jb-book"
     files = _toc_files(toc)
     assert [f for f in files if not f.startswith("book/generated")] == [f"book/{c}" for c in CHAPTERS]
-    assert {"book/generated/data", "book/generated/analysis"} <= set(files)
+    assert {"book/generated/data", "book/generated/privacy", "book/generated/analysis"} <= set(files)
     assert "book/generated/runs/*" in str(toc)
     assert sorted(p.stem for p in (ROOT / "book").glob("*.md")) == sorted(CHAPTERS)
 
@@ -75,3 +75,45 @@ def test_facts_are_generated_and_included_never_typed():
             assert f"{v:.2f}" not in t, (chapter, v)
         assert "| `minilm-l3`" not in t, chapter
     assert "δ" in text["methods"]
+
+
+def test_every_number_glued_into_a_chapter_is_computed_by_the_privacy_notebook():
+    import json
+
+    nb = json.loads((ROOT / "notebooks" / "privacy.ipynb").read_text())
+    source = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    used = set()
+    for c in CHAPTERS:
+        used |= set(re.findall(r"\{glue:text\}`generated/privacy\.ipynb::([a-z0-9_]+):", (ROOT / "book" / f"{c}.md").read_text()))
+    assert {"trainable_share_range", "pooler_share_range", "delta_ratio_25k", "eps_at_default_delta_all_mimic"} <= used
+    for key in used:
+        assert f'glue("{key}"' in source, key
+
+
+def test_methods_says_the_loss_is_averaged_over_unmasked_labels_as_the_code_does():
+    import torch
+
+    from privrad.train import example_losses
+
+    logits = torch.tensor([[2.0, -1.0, 0.5]])
+    batch = {"labels": torch.tensor([[1.0, 0.0, 1.0]]), "label_mask": torch.tensor([[True, False, True]]),
+             "weight": torch.tensor([1.0])}
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch["labels"], reduction="none")[0]
+    assert torch.isclose(example_losses(logits, batch)[0], (bce[0] + bce[2]) / 2)  # the mean, not the sum
+    methods = (ROOT / "book" / "methods.md").read_text()
+    assert "averaged over its unmasked labels" in methods and "summed over labels" not in methods
+
+
+def test_the_book_states_coverage_unit_threshold_policy_delta_and_mode():
+    methods = (ROOT / "book" / "methods.md").read_text()
+    for phrase in ("## The unit of privacy", "group privacy", "privacy_unit: patient", "## DP randomness",
+                   "not a DP release", "## What ε covers, and what it does not", "declares the validation split public",
+                   "May I publish this adapter?", "## Choosing δ", "distribution* of the trained model",
+                   "spends privacy that no accountant counts"):
+        assert phrase.lower() in methods.lower(), phrase
+    assert "probability that the guarantee fails" not in methods.replace('not, in general, "the probability that the guarantee fails"', "")
+    statistics = (ROOT / "book" / "statistics.md").read_text()
+    assert "*these two trained models*" in statistics and "Page's trend test" in statistics
+    appendix = (ROOT / "book" / "appendix.md").read_text()
+    assert "release_terms" in appendix and "not a DP release" in appendix
+    assert "spends privacy that no accountant counts" in (ROOT / "book" / "reproduce.md").read_text()

@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from privrad.runs import read_run
@@ -196,11 +197,13 @@ def test_a_folder_from_another_config_or_version_is_refused(smoke, tmp_path):
     assert not [e for e in events(results)[n_events:] if e["event"] == "run_start"]
 
 
-def _damage(results: Path) -> dict[str, str]:
+def _damage(results: Path, *, last: bool = False) -> dict[str, str]:
     """Three run folders made incomplete as copies off a cluster or full disks leave them:
-    config.json truncated, metrics.json truncated, privacy.json missing. Returns folder → file."""
+    config.json truncated, metrics.json truncated, privacy.json missing (the first three run ids,
+    or the ``last`` three). Returns folder → file."""
     last_sweep = json.loads((results / "smoke" / "study.json").read_text())["points"]
-    victims = [results / "smoke" / rid for rid in sorted(p["run_id"] for p in last_sweep)[:3]]
+    ids = sorted(p["run_id"] for p in last_sweep)
+    victims = [results / "smoke" / rid for rid in (ids[-3:] if last else ids[:3])]
     for d, name in zip(victims, ("config.json", "metrics.json")):
         text = (d / name).read_text()
         (d / name).write_text(text[: len(text) // 2])
@@ -255,7 +258,7 @@ def test_book_from_the_smoke_study_shows_no_credentialed_text(smoke, tmp_path):
     project = fresh_project(tmp_path / "project")
     shutil.copytree(smoke["results"], project / "results")
     results = project / "results"
-    damaged = _damage(results)
+    damaged = _damage(results, last=True)  # simulated CT-RATE runs; the credentialed ones stay in the book
     stale = project / "_build" / "html" / "book" / "generated" / "runs" / "stale-page.html"
     stale.parent.mkdir(parents=True)
     stale.write_text("<p>from an earlier build</p>")
@@ -280,7 +283,7 @@ def test_book_from_the_smoke_study_shows_no_credentialed_text(smoke, tmp_path):
     assert "paper: ∞" in analysis and "Friedman across ε" in analysis
     # the data chapter describes the data the sweep used (its --set data_dir), from study.json
     data_page = text[project / "_build" / "html" / "book" / "generated" / "data.html"]
-    assert str(smoke["data"] / "ct-rate") in data_page and "skipped, nothing at /" not in data_page  # (the code cell itself shows "skipped, nothing at {folder}")
+    assert str(smoke["data"] / "ct-rate") in data_page and not re.search(r"[\w-]: skipped, nothing at", data_page)
 
     mimic = load_dataset("mimic-cxr", str(smoke["data"] / "mimic-cxr"))
     ct = load_dataset("simulated-ct-rate", str(smoke["data"] / "ct-rate"))
@@ -293,6 +296,62 @@ def test_book_from_the_smoke_study_shows_no_credentialed_text(smoke, tmp_path):
     # the scan can find report text: the public dataset's examples are in its run pages
     shown = [s for s in _sentences(ct.split("train").texts[:2]) if any(s in t for t in text.values())]
     assert shown
+
+    # issue 8: the private run on the credentialed loader publishes no statistic of its training
+    # split — no per-step loss, no realised batch size, no training prevalence — in its folder or in
+    # the built book. The withheld values are recomputed by replaying the same training (the smoke
+    # profile's DP randomness is reproducible) on the same reports marked public, whose folder
+    # does publish them: the scan must find them there (it can fail) and nowhere in what was published.
+    import dataclasses
+
+    from privrad.runs import run as privrad_run
+
+    cred = read_run(next(d for d in (results / "smoke").iterdir() if d.name.startswith("mimic-cxr__tiny-bert__lora__eps1__")))
+    assert cred.privacy["release_terms"]["withheld"] and not cred.privacy["release_terms"]["dp_release"]
+    replay = privrad_run(cred.config, run_dir=tmp_path / "replay", dataset=dataclasses.replace(mimic, credentialed=False),
+                         progress=False)
+    assert [r["lr"] for r in replay.curve] == [r["lr"] for r in cred.curve]  # the same training …
+    assert np.allclose(replay.predictions()["probabilities"], cred.predictions()["probabilities"], atol=1e-4)
+    needles = _training_statistics(replay, mimic)
+    published = {**text, **{f: _normalized(f) for f in cred.run_dir.rglob("*") if f.suffix in (".json", ".ipynb")}}
+    assert (cred.run_dir / "run.ipynb") in published
+    assert not _leaks(published, needles), _leaks(published, needles)[:5]
+    found = _leaks({f: _normalized(f) for f in replay.run_dir.rglob("*.json")}, needles)
+    assert {what for _, what, _ in found} >= {"loss", "batch_size"}  # … whose statistics the scan finds where published
+    ct_run = read_run(next(d for d in (results / "smoke").iterdir() if d.name.startswith("simulated-ct-rate__tiny-albert__")))
+    ct_page = next(t for p, t in text.items() if p.suffix == ".html" and ct_run.run_id[-10:] in p.name)
+    assert _leaks({"ct": ct_page}, _training_statistics(ct_run, ct))  # and a public dataset's prevalence in its page
+    # structurally: no per-step loss or batch size, no empty-batch count, no training truncation count
+    assert all(set(row) <= {"step", "lr", "epsilon_spent"} for row in cred.curve) and "empty_batches" not in cred.privacy
+    assert set(cred.info["n_truncated"]) == {"validation", "test"}
+
+
+def _normalized(path: Path) -> str:
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", path.read_text(encoding="utf-8", errors="replace"))).replace("\\n", " ").split())
+
+
+def _training_statistics(result, dataset) -> dict[str, set[str]]:
+    """What a run could leak about its training split, as it would be printed: each step's loss
+    (JSON and 6-decimal forms), the realised batch sizes as a curve row, and each label's
+    training prevalence followed by its validation prevalence (a row of the prevalence table)."""
+    out: dict[str, set[str]] = {"loss": set(), "batch_size": set(), "train_prevalence": set()}
+    for row in result.curve:
+        if "loss" in row:
+            out["loss"] |= {json.dumps(row["loss"]), f"{row['loss']:.6f}"}
+        if "batch_size" in row:  # a curve row as curve.json writes it (sorted keys: batch_size first)
+            out["batch_size"].add(f'{{ "batch_size": {row["batch_size"]}, "')
+    prevalence = {}
+    for split in ("train", "validation"):
+        part = dataset.split(split)
+        prevalence[split] = (part.labels * part.label_mask).sum(0) / np.maximum(part.label_mask.sum(0), 1)
+    for name, tr, va in zip(dataset.label_names, prevalence["train"], prevalence["validation"]):
+        if f"{tr:.3f}" != f"{va:.3f}":
+            out["train_prevalence"].add(f"{name} {tr:.3f} {va:.3f}")
+    return out
+
+
+def _leaks(texts: dict, needles: dict[str, set[str]]) -> list[tuple]:
+    return [(str(where), what, n) for where, t in texts.items() for what, ns in needles.items() for n in ns if n in t]
 
 
 def test_the_readme_papermill_command_runs_one_notebook_by_hand(smoke, tmp_path):

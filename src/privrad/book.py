@@ -5,8 +5,8 @@ point's config and state, the datasets as the sweep used them after ``--set``, t
 settings and the kernel), and
 
 1. copies each complete run's executed notebook into ``book/generated/runs/`` (the appendix);
-2. executes ``notebooks/analysis.ipynb`` over those run folders and ``notebooks/data.ipynb``
-   over the manifest's datasets (papermill);
+2. executes ``notebooks/analysis.ipynb`` and ``notebooks/privacy.ipynb`` over those run folders
+   and ``notebooks/data.ipynb`` over the manifest's datasets (papermill);
 3. builds the Jupyter Book offline, warnings as errors (Jupyter Book itself executes nothing).
 
 A run folder that is not complete (:func:`privrad.runs.run_state`: a file missing, truncated
@@ -176,6 +176,9 @@ def build_book(results_dir: Path, *, profile_name: str, root: Path | None = None
         _titled_copy(rd / "run.ipynb", staging / "runs" / f"{_slug(rd.name)}.ipynb", title)
     print(f"privrad: executing the analysis notebook over {len(runs)} runs …", file=sys.stderr)
     _execute(papermill, root / "notebooks" / "analysis.ipynb", staging / "analysis.ipynb",
+             {"run_dirs": [str(rd) for rd in runs], "profile": manifest["profile"]}, kernel)
+    print("privrad: executing the privacy notebook …", file=sys.stderr)  # what the runs release (a section of methods)
+    _execute(papermill, root / "notebooks" / "privacy.ipynb", staging / "privacy.ipynb",
              {"run_dirs": [str(rd) for rd in runs], "profile": manifest["profile"]}, kernel)
     print("privrad: executing the data notebook …", file=sys.stderr)
     used = {configs[rd.name]["dataset"] for rd in runs}

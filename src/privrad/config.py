@@ -36,6 +36,10 @@ class RunConfig:
     max_grad_norm: float = 1.0
     accountant: str = "prv"
     grad_sample_mode: str = "hooks"
+    # "secure": Poisson batches and noise from secret OS entropy (a DP release); "reproducible":
+    # seeded from `seed` (teaching, tests: the adapter is then not a DP release)
+    dp_randomness: str = "secure"
+    privacy_unit: str = "report"  # what ε protects: one "report", or one "patient" with all their reports
     # optimisation
     num_epochs: float = 3
     batch_size: int = 64  # expected logical batch size; sample_rate = batch_size / n_train
@@ -218,6 +222,16 @@ def _check_values(cfg: RunConfig) -> None:
         raise ConfigError(f"threshold {cfg.threshold!r} is unknown; use one of {', '.join(THRESHOLDS)}.")
     if cfg.accountant not in ("prv", "rdp"):
         raise ConfigError(f"accountant {cfg.accountant!r} is unknown; use 'prv' (default) or 'rdp'.")
+    from privrad.privacy import DP_RANDOMNESS, PRIVACY_UNITS
+
+    if cfg.dp_randomness not in DP_RANDOMNESS:
+        raise ConfigError(f"dp_randomness {cfg.dp_randomness!r} is unknown; use 'secure' (secret, a DP release) or "
+                          "'reproducible' (seeded from the run seed: not a DP release).")
+    if cfg.privacy_unit not in PRIVACY_UNITS:
+        raise ConfigError(f"privacy_unit {cfg.privacy_unit!r} is unknown; use 'report' (default) or 'patient'.")
+    if cfg.privacy_unit == "patient" and cfg.grad_sample_mode != "hooks":
+        raise ConfigError(f"privacy_unit 'patient' needs grad_sample_mode 'hooks' (per-report gradients summed per "
+                          f"patient before clipping), not {cfg.grad_sample_mode!r}.")
     if cfg.grad_sample_mode not in GRAD_SAMPLE_MODES:
         raise ConfigError(f"grad_sample_mode {cfg.grad_sample_mode!r} is not supported; use one of {', '.join(GRAD_SAMPLE_MODES)}.")
     spec = get_model_spec(cfg.model)

@@ -13,14 +13,17 @@ and its one rule of completeness (:func:`run_state`); nothing else opens these f
                     (bootstrap over test reports; absent when ``n_bootstrap = 0``), ``macro_f1``,
                     ``micro_f1``, ``macro_auroc``, ``per_label`` (label, P/R/F1, support,
                     AUROC, threshold), ``threshold``, ``weighted_f1_at_0.5``, and the learned-
-                    nothing reference ``learned_nothing_weighted_f1`` (:func:`privrad.evaluate.
-                    learned_nothing`: the text ignored, every report scored with the training prevalence)
+                    nothing reference ``learned_nothing_weighted_f1`` and ``…_at_0.5`` (:func:`privrad.
+                    evaluate.learned_nothing`: the text ignored, every report scored with the validation
+                    split's prevalence)
 ``privacy.json``    ``epsilon`` (the target; null = non-private) and ``epsilon_spent``, ``delta``,
                     ``noise_multiplier``, ``sample_rate``, ``steps``, ``epochs``, ``n_train``,
                     ``accountant``, the PLD ``cross_check`` and ``rdp_epsilon`` (see
                     :func:`privrad.privacy.privacy_report`)
 ``predictions.npz`` test split: ids, probabilities, labels, label_mask, decisions, thresholds
 ``curve.json``      ``steps``: per logical step loss, lr, batch size; ``epsilon_spent`` at checkpoints
+                    (a private run on credentialed data keeps only step, lr and ε: see
+                    :func:`withhold_training_statistics`)
 ``adapter/``        peft ``save_pretrained`` (``lora``); ``model/`` for ``full``
 ``run.ipynb``       added by the study runner after its notebook finished (not written here)
 ==================  ==========================================================================
@@ -62,7 +65,7 @@ RUN_FILES = ("config.json", "metrics.json", "privacy.json", "predictions.npz", "
 #: :func:`run_state` calls a folder without them incomplete.
 REQUIRED = {
     "config.json": ("run_format", "run_id", "config", "dataset_fingerprint", "label_names", "privrad_version"),
-    "metrics.json": ("weighted_f1", "macro_f1", "micro_f1", "per_label"),
+    "metrics.json": ("weighted_f1", "weighted_f1_at_0.5", "macro_f1", "micro_f1", "per_label"),
     "privacy.json": ("epsilon", "epsilon_spent", "delta", "noise_multiplier", "sample_rate", "steps"),
     "curve.json": ("steps",),
     "predictions.npz": ("ids", "probabilities", "labels", "label_mask", "decisions", "thresholds"),
@@ -184,11 +187,13 @@ class RunResult:
         lo, hi = self.weighted_f1_ci95
         return {"run_id": self.run_id, "run_dir": str(self.run_dir), "dataset": c.dataset, "model": c.model,
                 "method": c.method, "epsilon": c.epsilon, "seed": c.seed, "weighted_f1": m["weighted_f1"],
-                "weighted_f1_ci95_low": lo, "weighted_f1_ci95_high": hi, "macro_f1": m["macro_f1"],
-                "micro_f1": m["micro_f1"], "macro_auroc": m.get("macro_auroc"),
-                "learned_nothing_weighted_f1": m.get("learned_nothing_weighted_f1"), "n_train": p.get("n_train"),
+                "weighted_f1_ci95_low": lo, "weighted_f1_ci95_high": hi, "weighted_f1_at_0.5": m["weighted_f1_at_0.5"],
+                "macro_f1": m["macro_f1"], "micro_f1": m["micro_f1"], "macro_auroc": m.get("macro_auroc"),
+                "learned_nothing_weighted_f1": m.get("learned_nothing_weighted_f1"),
+                "learned_nothing_weighted_f1_at_0.5": m.get("learned_nothing_weighted_f1_at_0.5"), "n_train": p.get("n_train"),
                 "epsilon_spent": p["epsilon_spent"], "delta": p["delta"], "noise_multiplier": p["noise_multiplier"],
-                "sample_rate": p["sample_rate"], "steps": p["steps"]}
+                "sample_rate": p["sample_rate"], "steps": p["steps"], "dp_randomness": p.get("dp_randomness"),
+                "privacy_unit": p.get("privacy_unit")}
 
     def summary(self):
         """One row: what was run, what it achieved and what it spent (ε shown as a label)."""
@@ -212,13 +217,42 @@ def read_run(run_dir: str | Path) -> RunResult:
                      read("privacy.json"), read("curve.json")["steps"], info)
 
 
+#: What a private run on credentialed data keeps of each training step: the step, the learning
+#: rate (a function of the step) and ε spent at checkpoints (a function of σ, q and the step).
+CURVE_PUBLIC_KEYS = ("step", "lr", "epsilon_spent")
+
+
+def withhold_training_statistics(info: dict, privacy: dict, curve: list[dict]) -> tuple[dict, dict, list[dict]]:
+    """Drop from a run's files the training statistics its ``release_terms`` withhold.
+
+    :func:`privrad.privacy.release_terms` decides (private runs on credentialed data withhold
+    every entry of :data:`privrad.privacy.TRAINING_STATISTICS`); this is where it is enforced, for
+    every run folder privrad writes: per-step loss and realised batch size leave ``curve.json``
+    (only :data:`CURVE_PUBLIC_KEYS` stay), the empty-batch count leaves ``privacy.json`` and the
+    training split's truncation count leaves ``config.json``."""
+    withheld = set((privacy.get("release_terms") or {}).get("withheld") or ())
+    if not withheld:
+        return info, privacy, curve
+    from privrad.privacy import PUBLIC_SPLITS
+
+    if withheld & {"loss", "batch_size"}:
+        curve = [{k: v for k, v in row.items() if k in CURVE_PUBLIC_KEYS} for row in curve]
+    if "empty_batches" in withheld:
+        privacy = {k: v for k, v in privacy.items() if k != "empty_batches"}
+    if "n_truncated" in withheld and isinstance(info.get("n_truncated"), dict):
+        info = {**info, "n_truncated": {k: v for k, v in info["n_truncated"].items() if k in PUBLIC_SPLITS}}
+    return info, privacy, curve
+
+
 def write_run(run_dir: str | Path, *, info: dict, metrics: dict, privacy: dict, curve: list[dict],
               predictions: dict[str, np.ndarray], save_model: Callable[[Path], None] | None = None) -> RunResult:
     """The one writer of run folders: builds the folder under a temporary name and renames it
     into place (a killed run leaves nothing). ``info`` is config.json without ``run_format`` and
     ``privrad_version`` (added here); every file must hold the fields of :data:`REQUIRED`.
-    ``save_model(folder)`` writes the weights (``adapter/`` or ``model/``)."""
+    ``save_model(folder)`` writes the weights (``adapter/`` or ``model/``). What the run's
+    ``privacy["release_terms"]["withheld"]`` names is not written (:func:`withhold_training_statistics`)."""
     info = {**info, "run_format": RUN_FORMAT, "privrad_version": __version__}
+    info, privacy, curve = withhold_training_statistics(info, privacy, curve)
     docs = {"config.json": info, "metrics.json": metrics, "privacy.json": privacy, "curve.json": {"steps": curve},
             "predictions.npz": predictions}
     for name, doc in docs.items():
@@ -304,7 +338,12 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
     splits = _check_data(cfg, dataset)
     n_train = len(splits["train"])
     cfg = validate_config(cfg, n_train=n_train)
-    delta = (default_delta(n_train) if cfg.delta is None else cfg.delta) if cfg.private else None
+    units, n_patients = None, None
+    if cfg.private and cfg.privacy_unit == "patient":  # the unit of privacy: the patient of each training report
+        units = np.unique(np.asarray(splits["train"].patient_ids), return_inverse=True)[1]
+        n_patients = int(units.max()) + 1
+    # δ well below 1 / (number of units the guarantee protects)
+    delta = (default_delta(n_patients or n_train) if cfg.delta is None else cfg.delta) if cfg.private else None
     rid = run_id(cfg, dataset.fingerprint)
     run_dir = Path(results_dir) / rid if run_dir is None else Path(run_dir)
     if run_dir.exists():
@@ -324,7 +363,7 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
         for split, e in enc.items():
             e.features = frozen_features(net, e.encoded, cache_dir=where, key_value=split == "train")
     t_prep = time.perf_counter() - t0
-    result = train(net, enc["train"], cfg, delta=delta, progress=progress)
+    result = train(net, enc["train"], cfg, delta=delta, progress=progress, units=units)
     t1 = time.perf_counter()
     val_probs = predict_proba(net, enc["validation"])
     test_probs = predict_proba(net, enc["test"])
@@ -335,14 +374,16 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
     metrics["weighted_f1_at_0.5"] = evaluate(test_probs, test.labels, test.label_mask, dataset.label_names,
                                              thresholds=0.5, n_bootstrap=0)["weighted_f1"]
     metrics["threshold"] = cfg.threshold
-    train_split = splits["train"]
-    metrics["learned_nothing_weighted_f1"] = learned_nothing(train_split.labels, train_split.label_mask, val.labels,
-                                                             val.label_mask, test.labels, test.label_mask,
-                                                             threshold=cfg.threshold)
+    for key, policy in (("learned_nothing_weighted_f1", cfg.threshold), ("learned_nothing_weighted_f1_at_0.5", "fixed")):
+        # the validation split's prevalence (declared public), never the training split's
+        metrics[key] = learned_nothing(val.labels, val.label_mask, val.labels, val.label_mask, test.labels, test.label_mask,
+                                       threshold=policy)
     privacy = privacy_report(target_epsilon=cfg.epsilon, delta=delta, noise_multiplier=result.noise_multiplier,
                              sample_rate=result.sample_rate, history=result.history, n_train=n_train,
                              planned_steps=result.planned_steps, batch_size=cfg.batch_size,
-                             max_grad_norm=cfg.max_grad_norm if cfg.private else None, accountant=cfg.accountant)
+                             max_grad_norm=cfg.max_grad_norm if cfg.private else None, accountant=cfg.accountant,
+                             dp_randomness=cfg.dp_randomness, privacy_unit=cfg.privacy_unit, n_patients=n_patients,
+                             credentialed=bool(dataset.credentialed), threshold=cfg.threshold)
     privacy["steps"] = result.steps if cfg.private else len(result.curve)
     privacy["empty_batches"] = result.info["empty_batches"]
     spec = get_model_spec(cfg.model)

@@ -24,6 +24,7 @@ micro-batch split, with gradients summed over the chunks and divided by the logi
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from dataclasses import dataclass, field
@@ -126,13 +127,43 @@ class _NonPrivate:
 
 
 def dp_generators(cfg: RunConfig, device) -> tuple[torch.Generator, torch.Generator]:
-    """The DP randomness of a run: (Poisson sampling, Gaussian noise) generators, seeded from the run seed."""
+    """The DP randomness of a run: the (Poisson sampling, Gaussian noise) generators.
+
+    ``dp_randomness = "secure"`` (the default): each is seeded with 63 bits of OS entropy
+    (:mod:`secrets`) that are never stored, printed or written, so nobody — not even someone who
+    reads ``config.json`` — can replay the batches or the noise; the guarantee then holds for
+    the released adapter. ``"reproducible"``: seeded from the public run seed (``seed``,
+    ``seed + 1``), so that the same seed gives the same model; the adapter is then not a DP
+    release. Non-private runs shuffle with the seeded generator either way (no DP randomness).
+    The run seed always controls initialisation, dropout and evaluation.
+    """
+    if cfg.private and cfg.dp_randomness == "secure":
+        import secrets
+
+        return (torch.Generator().manual_seed(secrets.randbits(63)),
+                torch.Generator(device=device).manual_seed(secrets.randbits(63)))
     return torch.Generator().manual_seed(cfg.seed), torch.Generator(device=device).manual_seed(cfg.seed + 1)
 
 
-def _chunks(indices, data: EncodedDataset, size: int) -> list[list[int]]:
-    idx = sorted(indices, key=lambda i: len(data.encoded.input_ids[i]))
-    return [idx[i: i + size] for i in range(0, len(idx), size)] or [[]]
+def _chunks(indices, data: EncodedDataset, size: int, units=None) -> list[list[int]]:
+    """Physical chunks of a logical batch: at most ``size`` reports, sorted by length so that a
+    chunk pads little. With ``units`` (patient-level DP) each unit's reports stay together in one
+    chunk — a unit is clipped once, in the chunk that holds it — and a unit of more than ``size``
+    reports is a chunk of its own. An empty batch is one empty chunk."""
+    length = lambda i: len(data.encoded.input_ids[i])  # noqa: E731
+    if units is None:
+        idx = sorted(indices, key=length)
+        return [idx[i: i + size] for i in range(0, len(idx), size)] or [[]]
+    groups: dict[int, list[int]] = {}
+    for i in indices:
+        groups.setdefault(int(units[i]), []).append(i)
+    out: list[list[int]] = []
+    for members in sorted(groups.values(), key=lambda m: max(map(length, m))):
+        if out and len(out[-1]) + len(members) <= size:
+            out[-1].extend(members)
+        else:
+            out.append(list(members))
+    return out or [[]]
 
 
 def _batch(data: EncodedDataset, chunk: list[int]) -> dict:
@@ -148,9 +179,11 @@ def _inputs(batch: dict) -> dict:
     return {k: batch[k] for k in keys if k in batch}
 
 
-def train(model, data: EncodedDataset, cfg: RunConfig, *, delta: float | None = None, progress: bool = True) -> TrainResult:
+def train(model, data: EncodedDataset, cfg: RunConfig, *, delta: float | None = None, progress: bool = True,
+          units=None) -> TrainResult:
     """Fine-tune ``model`` (a model, or its :class:`~privrad.features.Classifier`) on ``data``
-    (the encoded training split, with frozen-layer features if the classifier has a frozen prefix)."""
+    (the encoded training split, with frozen-layer features if the classifier has a frozen prefix).
+    ``units``: the patient of each training example, needed by ``privacy_unit = "patient"``."""
     from tqdm.auto import tqdm
 
     from privrad.features import Classifier
@@ -175,20 +208,26 @@ def train(model, data: EncodedDataset, cfg: RunConfig, *, delta: float | None = 
         trainer = make_private(module=net, optimizer=optimizer, num_samples=n, batch_size=cfg.batch_size, steps=total,
                                max_grad_norm=cfg.max_grad_norm, target_epsilon=cfg.epsilon, delta=delta,
                                accountant=cfg.accountant, grad_sample_mode=cfg.grad_sample_mode,
-                               sample_generator=sample_gen, noise_generator=noise_gen)
+                               sample_generator=sample_gen, noise_generator=noise_gen,
+                               secure_noise=cfg.dp_randomness == "secure", sampling_unit=cfg.privacy_unit, units=units)
     else:
         trainer = _NonPrivate(net, optimizer, _shuffled_batches(n, cfg.batch_size, total, sample_gen))
     curve, step = [], 0
+    drawn = hashlib.sha256()  # a digest of every batch drawn (kept in memory for checks; never written)
     bar = tqdm(total=total, disable=not progress, desc=f"train ε={cfg.epsilon if cfg.private else '∞'}", leave=False)
     checkpoints = set(np.linspace(1, total, min(total, CURVE_EPSILON_POINTS)).round().astype(int).tolist())
     for indices in trainer.batches:
-        chunks = _chunks(indices, data, cfg.physical_batch_size)
+        drawn.update(np.asarray(sorted(indices), dtype=np.int64).tobytes() + b"|")
+        chunks = _chunks(indices, data, cfg.physical_batch_size, units=getattr(trainer, "units", None))
         loss_sum = 0.0
         for k, chunk in enumerate(chunks):
             batch = _to(_batch(data, chunk), device)
             losses = example_losses(trainer.module(**_inputs(batch)), batch)
             loss_sum += float(losses.detach().sum())
-            trainer.backward(losses, last=k == len(chunks) - 1)
+            if cfg.private:
+                trainer.backward(losses, last=k == len(chunks) - 1, indices=chunk)
+            else:
+                trainer.backward(losses, last=k == len(chunks) - 1)
         step += 1
         scheduler.step()
         if step == 1:
@@ -209,7 +248,7 @@ def train(model, data: EncodedDataset, cfg: RunConfig, *, delta: float | None = 
         assert sum(t for _, _, t in history) == step, "accountant missed a step"
     model.eval()
     return TrainResult(model, curve, history, sigma, q, total, delta, time.perf_counter() - t0,
-                       info={"empty_batches": sum(r["batch_size"] == 0 for r in curve)})
+                       info={"empty_batches": sum(r["batch_size"] == 0 for r in curve), "batches_digest": drawn.hexdigest()})
 
 
 def _to(batch: dict, device: torch.device) -> dict:
