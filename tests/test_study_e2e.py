@@ -56,7 +56,7 @@ def smoke(tmp_path_factory):
     seconds = time.time() - t0
     assert proc.returncode == 0, proc.stdout + proc.stderr
     print(f"\nsmoke study: {seconds:.1f} s\n{proc.stdout}")
-    return {"base": base, "sets": sets, "results": results, "stdout": proc.stdout, "seconds": seconds}
+    return {"base": base, "sets": sets, "results": results, "stdout": proc.stdout, "stderr": proc.stderr, "seconds": seconds}
 
 
 def test_smoke_study_writes_complete_run_folders(smoke):
@@ -176,15 +176,26 @@ def _sentences(texts) -> set[str]:
     return out
 
 
-def test_book_from_the_smoke_study_shows_no_credentialed_text(smoke, tmp_path):
-    from privrad.data import load_dataset
-
-    project = tmp_path / "project"
+def _project(where: Path) -> Path:
+    """A folder laid out like a checkout: the book's sources, notebooks and profiles."""
+    project = where / "project"
     project.mkdir()
-    for name in ("_config.yml", "_toc.yml"):
+    for name in ("_config.yml", "_toc.yml", "README.md"):
         shutil.copy(ROOT / name, project / name)
     for name in ("book", "notebooks", "studies"):
         shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("generated", ".generated.tmp"))
+    return project
+
+
+@pytest.fixture(scope="module")
+def smoke_book(smoke, tmp_path_factory):
+    """The book of the smoke study, built in a checkout-like folder that also holds what a checkout
+    gathers besides the book — `make test`'s .pytest_cache, a venv, results and data READMEs — none
+    of which may become a page."""
+    project = _project(tmp_path_factory.mktemp("book"))
+    for junk in (".pytest_cache/README.md", ".venv/lib/site-packages/pkg/README.md", "results/README.md", "data/notes.md"):
+        (project / junk).parent.mkdir(parents=True, exist_ok=True)
+        (project / junk).write_text("# not a page of the book\n")
     # the book shows the last sweep's grid: re-run the plain smoke study (all cached) so that the
     # extra ε point added by an earlier test is left out of the book
     rerun = privrad("study", "run", "--profile", "smoke", "--results", str(smoke["results"]), *smoke["sets"])
@@ -196,6 +207,13 @@ def test_book_from_the_smoke_study_shows_no_credentialed_text(smoke, tmp_path):
     proc = privrad("book", "build", "--profile", "smoke", "--results", str(smoke["results"]), cwd=project)
     print(f"\nbook build: {time.time() - t0:.1f} s")
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    return {"project": project, "html": project / "_build" / "html", "stale": stale, "proc": proc}
+
+
+def test_book_from_the_smoke_study_shows_no_credentialed_text(smoke, smoke_book):
+    from privrad.data import load_dataset
+
+    project, stale = smoke_book["project"], smoke_book["stale"]
     index = project / "_build" / "html" / "index.html"
     assert index.is_file()
     runs = list((project / "_build" / "html" / "book" / "generated" / "runs").glob("*.html"))
@@ -241,3 +259,49 @@ def test_the_readme_papermill_command_runs_one_notebook_by_hand(smoke, tmp_path)
     run_dir = tmp_path / argv[argv.index("run_dir") + 1]
     cfg = json.loads((run_dir / "config.json").read_text())["config"]
     assert cfg["epsilon"] == 0.5 and cfg["dataset"] == "simulated-mimic-cxr"
+
+
+def test_book_build_prints_no_kernel_or_warning_noise(smoke, smoke_book):
+    for err in (smoke["stderr"], smoke_book["proc"].stderr):
+        assert "Kernel is running over TCP" not in err
+        assert "warnings.warn(" not in err and not re.search(r"\.py:\d+: \w*Warning", err), err[-2000:]
+    assert "privrad: simulated-ct-rate: 200 reports" in smoke["stderr"]  # the loader's summary, one line
+
+
+def test_a_failed_book_build_shows_the_warning_that_failed_it(smoke_book, tmp_path, capsys):
+    from privrad.errors import PrivradError
+    from privrad.study import jupyter_book_build
+
+    project = tmp_path / "project"
+    shutil.copytree(smoke_book["project"], project, ignore=shutil.ignore_patterns("_build"))
+    (project / "book" / "draft.md").write_text("# A draft nobody added to the table of contents\n")
+    with pytest.raises(PrivradError) as err:
+        jupyter_book_build(project)
+    shown = capsys.readouterr().err
+    assert "book/draft.md: WARNING: document isn't included in any toctree" in shown
+    assert str(err.value).startswith("the book build failed: book/draft.md: WARNING: document isn't included in any toctree")
+    assert str(project) not in shown + str(err.value)
+
+
+def test_the_book_loads_offline_in_a_browser(smoke_book):
+    """Every page in Debian's chromium with the network blocked: it loads, requests nothing outside
+    the site, logs no JavaScript error, shows its images and typesets its mathematics. Screenshots of
+    the index, results and statistics pages go to _build/screenshots/smoke/."""
+    import site_check
+
+    reason = site_check.why_no_browser()
+    if reason:
+        pytest.skip(reason)
+    report = site_check.check_site(smoke_book["html"], screenshots=ROOT / "_build" / "screenshots" / "smoke")
+    assert not report.problems, "\n".join(report.problems)
+    pages = {p.path: p for p in report.pages}
+    assert len([p for p in pages if p.startswith("book/generated/runs/")]) == 8
+    assert pages["book/generated/analysis.html"].images >= 3 and pages["book/methods.html"].math > 10
+    assert set(report.screenshots) == set(site_check.SCREENSHOTS)
+
+
+def test_the_built_book_holds_no_path_of_the_building_machine_and_no_nan(smoke, smoke_book):
+    import site_check
+
+    machine = [str(smoke_book["project"]), str(smoke["base"]), str(ROOT), sys.prefix, str(Path.home())]
+    assert not site_check.scan_site(smoke_book["html"], machine)

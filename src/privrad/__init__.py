@@ -8,7 +8,10 @@ The public API is small:
 * :mod:`privrad.stats` — statistics across run folders.
 """
 
+from privrad.errors import install_warning_format
+
 __version__ = "0.1.0"
+install_warning_format()
 
 
 def run(config, **kwargs):

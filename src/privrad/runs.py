@@ -36,13 +36,13 @@ import numpy as np
 
 from privrad import __version__
 from privrad.config import METHODS, RunConfig, epsilon_label
-from privrad.errors import ConfigError, DataError
+from privrad.errors import ConfigError, DataError, PrivradWarning
 from privrad.io import atomic_dir, atomic_write_json
 
 RUN_FILES = ("config.json", "metrics.json", "privacy.json", "predictions.npz", "curve.json")
 
 
-class UntrainableLabelWarning(UserWarning):
+class UntrainableLabelWarning(PrivradWarning):
     """A label has no positive example in the training split: the model cannot learn it."""
 
 

@@ -462,9 +462,13 @@ def prepare_data(profile: Profile, *, log: "Log | None" = None) -> None:
             if log:
                 log.event("simulated", dataset=entry.name, kind=kind, n=n, seed=seed, path=str(path), seconds=round(time.time() - t0, 2))
             continue
+        from privrad.data.fetch import fetchable
+
+        how = (f"download it with `privrad data fetch {entry.dataset} --out {entry.data_dir}`" if entry.dataset in fetchable()
+               else "put the download there")
         raise DataError(
             f"data folder {entry.data_dir} for dataset {entry.name} ({entry.dataset}) does not exist; "
-            f"put the download there or pass --set {entry.name}.data_dir=/path/to/it."
+            f"{how} or pass --set {entry.name}.data_dir=/path/to/it."
         )
 
 
@@ -570,6 +574,12 @@ def plan(profile: Profile, *, notebook: Path | None = None, log: "Log | None" = 
     return Plan(profile, points, notebook, kernel, Path.cwd())
 
 
+KERNEL_CONFIG = {"KernelManager": {"transport_encryption": "auto"}}
+"""traitlets config for the kernels papermill starts: CurveZMQ transport encryption where the kernel
+supports it (the privrad kernel does), so a kernel neither talks in plain text nor warns on every
+start that it does."""
+
+
 def _default_kernel() -> str:
     """The ``privrad`` kernel (installed by ``make setup``) if present, else ``python3``."""
     try:
@@ -633,9 +643,11 @@ _PAPERMILL_DRIVER = """
 import json, logging, sys
 import papermill
 logging.getLogger("papermill").setLevel(logging.WARNING)
-nb, out, params, kernel, cwd, timeout = sys.argv[1:7]
+from traitlets.config import Config
+nb, out, params, kernel, cwd, timeout, config = sys.argv[1:8]
 papermill.execute_notebook(nb, out, parameters=json.load(open(params)), kernel_name=kernel, cwd=cwd,
-                           progress_bar=False, execution_timeout=float(timeout) if timeout else None)
+                           progress_bar=False, execution_timeout=float(timeout) if timeout else None,
+                           config=Config(json.loads(config)))
 """
 
 
@@ -652,7 +664,7 @@ def execute_task(task: Task, env: dict[str, str] | None = None) -> Outcome:
     atomic_write_json(params_file, task.parameters)
     # papermill's own CLI reads parameters as YAML 1.1 (``1e-05`` would arrive as a string): pass JSON.
     cmd = [sys.executable, "-c", _PAPERMILL_DRIVER, task.notebook, str(staging), str(params_file), task.kernel,
-           task.cwd, str(task.timeout_s or "")]
+           task.cwd, str(task.timeout_s or ""), json.dumps(KERNEL_CONFIG)]
     proc = subprocess.run(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, preexec_fn=_pdeathsig if sys.platform.startswith("linux") else None)
     params_file.unlink(missing_ok=True)
@@ -951,10 +963,50 @@ def _titled_copy(src: Path, dst: Path, title: str) -> None:
 
 def _execute_for_book(papermill, src: Path, dst: Path, parameters: dict[str, Any], kernel: str) -> None:
     try:
+        from traitlets.config import Config
+
         papermill.execute_notebook(str(src), str(dst), parameters=parameters, kernel_name=kernel,
-                                   cwd=str(Path.cwd()), progress_bar=False)
+                                   cwd=str(Path.cwd()), progress_bar=False, config=Config(KERNEL_CONFIG))
     except papermill.PapermillExecutionError as exc:
         raise PrivradError(f"{src} failed ({exc.ename}: {exc.evalue}); the executed notebook with the error is {dst}, and no book was built.") from None
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_PROBLEM = re.compile(r"\b(WARNING|ERROR|CRITICAL|SEVERE)\b:|^(\w+Error|Exception)\b|Traceback")
+
+
+def build_problems(output: str, root: Path) -> list[str]:
+    """The warnings and errors in jupyter-book's output, one line each, with paths relative to
+    the project folder (Sphinx prints them among hundreds of progress lines)."""
+    out = []
+    for line in _ANSI.sub("", output).splitlines():
+        line = line.strip()
+        if _PROBLEM.search(line) and line not in out:
+            out.append(line.replace(f"{root}/", ""))
+    return out
+
+
+def jupyter_book_build(root: Path) -> Path:
+    """Build ``root``'s book into an empty ``_build/html`` (no page of an earlier build survives)
+    with warnings as errors. A failed build prints its warnings and errors, one line each, and
+    raises a :class:`PrivradError` naming the first; the full output is kept in ``_build``."""
+    shutil.rmtree(root / "_build", ignore_errors=True)
+    print("privrad: building the book …", file=sys.stderr)
+    cmd = [sys.executable, "-c", "import sys; from jupyter_book.cli.main import main; sys.argv[0] = 'jupyter-book'; main()",
+           "build", str(root), "--warningiserror", "--nitpick", "--keep-going", "--all"]
+    proc = subprocess.run(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    index = root / "_build" / "html" / "index.html"
+    log_path = root / "_build" / "book-build.log"
+    atomic_write_text(log_path, proc.stdout)
+    if proc.returncode != 0 or not index.is_file():
+        problems = build_problems(proc.stdout, root)
+        for line in problems or proc.stdout.splitlines()[-40:]:
+            print(line, file=sys.stderr)
+        first = f": {problems[0]}" if problems else ""
+        more = f" (and {len(problems) - 1} more above)" if len(problems) > 1 else ""
+        raise PrivradError(f"the book build failed{first}{more}; warnings are errors, so fix it and build again "
+                           f"(jupyter-book's full output is in {log_path.relative_to(root)}).")
+    return index
 
 
 def build_book(profile: Profile, *, root: Path | None = None, out=sys.stdout) -> int:
@@ -1005,16 +1057,7 @@ def build_book(profile: Profile, *, root: Path | None = None, out=sys.stdout) ->
     generated = root / GENERATED
     shutil.rmtree(generated, ignore_errors=True)
     os.replace(staging, generated)
-    shutil.rmtree(root / "_build", ignore_errors=True)  # no page of an earlier build survives
-    print("privrad: building the book …", file=sys.stderr)
-    cmd = [sys.executable, "-c", "import sys; from jupyter_book.cli.main import main; sys.argv[0] = 'jupyter-book'; main()",
-           "build", str(root), "--warningiserror", "--nitpick", "--keep-going", "--all"]
-    proc = subprocess.run(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    index = root / "_build" / "html" / "index.html"
-    if proc.returncode != 0 or not index.is_file():
-        tail = "\n".join(proc.stdout.splitlines()[-40:])
-        print(tail, file=sys.stderr)
-        raise PrivradError(f"the book build failed (jupyter-book exit status {proc.returncode}; warnings are errors): see the messages above.")
+    index = jupyter_book_build(root)
     print(f"book: {len(runs)} runs, built in {time.time() - t0:.1f} s → {index}", file=out)
     return 0
 
