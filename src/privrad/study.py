@@ -972,17 +972,19 @@ def _execute_for_book(papermill, src: Path, dst: Path, parameters: dict[str, Any
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_PROBLEM = re.compile(r"\b(WARNING|ERROR|CRITICAL|SEVERE)\b:|^(\w+Error|Exception)\b|Traceback")
+_PROBLEM = re.compile(r"(\S+: )?\b(WARNING|ERROR|CRITICAL|SEVERE): .*|^(\w+Error|Exception)\b.*")
 
 
 def build_problems(output: str, root: Path) -> list[str]:
-    """The warnings and errors in jupyter-book's output, one line each, with paths relative to
-    the project folder (Sphinx prints them among hundreds of progress lines)."""
+    """The warnings and errors in jupyter-book's output, one line each (from the file that has
+    it), with paths relative to the project folder: Sphinx prints them among hundreds of
+    progress lines, sometimes at the end of one ("checking consistency... book/x.md: WARNING: …")."""
     out = []
     for line in _ANSI.sub("", output).splitlines():
-        line = line.strip()
-        if _PROBLEM.search(line) and line not in out:
-            out.append(line.replace(f"{root}/", ""))
+        m = _PROBLEM.search(line.strip())
+        problem = m.group(0).replace(f"{root}/", "") if m else None
+        if problem and problem not in out:
+            out.append(problem)
     return out
 
 
