@@ -10,7 +10,7 @@ The public API is small:
 
 from privrad.errors import install_warning_format
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 install_warning_format()
 
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from privrad.errors import ConfigError
+from privrad.errors import ConfigError, PrivacyError, PrivradError
 
 METHODS = ("lora", "full")
 
@@ -72,6 +75,10 @@ class RunConfig:
     def replace(self, **changes: Any) -> "RunConfig":
         return self.from_dict({**self.to_dict(), **changes})
 
+    def validate(self, *, n_train: int | None = None, where: str | None = None) -> "RunConfig":
+        """This config checked and normalised (see :func:`validate_config`)."""
+        return validate_config(self, n_train=n_train, where=where)
+
     @property
     def private(self) -> bool:
         return self.epsilon is not None
@@ -84,6 +91,133 @@ class RunConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
+#: Every RunConfig field name, in order: the run notebook's parameters, profile keys, --set keys.
+FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
+
+
 def epsilon_label(epsilon: float | None) -> str:
     """How an epsilon is shown: ``∞`` for non-private, otherwise ``%g``."""
     return "∞" if epsilon is None else f"{epsilon:g}"
+
+
+# ----------------------------------------------------------------------------- validation
+
+_HINTS = typing.get_type_hints(RunConfig)
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def _passable(value: Any) -> bool:
+    """What papermill can write into a parameters cell faithfully: JSON-like values.
+    (A tuple, for one, would arrive as the *string* "(1, 2)"; a YAML date as a date object.)"""
+    if isinstance(value, _JSON_SCALARS):
+        return not (isinstance(value, float) and not math.isfinite(value))
+    if isinstance(value, list):
+        return all(_passable(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _passable(v) for k, v in value.items())
+    return False
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (tuple, list):
+        return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _type_errors(values: dict[str, Any]) -> str | None:
+    for key, value in values.items():
+        if key not in _HINTS:
+            continue  # unknown keys are reported by RunConfig.from_dict with the known ones
+        if not _passable(value):
+            return (f"parameter {key} = {value!r} ({type(value).__name__}) cannot be passed to a notebook by papermill; "
+                    "use a string, number, boolean, null, list or mapping.")
+        if not _type_ok(value, _HINTS[key]):
+            return f"parameter {key} = {value!r} is not of the expected type {_HINTS[key]}; fix it in the profile, --set or --config."
+    return None
+
+
+def validate_config(config: "RunConfig | dict[str, Any]", *, n_train: int | None = None, where: str | None = None) -> RunConfig:
+    """The one validation of a run configuration, called by every entry point (``privrad.run``,
+    ``privrad run``, the run notebook through ``privrad.run``, study profiles and ``--set``).
+
+    Returns the normalised config (ε = inf written as None, the one name for non-private;
+    1 and 1.0 alike). Refuses, in one sentence naming the value (prefixed by ``where``): unknown
+    names, types papermill cannot pass, invalid values, an unknown model or a ``max_length``
+    beyond the model's limit; given ``n_train``, a ``delta`` ≥ 1/n_train and a ``batch_size``
+    larger than the training split."""
+    from privrad.privacy import check_delta, check_epsilon
+
+    try:
+        d = config.to_dict() if isinstance(config, RunConfig) else dict(config)
+        if "epsilon" in d:
+            d["epsilon"] = check_epsilon(d["epsilon"])
+        problem = _type_errors(d)
+        if problem:
+            raise ConfigError(problem)
+        cfg = RunConfig.from_dict(d)
+        _check_values(cfg)
+        if cfg.delta is not None:
+            if n_train is not None:
+                check_delta(cfg.delta, n_train)
+            elif not 0 < cfg.delta < 1:
+                raise PrivacyError(f"delta {cfg.delta!r} must lie in (0, 1/n_train); leave it unset for privrad's default.")
+        if n_train is not None and cfg.batch_size > n_train:
+            raise ConfigError(f"batch_size = {cfg.batch_size} is larger than the training split ({n_train} reports); "
+                              f"use a batch_size ≤ {n_train}.")
+    except PrivradError as exc:
+        if where:
+            raise type(exc)(f"{where}: {exc}") from None
+        raise
+    return cfg
+
+
+def _check_values(cfg: RunConfig) -> None:
+    from privrad.evaluate import THRESHOLDS
+    from privrad.models import get_model_spec
+    from privrad.train import GRAD_SAMPLE_MODES
+
+    if cfg.method not in METHODS:
+        raise ConfigError(f"unknown method {cfg.method!r}; known methods are: {', '.join(METHODS)}.")
+    checks = [
+        ("lr", cfg.lr, cfg.lr > 0, "a positive learning rate, e.g. 5e-4"),
+        ("max_grad_norm", cfg.max_grad_norm, cfg.max_grad_norm > 0, "a positive clipping norm, e.g. 1.0"),
+        ("batch_size", cfg.batch_size, cfg.batch_size >= 1, "a positive integer"),
+        ("physical_batch_size", cfg.physical_batch_size, cfg.physical_batch_size >= 1, "a positive integer"),
+        ("num_epochs", cfg.num_epochs, cfg.num_epochs > 0, "a positive number"),
+        ("max_length", cfg.max_length, cfg.max_length >= 8, "at least 8 tokens"),
+        ("lora_r", cfg.lora_r, cfg.lora_r >= 1, "a positive integer"),
+        ("lora_alpha", cfg.lora_alpha, cfg.lora_alpha > 0, "a positive number"),
+        ("lora_dropout", cfg.lora_dropout, 0 <= cfg.lora_dropout < 1, "a fraction in [0, 1)"),
+        ("weight_decay", cfg.weight_decay, cfg.weight_decay >= 0, "0 or a positive number"),
+        ("warmup_ratio", cfg.warmup_ratio, 0 <= cfg.warmup_ratio < 1, "a fraction in [0, 1)"),
+        ("n_bootstrap", cfg.n_bootstrap, cfg.n_bootstrap >= 0, "0 (no CI) or more resamples"),
+    ]
+    for name, value, ok, what in checks:
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and ok):
+            raise ConfigError(f"{name} = {value!r} is invalid; give {what}.")
+    if cfg.threshold not in THRESHOLDS:
+        raise ConfigError(f"threshold {cfg.threshold!r} is unknown; use one of {', '.join(THRESHOLDS)}.")
+    if cfg.accountant not in ("prv", "rdp"):
+        raise ConfigError(f"accountant {cfg.accountant!r} is unknown; use 'prv' (default) or 'rdp'.")
+    if cfg.grad_sample_mode not in GRAD_SAMPLE_MODES:
+        raise ConfigError(f"grad_sample_mode {cfg.grad_sample_mode!r} is not supported; use one of {', '.join(GRAD_SAMPLE_MODES)}.")
+    spec = get_model_spec(cfg.model)
+    if cfg.max_length > spec.max_length:
+        raise ConfigError(f"max_length = {cfg.max_length} exceeds model {cfg.model!r}'s limit of {spec.max_length}; lower it.")
