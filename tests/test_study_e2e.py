@@ -346,3 +346,23 @@ def test_the_built_book_holds_no_path_of_the_building_machine_and_no_nan(smoke, 
 
     machine = [str(smoke_book["project"]), str(smoke["base"]), str(ROOT), sys.prefix, str(Path.home())]
     assert not site_check.scan_site(smoke_book["html"], machine)
+
+
+def test_a_sweep_with_two_jobs_shows_each_running_run_and_logs_run_start_when_it_starts(smoke):
+    """Beside the runs-done bar, each running run's line: its label, then its phase or its epoch,
+    step and ETA, read from the progress file the run writes (privrad.progress)."""
+    shown = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "\n", smoke["stderr"]).replace("\r", "\n")
+    lines = [ln.strip() for ln in shown.splitlines()]
+    progress = [ln for ln in lines if re.search(r"\| epoch \d+/\d+ · step \d+/\d+ · ETA (\d+:\d\d|\?)$", ln)]
+    labels = {ln.split(" |")[0] for ln in progress}
+    assert len(labels) >= 2, "\n".join(lines[-40:])  # at least two runs showed their steps
+    assert any(re.search(r"step [1-9]\d*/\d+ · ETA \d+:\d\d$", ln) for ln in progress)  # an ETA from the steps done
+    assert any(ln.startswith("study smoke:") and "/8" in ln for ln in lines)  # the runs-done bar
+    # run_start is logged when a run starts, not when it is queued: with --jobs 2 the third run
+    # starts only after one of the first two ended
+    sweep = [e["event"] for e in events(smoke["results"])]
+    sweep = sweep[: sweep.index("sweep_end")]  # the fixture's sweep (later tests sweep the same folder again)
+    log = [e for e in sweep if e in ("run_start", "run_complete", "run_failed")]
+    first = log[: log.index("run_start", log.index("run_start", log.index("run_start") + 1) + 1) + 1]
+    assert first.count("run_start") == 3 and ("run_complete" in first or "run_failed" in first), log
+    assert log.count("run_start") == 8

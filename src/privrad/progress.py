@@ -136,6 +136,8 @@ class Display:
 
     def finished(self, run_id: str, message: str | None = None) -> None:
         if not self.enabled:
+            if message:
+                print(message, file=self.file)
             return
         with self._lock:
             bar, _, _ = self._running.pop(run_id, (None, None, None))

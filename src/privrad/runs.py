@@ -304,6 +304,10 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
     if run_dir.exists():
         return _reuse(run_dir, rid)
 
+    from privrad.progress import Reporter
+
+    report = Reporter()  # the sweep's progress line for this run (a no-op outside a sweep)
+    report.phase("tokenizing and building the model")
     t0 = time.perf_counter()
     tok = load_tokenizer(cfg.model)
     enc = {s: EncodedDataset(tokenize_dataset(d, tok, max_length=cfg.max_length, cache_dir=cache_dir), d.labels, d.label_mask)
@@ -314,6 +318,7 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
     t_prep = time.perf_counter() - t0
     result = train(model, enc["train"], cfg, delta=delta, progress=progress)
     t1 = time.perf_counter()
+    report.phase("evaluating")
     val_probs = predict_proba(result.model, enc["validation"])
     test_probs = predict_proba(result.model, enc["test"])
     test, val = splits["test"], splits["validation"]

@@ -25,6 +25,7 @@ micro-batch split, with gradients accumulated and averaged over the logical batc
 
 from __future__ import annotations
 
+import math
 import random
 import time
 import warnings
@@ -128,7 +129,9 @@ def _batch(data: EncodedDataset, chunk: list[int]) -> dict:
 
 def train(model, data: EncodedDataset, cfg: RunConfig, *, delta: float | None = None, progress: bool = True) -> TrainResult:
     """Fine-tune ``model`` on ``data`` (the encoded training split) as ``cfg`` says."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
+
+    from privrad.progress import Reporter
 
     if cfg.grad_sample_mode not in GRAD_SAMPLE_MODES:
         raise ConfigError(f"grad_sample_mode {cfg.grad_sample_mode!r} is not supported; use one of {', '.join(GRAD_SAMPLE_MODES)}.")
@@ -144,11 +147,13 @@ def train(model, data: EncodedDataset, cfg: RunConfig, *, delta: float | None = 
     watched = {name: p.detach().clone() for name, p in model.named_parameters()
                if p.requires_grad and ("lora_" in name or cfg.method == "full")}
     sigma, history, net = None, [], model
+    report = Reporter()  # the sweep's progress line for this run (a no-op outside a sweep)
     if cfg.private:
         from opacus.accountants import PRVAccountant
         from opacus.grad_sample.utils import wrap_model
         from opacus.optimizers import get_optimizer_class
 
+        report.phase("calibrating noise")
         sigma = cached_noise_multiplier(cfg.epsilon, delta, q, total, accountant=cfg.accountant)
         net = wrap_model(model, grad_sample_mode=cfg.grad_sample_mode, batch_first=True, loss_reduction="mean")
         net.forbid_grad_accumulation()  # Poisson sampling: per-sample grads of two batches must never mix
@@ -161,6 +166,8 @@ def train(model, data: EncodedDataset, cfg: RunConfig, *, delta: float | None = 
     curve, step = [], 0
     bar = tqdm(total=total, disable=not progress, desc=f"train ε={cfg.epsilon if cfg.private else '∞'}", leave=False)
     checkpoints = set(np.linspace(1, total, min(total, CURVE_EPSILON_POINTS)).round().astype(int).tolist())
+    epochs = math.ceil(cfg.num_epochs)
+    report.step(0, total, epoch=1, num_epochs=epochs)
     for indices in _logical_batches(n, cfg, total, data_gen):
         chunks = _chunks(indices, data, cfg.physical_batch_size)
         loss_sum = 0.0
@@ -194,6 +201,7 @@ def train(model, data: EncodedDataset, cfg: RunConfig, *, delta: float | None = 
             bar.set_postfix(loss=f"{row['loss']:.3f}")
         curve.append(row)
         bar.update(1)
+        report.step(step, total, epoch=min(epochs, 1 + (step - 1) * epochs // total), num_epochs=epochs)
     bar.close()
     if cfg.private:
         net.remove_hooks()
