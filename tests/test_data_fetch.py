@@ -92,3 +92,19 @@ def test_an_unreachable_source_is_one_sentence(privrad, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "could not download file://" in proc.stderr
     assert not (tmp_path / "data" / "openi").exists()
+
+
+def test_the_course_profile_reads_the_fetched_files_and_says_how_to_get_them(tmp_path, monkeypatch):
+    from privrad.errors import DataError
+    from privrad.profiles import expand, load_profile
+    from privrad.study import prepare_data
+
+    profile = load_profile("course")
+    (entry,) = profile.datasets
+    assert (entry.dataset, entry.data_dir) == ("openi", "data/openi")  # where `privrad data fetch openi` puts them
+    points = expand(profile)
+    assert sorted((p.config.epsilon is None, p.config.epsilon or 0) for p in points) == [(False, 0.1), (False, 1), (False, 10), (True, 0)]
+    assert {p.config.model for p in points} == {"minilm-l3"}
+    monkeypatch.chdir(tmp_path)  # no data/openi here
+    with pytest.raises(DataError, match=r"download it with `privrad data fetch openi --out data/openi`"):
+        prepare_data(profile)

@@ -267,7 +267,9 @@ def test_book_from_the_smoke_study_shows_no_credentialed_text(smoke, smoke_book)
     assert "paper: ∞" in analysis and "Friedman across ε" in analysis
     # the data chapter describes the data the sweep used (its --set data_dir), from study.json
     data_page = text[project / "_build" / "html" / "book" / "generated" / "data.html"]
-    assert str(smoke["base"] / "data" / "ct-rate") in data_page and "skipped, nothing at" not in data_page
+    # (named relative to the project folder: the book names no absolute path of the machine that built it)
+    shown_as = os.path.relpath(smoke["base"] / "data" / "ct-rate", project)
+    assert shown_as in data_page and str(smoke["base"]) not in data_page and "skipped, nothing at" not in data_page
 
     mimic = load_dataset("mimic-cxr", str(smoke["base"] / "data" / "mimic-cxr"))
     ct = load_dataset("simulated-ct-rate", str(smoke["base"] / "data" / "ct-rate"))
@@ -366,3 +368,23 @@ def test_a_sweep_with_two_jobs_shows_each_running_run_and_logs_run_start_when_it
     first = log[: log.index("run_start", log.index("run_start", log.index("run_start") + 1) + 1) + 1]
     assert first.count("run_start") == 3 and ("run_complete" in first or "run_failed" in first), log
     assert log.count("run_start") == 8
+
+
+def test_the_lab_notebook_reruns_one_point_and_marks_it_on_the_curve(smoke, tmp_path):
+    """notebooks/lab.ipynb as a student runs it: another ε, one run, the star on the study's curve."""
+    (tmp_path / "data" / "simulated" / "smoke").mkdir(parents=True)
+    for name in ("mimic-cxr", "ct-rate"):  # the smoke profile's data folders, as in a checkout
+        (tmp_path / "data" / "simulated" / "smoke" / name).symlink_to(smoke["base"] / "data" / name)
+    out = tmp_path / "lab.ipynb"
+    proc = subprocess.run([sys.executable, "-m", "papermill", str(ROOT / "notebooks" / "lab.ipynb"), str(out), "-k", "privrad",
+                           "-p", "epsilon", "5", "-p", "profile", "smoke", "-p", "results_dir", str(smoke["results"])],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    nb = json.loads(out.read_text())
+    outputs = [o for c in nb["cells"] for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    text = "".join("".join(o.get("text", "")) for o in outputs)
+    assert "training mimic-cxr · tiny-bert · lora · ε=5 · seed 0" in text and "weighted F1 0." in text
+    assert any("image/png" in o.get("data", {}) for o in outputs)  # the curve with the student's star
+    lab_runs = [d for d in (smoke["results"] / "smoke-lab").iterdir() if d.is_dir()]
+    assert len(lab_runs) == 1 and json.loads((lab_runs[0] / "config.json").read_text())["config"]["epsilon"] == 5

@@ -40,6 +40,7 @@ import contextlib
 import functools
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -354,7 +355,9 @@ def build_model(
         head = [m for m in spec.head_modules if m in names]
         cfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=lora_r, lora_alpha=lora_alpha,
                          lora_dropout=lora_dropout, target_modules=targets, modules_to_save=head)
-        model = get_peft_model(model, cfg)
+        with warnings.catch_warnings():  # peft reads a property transformers has deprecated: not the user's concern
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = get_peft_model(model, cfg)
     model.train()
     return model
 

@@ -3,7 +3,7 @@
 A sweep gives each run it launches a progress file (the environment variable
 ``PRIVRAD_PROGRESS_FILE``, set by the executor). The run writes its phase there — loading
 the data, calibrating the noise, training (epoch, step, steps in all, seconds of training so
-far), evaluating — at most about once a second, atomically; the sweep reads the files of its
+far), evaluating — at most four times a second, atomically; the sweep reads the files of its
 running runs and shows each as one line: ``epoch 2/3 · step 130/174 · ETA 0:21``. The ETA is
 the remaining steps at the pace of the steps already done. Outside a sweep (no variable) a run
 writes nothing.
@@ -26,7 +26,7 @@ ENV = "PRIVRAD_PROGRESS_FILE"
 class Reporter:
     """What a run tells its sweep; every method is a no-op when there is no progress file."""
 
-    def __init__(self, path: str | os.PathLike | None = None, *, interval_s: float = 1.0):
+    def __init__(self, path: str | os.PathLike | None = None, *, interval_s: float = 0.25):
         path = path if path is not None else os.environ.get(ENV)
         self.path = Path(path) if path else None
         self.interval_s = interval_s
@@ -106,7 +106,7 @@ class Display:
     (its label, a bar of its training steps and :func:`describe`), refreshed from the runs'
     progress files by a background thread. Thread-safe: executors report from worker threads."""
 
-    def __init__(self, *, total: int, desc: str, enabled: bool = True, file=None, interval_s: float = 0.5):
+    def __init__(self, *, total: int, desc: str, enabled: bool = True, file=None, interval_s: float = 0.25):
         import sys
         import threading
 
