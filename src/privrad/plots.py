@@ -2,7 +2,8 @@
 
 :func:`tradeoff` draws weighted F1 against ε for one dataset: one line per model for DP-LoRA
 with its bootstrap 95 % band, ∞ (non-private) at the right end of the log axis, full
-fine-tuning as a diamond. The results chapter opens with it, the analysis notebook shows it for every
+fine-tuning as a diamond, and the learned-nothing reference (a classifier that ignores the text)
+as a dashed grey line. The results chapter opens with it, the analysis notebook shows it for every
 dataset and the lab notebook marks a student's own run on it.
 """
 
@@ -52,6 +53,9 @@ def tradeoff(runs: pd.DataFrame, dataset: str, *, ax=None, highlight: dict[str, 
         yerr = None if lo is None or hi is None else [[highlight["weighted_f1"] - lo], [hi - highlight["weighted_f1"]]]
         ax.errorbar([hx], [highlight["weighted_f1"]], yerr=yerr, fmt="*", ms=16, color="crimson", capsize=4, zorder=4,
                     label=highlight.get("label", "your run"))
+    reference = stats.learned_nothing(runs).get(dataset, math.nan)
+    if np.isfinite(reference):
+        ax.axhline(reference, ls="--", color="grey", lw=1, label="learned nothing")
     ticks = sorted(set(finite)) + [x_inf]
     ax.set_xscale("log")
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks[:-1]] + ["∞"])
