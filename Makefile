@@ -59,7 +59,8 @@ system-deps:
 
 # JupyterLab on the repository's notebooks with the privrad kernel (notebooks/run.ipynb, notebooks/lab.ipynb).
 lab: setup
-	$(VENV)/bin/jupyter lab --notebook-dir=. --port=$(LAB_PORT) --ServerApp.default_url=/lab/tree/notebooks/lab.ipynb $(LAB_ARGS)
+	$(VENV)/bin/jupyter lab --notebook-dir=. --port=$(LAB_PORT) --ServerApp.default_url=/lab/tree/notebooks/lab.ipynb \
+	  $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 bench: setup
 	$(PY) bench/run.py

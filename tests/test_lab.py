@@ -31,7 +31,7 @@ def _get(url: str, token: str):
 def test_make_lab_serves_the_run_notebook_with_the_privrad_kernel(tmp_path):
     port, token = _free_port(), secrets.token_hex(16)
     env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_CONFIG_DIR": str(tmp_path / "config")}
-    args = f"--no-browser --ip=127.0.0.1 --ServerApp.token={token}"
+    args = f"--no-browser --ip=127.0.0.1 --IdentityProvider.token={token}"
     proc = subprocess.Popen(["make", "-s", "lab", f"LAB_PORT={port}", f"LAB_ARGS={args}"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
