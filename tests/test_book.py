@@ -26,11 +26,15 @@ def _toc_files(node) -> list[str]:
     return out
 
 
-def test_config_executes_nothing_and_excludes_everything_but_the_book():
+def test_config_executes_nothing_reads_only_the_book_and_loads_nothing_remote():
     cfg = yaml.safe_load((ROOT / "_config.yml").read_text())
     assert cfg["execute"]["execute_notebooks"] == "off"
-    assert {".venv", "results", "data", "tests", "bench"} <= set(cfg["exclude_patterns"])
-    assert cfg["only_build_toc_files"] is True
+    sphinx = cfg["sphinx"]["config"]
+    assert sphinx["include_patterns"] == ["book/**"]  # not .pytest_cache/, .venv/, results/, data/ …
+    assert {".*", "**/.*"} <= set(cfg["exclude_patterns"])
+    # no thebe (a CDN script); MathJax from _static; exercises with hidden solutions
+    assert "sphinx_thebe" not in sphinx["extensions"] and cfg["launch_buttons"]["thebe"] is False
+    assert {"sphinx-mathjax-offline", "sphinx_exercise"} <= set(sphinx["extensions"])
 
 
 def test_toc_lists_every_chapter_and_the_generated_pages():
@@ -43,14 +47,16 @@ def test_toc_lists_every_chapter_and_the_generated_pages():
     assert sorted(p.stem for p in (ROOT / "book").glob("*.md")) == sorted(CHAPTERS)
 
 
-def test_every_chapter_ends_with_a_summary_and_exercises():
+def test_every_chapter_ends_with_a_summary_and_exercises_whose_solutions_are_folded():
     for c in CHAPTERS:
         text = (ROOT / "book" / f"{c}.md").read_text()
         headings = re.findall(r"^(#+) (.+)$", text, flags=re.M)
         assert headings[0][0] == "#", c  # one title
         assert [h for _, h in headings[-2:]] == ["Summary", "Exercises"], c
         exercises = text.split("## Exercises", 1)[1]
-        assert len(re.findall(r"^\d+\. ", exercises, flags=re.M)) >= 2, c
+        labels = re.findall(r"^:::\{exercise\}\n:label: (\S+)$", exercises, flags=re.M)
+        solved = re.findall(r"^:::\{solution\} (\S+)\n:class: dropdown$", exercises, flags=re.M)
+        assert len(labels) >= 2 and labels == solved, c  # every exercise has a solution, hidden until clicked
 
 
 def test_facts_are_generated_and_included_never_typed():

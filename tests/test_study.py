@@ -45,7 +45,7 @@ def test_smoke_profile_exercises_every_path():
 
 
 def test_unknown_profile_lists_the_known_ones():
-    with pytest.raises(ConfigError, match=r"unknown study profile 'nope'; known profiles are: default, openi, paper, smoke"):
+    with pytest.raises(ConfigError, match=r"unknown study profile 'nope'; known profiles are: course, default, openi, paper, smoke"):
         profiles.load_profile("nope", root=ROOT)
 
 
@@ -128,7 +128,7 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
     env_py = [sys.executable, "-m", "privrad"]
     proc = subprocess.run(env_py + ["study", "run", "--profile", "nope"], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["privrad: error: unknown study profile 'nope'; known profiles are: default, openi, paper, smoke (or give a path to a .yml file)."]
+    assert proc.stderr.strip().splitlines() == ["privrad: error: unknown study profile 'nope'; known profiles are: course, default, openi, paper, smoke (or give a path to a .yml file)."]
     proc = subprocess.run(env_py + ["book", "build", "--profile", "smoke", "--results-dir", str(tmp_path / "empty")],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2

@@ -53,7 +53,7 @@ def fresh_project(dest: Path) -> Path:
     """What a fresh clone gives a user besides the package: the book's sources, the notebooks and
     the profiles (no data, no results, no built book)."""
     dest.mkdir(parents=True)
-    for name in ("_config.yml", "_toc.yml"):
+    for name in ("_config.yml", "_toc.yml", "README.md"):
         shutil.copy(ROOT / name, dest / name)
     for name in ("book", "notebooks", "studies"):
         shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("generated", ".generated.tmp"))
@@ -89,7 +89,7 @@ def smoke(tmp_path_factory):
     data = project / "data" / "simulated" / "smoke"
     sets = ["--set", f"mimic-cxr.data_dir={data}/mimic-cxr", "--set", f"simulated-ct-rate.data_dir={data}/ct-rate"]
     return {"base": base, "project": project, "data": data, "sets": sets, "results": project / "results",
-            "stdout": proc.stdout, "seconds": seconds}
+            "stdout": proc.stdout, "stderr": proc.stderr, "seconds": seconds}
 
 
 def test_smoke_study_writes_complete_run_folders(smoke):
@@ -246,19 +246,24 @@ def _sentences(texts) -> set[str]:
     return out
 
 
-def test_book_from_the_smoke_study_shows_no_credentialed_text(smoke, tmp_path):
-    from privrad.data import load_dataset
-
+@pytest.fixture(scope="module")
+def smoke_book(smoke, tmp_path_factory):
+    """`make book`'s last command on the smoke study, in a fresh project that also holds what a
+    checkout gathers besides the book — `make test`'s .pytest_cache, a venv, results and data
+    READMEs — none of which may become a page."""
+    project = fresh_project(tmp_path_factory.mktemp("book") / "project")
     # the book shows the last sweep's grid: re-run the plain smoke study (all cached) so that the
     # extra ε point added by an earlier test is left out of the book
     rerun = privrad("study", "run", "--profile", "smoke", "--results-dir", str(smoke["results"]), *smoke["sets"])
     assert rerun.returncode == 0 and "8 complete (0 run now, 8 cached), 0 failed" in rerun.stdout
-    # the project copied elsewhere with its results, three run folders damaged (as copies off a
-    # cluster or a full disk leave them): left out of the book by name, never a traceback
-    project = fresh_project(tmp_path / "project")
+    # the project's results copied from the smoke project, three run folders damaged (as copies off
+    # a cluster or a full disk leave them): left out of the book by name, never a traceback
     shutil.copytree(smoke["results"], project / "results")
     results = project / "results"
     damaged = _damage(results, last=True)  # simulated CT-RATE runs; the credentialed ones stay in the book
+    for junk in (".pytest_cache/README.md", ".venv/lib/site-packages/pkg/README.md", "results/README.md", "data/notes.md"):
+        (project / junk).parent.mkdir(parents=True, exist_ok=True)
+        (project / junk).write_text("# not a page of the book\n")
     stale = project / "_build" / "html" / "book" / "generated" / "runs" / "stale-page.html"
     stale.parent.mkdir(parents=True)
     stale.write_text("<p>from an earlier build</p>")
@@ -269,6 +274,13 @@ def test_book_from_the_smoke_study_shows_no_credentialed_text(smoke, tmp_path):
     assert "Traceback" not in proc.stderr
     for folder, name in damaged.items():
         assert f"left out of the book: {results / 'smoke' / folder}: {name}" in proc.stderr
+    return {"project": project, "html": project / "_build" / "html", "stale": stale, "proc": proc, "results": results}
+
+
+def test_book_from_the_smoke_study_shows_no_credentialed_text(smoke, smoke_book):
+    from privrad.data import load_dataset
+
+    project, stale = smoke_book["project"], smoke_book["stale"]
     index = project / "_build" / "html" / "index.html"
     assert index.is_file()
     runs = list((project / "_build" / "html" / "book" / "generated" / "runs").glob("*.html"))
@@ -283,7 +295,10 @@ def test_book_from_the_smoke_study_shows_no_credentialed_text(smoke, tmp_path):
     assert "paper: ∞" in analysis and "Friedman across ε" in analysis
     # the data chapter describes the data the sweep used (its --set data_dir), from study.json
     data_page = text[project / "_build" / "html" / "book" / "generated" / "data.html"]
-    assert str(smoke["data"] / "ct-rate") in data_page and not re.search(r"[\w-]: skipped, nothing at", data_page)
+    # (named relative to the project folder: the book names no absolute path of the machine that built it)
+    shown_as = os.path.relpath(smoke["data"] / "ct-rate", project)
+    assert shown_as in data_page and str(smoke["base"]) not in data_page
+    assert not re.search(r"[\w-]: skipped, nothing at", data_page)  # the notebook's code says it, no output does
 
     mimic = load_dataset("mimic-cxr", str(smoke["data"] / "mimic-cxr"))
     ct = load_dataset("simulated-ct-rate", str(smoke["data"] / "ct-rate"))
@@ -399,5 +414,94 @@ def test_the_readme_paper_recipe_on_simulated_data_at_a_custom_data_dir(tmp_path
     proc = privrad(*book_cmd, cwd=project)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     page = (project / "_build" / "html" / "book" / "generated" / "data.html").read_text()
-    assert str(mimic) in page and str(ct) in page and "skipped, nothing at /" not in page
+    assert os.path.relpath(mimic, project) in page and os.path.relpath(ct, project) in page
+    assert "skipped, nothing at ." not in page
     assert "mimic-cxr: credentialed text, no examples shown" in page and "ct-rate: credentialed text, no examples shown" in page
+
+
+def test_book_build_prints_no_kernel_or_warning_noise(smoke, smoke_book):
+    for err in (smoke["stderr"], smoke_book["proc"].stderr):
+        assert "Kernel is running over TCP" not in err
+        assert "warnings.warn(" not in err and not re.search(r"\.py:\d+: \w*Warning", err), err[-2000:]
+
+
+def test_a_failed_book_build_shows_the_warning_that_failed_it(smoke_book, tmp_path, capsys):
+    from privrad.errors import PrivradError
+    from privrad.book import jupyter_book_build
+
+    project = tmp_path / "project"
+    shutil.copytree(smoke_book["project"], project, ignore=shutil.ignore_patterns("_build"))
+    (project / "book" / "draft.md").write_text("# A draft nobody added to the table of contents\n")
+    with pytest.raises(PrivradError) as err:
+        jupyter_book_build(project)
+    shown = capsys.readouterr().err
+    assert "book/draft.md: WARNING: document isn't included in any toctree" in shown
+    assert str(err.value).startswith("the book build failed: book/draft.md: WARNING: document isn't included in any toctree")
+    assert str(project) not in shown + str(err.value)
+
+
+def test_the_book_loads_offline_in_a_browser(smoke_book):
+    """Every page in Debian's chromium with the network blocked: it loads, requests nothing outside
+    the site, logs no JavaScript error, shows its images and typesets its mathematics. Screenshots of
+    the index, results and statistics pages go to _build/screenshots/smoke/."""
+    import site_check
+
+    reason = site_check.why_no_browser()
+    if reason:
+        pytest.skip(reason)
+    report = site_check.check_site(smoke_book["html"], screenshots=ROOT / "_build" / "screenshots" / "smoke")
+    assert not report.problems, "\n".join(report.problems)
+    pages = {p.path: p for p in report.pages}
+    assert len([p for p in pages if p.startswith("book/generated/runs/")]) == 8 - 3  # three damaged folders left out
+    assert pages["book/generated/analysis.html"].images >= 3 and pages["book/methods.html"].math > 10
+    assert set(report.screenshots) == set(site_check.SCREENSHOTS)
+
+
+def test_the_built_book_holds_no_path_of_the_building_machine_and_no_nan(smoke, smoke_book):
+    import site_check
+
+    machine = [str(smoke_book["project"]), str(smoke["base"]), str(ROOT), sys.prefix, str(Path.home())]
+    assert not site_check.scan_site(smoke_book["html"], machine)
+
+
+def test_a_sweep_with_two_jobs_shows_each_running_run_and_logs_run_start_when_it_starts(smoke):
+    """Beside the runs-done bar, each running run's line: its label, then its phase or its epoch,
+    step and ETA, read from the progress file the run writes (privrad.progress)."""
+    shown = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "\n", smoke["stderr"]).replace("\r", "\n")
+    lines = [ln.strip() for ln in shown.splitlines()]
+    progress = [ln for ln in lines if re.search(r"\| epoch \d+/\d+ · step \d+/\d+ · ETA (\d+:\d\d|\?)$", ln)]
+    labels = {ln.split(" |")[0] for ln in progress}
+    assert len(labels) >= 2, "\n".join(lines[-40:])  # at least two runs showed their steps
+    assert any(re.search(r"step [1-9]\d*/\d+ · ETA \d+:\d\d$", ln) for ln in progress)  # an ETA from the steps done
+    assert any(ln.startswith("study smoke:") and "/8" in ln for ln in lines)  # the runs-done bar
+    # run_start is logged when a run starts, not when it is queued (all 8 at submission): with
+    # --jobs 2 a third run starts only when one of the first two ended (whose completion the
+    # sweep may log a moment later), and the last starts after at least five have ended
+    sweep = [e["event"] for e in events(smoke["results"])]
+    sweep = sweep[: sweep.index("sweep_end")]  # the fixture's sweep (later tests sweep the same folder again)
+    log = [e for e in sweep if e in ("run_start", "run_complete", "run_failed")]
+    ended = ("run_complete", "run_failed")
+    assert log.count("run_start") == 8 and sum(e in ended for e in log) == 8
+    assert log[: min(log.index(e) for e in ended if e in log)].count("run_start") <= 3, log
+    last_start = len(log) - 1 - log[::-1].index("run_start")
+    assert sum(e in ended for e in log[:last_start]) >= 5, log
+
+
+def test_the_lab_notebook_reruns_one_point_and_marks_it_on_the_curve(smoke, tmp_path):
+    """notebooks/lab.ipynb as a student runs it: another ε, one run, the star on the study's curve."""
+    (tmp_path / "data" / "simulated" / "smoke").mkdir(parents=True)
+    for name in ("mimic-cxr", "ct-rate"):  # the smoke profile's data folders, as in a checkout
+        (tmp_path / "data" / "simulated" / "smoke" / name).symlink_to(smoke["data"] / name)
+    out = tmp_path / "lab.ipynb"
+    proc = subprocess.run([sys.executable, "-m", "papermill", str(ROOT / "notebooks" / "lab.ipynb"), str(out), "-k", "privrad",
+                           "-p", "epsilon", "5", "-p", "profile", "smoke", "-p", "results_dir", str(smoke["results"])],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    nb = json.loads(out.read_text())
+    outputs = [o for c in nb["cells"] for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    text = "".join("".join(o.get("text", "")) for o in outputs)
+    assert "training mimic-cxr · tiny-bert · lora · ε=5 · seed 0" in text and "weighted F1 0." in text
+    assert any("image/png" in o.get("data", {}) for o in outputs)  # the curve with the student's star
+    lab_runs = [d for d in (smoke["results"] / "smoke-lab").iterdir() if d.is_dir()]
+    assert len(lab_runs) == 1 and json.loads((lab_runs[0] / "config.json").read_text())["config"]["epsilon"] == 5

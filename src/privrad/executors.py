@@ -27,9 +27,15 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from privrad.io import atomic_write_json, atomic_write_text
+
+
+KERNEL_CONFIG = {"KernelManager": {"transport_encryption": "auto"}}
+"""traitlets config for the kernels papermill starts: CurveZMQ transport encryption where the kernel
+supports it (the privrad kernel does), so a kernel neither talks in plain text nor warns on every
+start that it does."""
 
 
 def default_kernel() -> str:
@@ -56,6 +62,7 @@ class Task:
     kernel: str
     cwd: str
     timeout_s: float | None = None
+    progress: str | None = None  # the run reports its phase and steps here (privrad.progress); None: nowhere
 
 
 @dataclass
@@ -92,9 +99,11 @@ _PAPERMILL_DRIVER = """
 import json, logging, sys
 import papermill
 logging.getLogger("papermill").setLevel(logging.WARNING)
-nb, out, params, kernel, cwd, timeout = sys.argv[1:7]
+from traitlets.config import Config
+nb, out, params, kernel, cwd, timeout, config = sys.argv[1:8]
 papermill.execute_notebook(nb, out, parameters=json.load(open(params)), kernel_name=kernel, cwd=cwd,
-                           progress_bar=False, execution_timeout=float(timeout) if timeout else None)
+                           progress_bar=False, execution_timeout=float(timeout) if timeout else None,
+                           config=Config(json.loads(config)))
 """
 
 
@@ -112,11 +121,16 @@ def execute_task(task: Task, env: dict[str, str] | None = None) -> Outcome:
     params_file = staging.with_suffix(".params.json")
     atomic_write_json(params_file, task.parameters)
     # papermill's own CLI reads parameters as YAML 1.1 (``1e-05`` would arrive as a string): pass JSON.
+    from privrad.progress import ENV as PROGRESS_ENV
+
+    env = {**(env or {}), **({PROGRESS_ENV: task.progress} if task.progress else {})}
     cmd = [sys.executable, "-c", _PAPERMILL_DRIVER, task.notebook, str(staging), str(params_file), task.kernel,
-           task.cwd, str(task.timeout_s or "")]
+           task.cwd, str(task.timeout_s or ""), json.dumps(KERNEL_CONFIG)]
     proc = subprocess.run(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, preexec_fn=_pdeathsig if sys.platform.startswith("linux") else None)
     params_file.unlink(missing_ok=True)
+    if task.progress:
+        Path(task.progress).unlink(missing_ok=True)
     seconds = round(time.time() - t0, 2)
     error = None
     if proc.returncode != 0:
@@ -143,10 +157,11 @@ def _last_line(text: str) -> str | None:
 
 
 class Executor:
-    """The seam between a sweep and where its runs execute: ``run(tasks)`` yields one
-    :class:`Outcome` per task as they finish."""
+    """The seam between a sweep and where its runs execute: ``run(tasks, on_start=)`` yields one
+    :class:`Outcome` per task as they finish, and calls ``on_start(task)`` when a task really
+    starts to execute (not when it is queued), from whichever thread notices it."""
 
-    def run(self, tasks: Sequence[Task]) -> Iterator[Outcome]:  # pragma: no cover - interface
+    def run(self, tasks: Sequence[Task], on_start: Callable[[Task], None] | None = None) -> Iterator[Outcome]:  # pragma: no cover - interface
         raise NotImplementedError
 
 
@@ -178,7 +193,7 @@ class LocalExecutor(Executor):
         threads = max(1, (os.cpu_count() or 1) // self.jobs)
         return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
-    def run(self, tasks: Sequence[Task]) -> Iterator[Outcome]:
+    def run(self, tasks: Sequence[Task], on_start: Callable[[Task], None] | None = None) -> Iterator[Outcome]:
         slots: list[int] = list(range(self.jobs))
         lock = threading.Lock()
 
@@ -186,6 +201,8 @@ class LocalExecutor(Executor):
             with lock:
                 slot = slots.pop(0)
             try:
+                if on_start is not None:
+                    on_start(task)
                 return execute_task(task, self._env(slot))
             finally:
                 with lock:

@@ -115,7 +115,7 @@ def epsilon_from_history(history: Sequence[tuple[float, float, int]], delta: flo
             acc = dp_accounting.pld.PLDAccountant(value_discretization_interval=pld_interval or 1e-4)
         else:
             acc = dp_accounting.rdp.RdpAccountant()
-        logging.disable(logging.WARNING)  # RDP logs every order it excludes; not a user concern
+        logging.disable(logging.WARNING)  # RDP logs every order it excludes (while composing, too); not a user concern
         try:
             acc.compose(dp_event.ComposedDpEvent(events))
             return float(acc.get_epsilon(delta))

@@ -54,7 +54,7 @@ import numpy as np
 
 from privrad import __version__
 from privrad.config import RunConfig, epsilon_label, validate_config
-from privrad.errors import ConfigError, DataError
+from privrad.errors import ConfigError, DataError, PrivradWarning
 from privrad.io import atomic_dir, atomic_write_json
 
 #: Version of the run-folder layout below; a folder of another format is refused, never guessed at.
@@ -76,7 +76,7 @@ REQUIRED = {
 RUN_STATES = ("missing", "incomplete", "failed", "complete")
 
 
-class UntrainableLabelWarning(UserWarning):
+class UntrainableLabelWarning(PrivradWarning):
     """A label has no positive example in the training split: the model cannot learn it."""
 
 
@@ -349,6 +349,10 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
     if run_dir.exists():
         return _reuse(run_dir, rid)
 
+    from privrad.progress import Reporter
+
+    report = Reporter()  # the sweep's progress line for this run (a no-op outside a sweep)
+    report.phase("tokenizing and building the model")
     t0 = time.perf_counter()
     tok = load_tokenizer(cfg.model)
     tokens = cache_dir if cache_dir is not None else privrad_cache("tokens")
@@ -365,6 +369,7 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
     t_prep = time.perf_counter() - t0
     result = train(net, enc["train"], cfg, delta=delta, progress=progress, units=units)
     t1 = time.perf_counter()
+    report.phase("evaluating")
     val_probs = predict_proba(net, enc["validation"])
     test_probs = predict_proba(net, enc["test"])
     test, val = splits["test"], splits["validation"]

@@ -192,11 +192,12 @@ def seed_mean_interval(run_dirs: Iterable[str | Path], *, threshold: str = "tune
 
 
 def _cell(mean: float, sd: float, lo: float, hi: float) -> str:
+    """``0.48 ± 0.02`` over seeds, or ``0.48 [0.43, 0.55]`` (bootstrap 95 % CI) with one seed."""
+    from privrad.tables import interval, number
+
     if not math.isnan(sd):
-        return f"{mean:.3f} ± {sd:.3f}"
-    if not (math.isnan(lo) or math.isnan(hi)):
-        return f"{mean:.3f} [{lo:.2f}, {hi:.2f}]"
-    return f"{mean:.3f}"
+        return f"{number(mean, 2)} ± {number(sd, 2)}"
+    return interval(mean, lo, hi, 2)
 
 
 def learned_nothing(runs: pd.DataFrame, *, threshold: str = "tuned") -> pd.Series:
@@ -541,3 +542,70 @@ def recipe(runs: pd.DataFrame) -> str:
     if "dp" in cfgs:
         text += f", clipping norm {cfgs['dp']['max_grad_norm']:g}"
     return text + "."
+
+
+# --------------------------------------------------------------------------------------
+# The answer, in sentences (the results and statistics chapters open with them)
+# --------------------------------------------------------------------------------------
+
+
+def answer(runs: pd.DataFrame) -> dict[str, str]:
+    """One sentence per dataset: what privacy costs the best model (best without privacy) —
+    its weighted F1 without privacy, at ε = 1 and at the smallest ε of the study, each with its
+    interval — and what the learned-nothing reference (a classifier that ignores the text) scores."""
+    from privrad.tables import interval
+
+    s = summarize(runs)
+    reference = learned_nothing(runs)
+    out = {}
+    for dataset, sub in s.groupby("dataset", sort=True):
+        lora = sub[sub["method"] == "lora"]
+        if lora.empty:
+            continue
+        top = lora[lora["epsilon"] == lora["epsilon"].max()]
+        model = top.loc[top["mean"].idxmax(), "model"]
+        rows = lora[lora["model"] == model].set_index("epsilon")
+        say = lambda e: interval(rows.at[e, "mean"], rows.at[e, "weighted_f1_ci95_low"], rows.at[e, "weighted_f1_ci95_high"])  # noqa: E731
+        parts = []
+        if INF in rows.index:
+            parts.append(f"{say(INF)} without privacy")
+        private = sorted(e for e in rows.index if np.isfinite(e))
+        for e in ([1.0] if 1.0 in private else []) + ([private[0]] if private and private[0] != 1.0 else []):
+            parts.append(f"{say(e)} at ε = {epsilon_label(e)}")
+        text = ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1]
+        best = " (the best model without privacy)" if lora["model"].nunique() > 1 and INF in rows.index else ""
+        sentence = f"On {dataset}, {model}{best} reaches a weighted F1 of {text}"
+        nothing = reference.get(dataset, math.nan)
+        if not math.isnan(nothing):
+            sentence += f"; a classifier that ignores the text scores {nothing:.2f}"
+        out[dataset] = sentence + "."
+    return out
+
+
+def tests_summary(tests: pd.DataFrame, *, alpha: float = 0.05) -> dict[str, str]:
+    """One sentence per dataset on what the tests can support (from :func:`tests_table`)."""
+    from privrad.tables import pvalue
+
+    out = {}
+    for dataset, t in tests.groupby("dataset", sort=True):
+        parts = []
+        fr = t[t["test"].str.startswith("Friedman") & t["p"].notna()]
+        if len(fr):
+            r = fr.iloc[0]
+            verdict = "ε changes weighted F1" if r["p"] < alpha else "no effect of ε is detectable"
+            parts.append(f"{verdict} (Friedman p = {pvalue(r['p'])} over {int(r['n'])} model × seed blocks)")
+        bs = t[t["test"].str.startswith("paired bootstrap") & t["p_holm"].notna()]
+        if len(bs):
+            drops = bs[(bs["p_holm"] < alpha) & (bs["effect"] < 0)]
+            parts.append(f"the paired bootstrap finds a significant drop against non-private training in "
+                         f"{len(drops)} of {len(bs)} model × ε comparisons (Holm-corrected)")
+        wx = t[t["test"].str.startswith("Wilcoxon") & t["p"].notna()]
+        if len(wx):
+            if wx["note"].str.contains("cannot reach").all():
+                parts.append("the Wilcoxon tests across models cannot reach significance with these seeds")
+            else:
+                sig = wx[wx["p_holm"] < alpha]
+                parts.append(f"Wilcoxon across models: {len(sig)} of {len(wx)} ε levels differ from ∞ (Holm-corrected)")
+        if parts:
+            out[dataset] = f"On {dataset}, " + "; ".join(parts) + "."
+    return out

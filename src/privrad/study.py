@@ -47,6 +47,7 @@ from typing import Any, Iterator
 from privrad.config import validate_config
 from privrad.errors import ConfigError, DataError
 from privrad.executors import Executor, LocalExecutor, Task, default_kernel
+from privrad.progress import Display
 from privrad.io import atomic_write_json
 from privrad.profiles import (FIELDS, NOTEBOOK_EXTRA_PARAMETERS, RUN_NOTEBOOK, Point, Profile, expand, load_profile,
                               notebook_parameters, project_root, resolve_path)
@@ -85,9 +86,13 @@ def prepare_data(profile: Profile, *, log: "Log | None" = None) -> None:
             if log:
                 log.event("simulated", dataset=entry.name, kind=kind, n=n, seed=seed, path=str(path), seconds=round(time.time() - t0, 2))
             continue
+        from privrad.data.fetch import fetchable
+
+        how = (f"download it with `privrad data fetch {entry.dataset} --out {entry.data_dir}`" if entry.dataset in fetchable()
+               else "put the download there")
         raise DataError(
             f"data folder {entry.data_dir} for dataset {entry.name} ({entry.dataset}) does not exist; "
-            f"put the download there or pass --set {entry.name}.data_dir=/path/to/it."
+            f"{how} or pass --set {entry.name}.data_dir=/path/to/it."
         )
 
 
@@ -266,7 +271,8 @@ def _task(p: Point, pl: Plan) -> Task:
     return Task(run_id=p.run_id, label=p.label, notebook=str(pl.notebook.resolve()),
                 parameters={**p.config.to_dict(), "run_dir": str(p.run_dir)}, run_dir=str(p.run_dir),
                 staging=str(pl.results_dir / ".notebooks" / f"{p.run_id}.ipynb"),
-                failed=str(pl.results_dir / "failed" / f"{p.run_id}.ipynb"), kernel=pl.kernel, cwd=str(pl.cwd))
+                failed=str(pl.results_dir / "failed" / f"{p.run_id}.ipynb"), kernel=pl.kernel, cwd=str(pl.cwd),
+                progress=str(pl.results_dir / ".notebooks" / f"{p.run_id}.progress.json"))
 
 
 def run_study(profile: Profile, *, jobs: int = 1, executor: Executor | None = None, notebook: Path | None = None,
@@ -282,8 +288,6 @@ def run_study(profile: Profile, *, jobs: int = 1, executor: Executor | None = No
 
 
 def _sweep(profile: Profile, *, jobs, executor, notebook, progress, out, log: Log) -> int:
-    from tqdm.auto import tqdm
-
     results_dir = profile.results_dir
     t0 = time.time()
     pl = plan(profile, notebook=notebook, log=log)
@@ -302,19 +306,23 @@ def _sweep(profile: Profile, *, jobs, executor, notebook, progress, out, log: Lo
         _set_aside(p, results_dir, log)
     executor = executor or LocalExecutor(jobs)
     by_id = {p.run_id: p for p in todo}
-    bar = tqdm(total=len(todo), desc=f"study {profile.name}", unit="run", disable=not progress or not todo, file=sys.stderr)
-    for p in todo:
-        log.event("run_start", **p.row(), run_dir=str(p.run_dir))
-    for oc in executor.run([_task(p, pl) for p in todo]):
-        p = by_id[oc.run_id]
-        status[oc.run_id] = {**p.row(), "state": oc.state, "cached": False, "seconds": oc.seconds, "error": oc.error,
-                             "problem": None}
-        log.event(f"run_{oc.state}", **p.row(), seconds=oc.seconds, error=oc.error)
-        write_manifest(pl, status)
-        bar.update(1)
-        if oc.state == "failed":
-            bar.write(f"privrad: run failed: {p.label} ({oc.run_id}): {oc.error}")
-    bar.close()
+    # the runs-done bar, and under it each running run's phase, epoch/step and ETA (privrad.progress)
+    display = Display(total=len(todo), desc=f"study {profile.name}", enabled=progress, file=sys.stderr)
+
+    def started(task: Task) -> None:  # called when the executor really starts the run
+        log.event("run_start", **by_id[task.run_id].row(), run_dir=task.run_dir)
+        display.started(task.run_id, task.label, task.progress)
+
+    try:
+        for oc in executor.run([_task(p, pl) for p in todo], on_start=started):
+            p = by_id[oc.run_id]
+            status[oc.run_id] = {**p.row(), "state": oc.state, "cached": False, "seconds": oc.seconds, "error": oc.error,
+                                 "problem": None}
+            log.event(f"run_{oc.state}", **p.row(), seconds=oc.seconds, error=oc.error)
+            write_manifest(pl, status)
+            display.finished(oc.run_id, f"privrad: run failed: {p.label} ({oc.run_id}): {oc.error}" if oc.state == "failed" else None)
+    finally:
+        display.close()
     with contextlib.suppress(OSError):
         (results_dir / ".notebooks").rmdir()  # only if empty
     rows = list(status.values())

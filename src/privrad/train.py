@@ -25,6 +25,7 @@ micro-batch split, with gradients summed over the chunks and divided by the logi
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -184,7 +185,9 @@ def train(model, data: EncodedDataset, cfg: RunConfig, *, delta: float | None = 
     """Fine-tune ``model`` (a model, or its :class:`~privrad.features.Classifier`) on ``data``
     (the encoded training split, with frozen-layer features if the classifier has a frozen prefix).
     ``units``: the patient of each training example, needed by ``privacy_unit = "patient"``."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
+
+    from privrad.progress import Reporter
 
     from privrad.features import Classifier
     from privrad.privacy import make_private
@@ -204,7 +207,9 @@ def train(model, data: EncodedDataset, cfg: RunConfig, *, delta: float | None = 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, cfg.warmup_ratio))
     watched = {name: p.detach().clone() for name, p in model.named_parameters()
                if p.requires_grad and ("lora_" in name or cfg.method == "full")}
+    report = Reporter()  # the sweep's progress line for this run (a no-op outside a sweep)
     if cfg.private:
+        report.phase("calibrating noise")
         trainer = make_private(module=net, optimizer=optimizer, num_samples=n, batch_size=cfg.batch_size, steps=total,
                                max_grad_norm=cfg.max_grad_norm, target_epsilon=cfg.epsilon, delta=delta,
                                accountant=cfg.accountant, grad_sample_mode=cfg.grad_sample_mode,
@@ -216,6 +221,8 @@ def train(model, data: EncodedDataset, cfg: RunConfig, *, delta: float | None = 
     drawn = hashlib.sha256()  # a digest of every batch drawn (kept in memory for checks; never written)
     bar = tqdm(total=total, disable=not progress, desc=f"train ε={cfg.epsilon if cfg.private else '∞'}", leave=False)
     checkpoints = set(np.linspace(1, total, min(total, CURVE_EPSILON_POINTS)).round().astype(int).tolist())
+    epochs = math.ceil(cfg.num_epochs)
+    report.step(0, total, epoch=1, num_epochs=epochs)
     for indices in trainer.batches:
         drawn.update(np.asarray(sorted(indices), dtype=np.int64).tobytes() + b"|")
         chunks = _chunks(indices, data, cfg.physical_batch_size, units=getattr(trainer, "units", None))
@@ -241,6 +248,7 @@ def train(model, data: EncodedDataset, cfg: RunConfig, *, delta: float | None = 
             bar.set_postfix(loss=f"{row['loss']:.3f}")
         curve.append(row)
         bar.update(1)
+        report.step(step, total, epoch=min(epochs, 1 + (step - 1) * epochs // total), num_epochs=epochs)
     bar.close()
     sigma, history = None, []
     if cfg.private:
