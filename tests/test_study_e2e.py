@@ -45,20 +45,6 @@ def metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    """The smoke study, uninterrupted, with its data simulated by the sweep itself."""
-    base = tmp_path_factory.mktemp("smoke")
-    sets = ["--set", f"mimic-cxr.data_dir={base}/data/mimic-cxr", "--set", f"simulated-ct-rate.data_dir={base}/data/ct-rate"]
-    results = base / "results"
-    t0 = time.time()
-    proc = privrad("study", "run", "--profile", "smoke", "--jobs", "2", "--results", str(results), *sets)
-    seconds = time.time() - t0
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    print(f"\nsmoke study: {seconds:.1f} s\n{proc.stdout}")
-    return {"base": base, "sets": sets, "results": results, "stdout": proc.stdout, "seconds": seconds}
-
-
 def test_smoke_study_writes_complete_run_folders(smoke):
     dirs = run_dirs(smoke["results"])
     assert len(dirs) == 8

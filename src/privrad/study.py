@@ -59,7 +59,7 @@ from privrad.config import METHODS, RunConfig, epsilon_label
 from privrad.errors import ConfigError, DataError, PrivradError
 from privrad.io import atomic_write_json, atomic_write_text
 
-PROFILE_KEYS = ("description", "results", "datasets", "grid", "extra", "params", "book", "kernel")
+PROFILE_KEYS = ("description", "results", "datasets", "grid", "extra", "params", "book", "kernel", "slurm")
 DATASET_KEYS = ("name", "dataset", "data_dir", "dataset_options", "simulate", "params")
 SIMULATE_KEYS = ("kind", "n", "seed")
 RUN_NOTEBOOK = Path("notebooks") / "run.ipynb"
@@ -132,6 +132,14 @@ class Profile:
     params: dict[str, Any]
     book: dict[str, Any]
     kernel: str | None
+    slurm: dict[str, Any] = field(default_factory=dict)  # the `slurm:` block (see privrad.slurm.SlurmConfig)
+    gpu_profile: bool = False  # the profile file's slurm block asks for GPUs
+
+    def slurm_config(self):
+        """The validated Slurm options of this profile (its ``slurm:`` block and ``--set slurm.KEY``)."""
+        from privrad.slurm import SlurmConfig
+
+        return SlurmConfig.from_dict(self.slurm, where=f"study profile {self.path}", gpu_profile=self.gpu_profile)
 
     @property
     def results_dir(self) -> Path:
@@ -140,9 +148,19 @@ class Profile:
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML as people write numbers: ``1e-3`` is a float (plain YAML 1.1 reads it as a string)."""
+    """YAML as people write numbers: ``1e-3`` is a float (plain YAML 1.1 reads it as a string),
+    and ``1:30:00`` is a string such as a Slurm time (YAML 1.1 reads it as 5400, in base 60)."""
 
 
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"),
+)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)"
@@ -213,7 +231,12 @@ def load_profile(name: str, *, sets: Sequence[str] = (), results: str | None = N
         params=dict(raw.get("params") or {}),
         book=dict(raw.get("book") or {}),
         kernel=raw.get("kernel"),
+        slurm=dict(raw.get("slurm") or {}),
     )
+    if not isinstance(raw.get("slurm") or {}, dict):
+        raise ConfigError(f"study profile {path}: `slurm` must be a mapping such as {{partition: gpu, gpus_per_node: 1}}.")
+    gpus = profile.slurm.get("gpus_per_node")
+    profile.gpu_profile = isinstance(gpus, int) and not isinstance(gpus, bool) and gpus >= 1
     for s in sets:
         apply_set(profile, s)
     _check_keys(profile)
@@ -240,6 +263,9 @@ def apply_set(profile: Profile, assignment: str) -> None:
         value = _yaml(text) if text.strip() else ""
     except yaml.YAMLError:
         raise ConfigError(f"--set {key}: the value {text!r} is not valid YAML; quote strings and write lists as [a,b].") from None
+    if key.startswith("slurm."):
+        profile.slurm[key.split(".", 1)[1]] = value
+        return
     if "." in key:
         name, sub = key.split(".", 1)
         entry = next((d for d in profile.datasets if d.name == name), None)
@@ -293,6 +319,7 @@ def _check_keys(profile: Profile) -> None:
     for k, v in profile.grid.items():
         if not v:
             raise ConfigError(f"{where}: the grid axis {k} is empty; give it at least one value.")
+    profile.slurm_config()  # the slurm options are checked with everything else, whichever executor runs
 
 
 # --------------------------------------------------------------------------------------
@@ -607,11 +634,21 @@ class Outcome:
     status: str  # ok | failed
     seconds: float
     error: str | None = None
+    job: str | None = None  # the Slurm job id (Slurm executor)
+    log: str | None = None  # the Slurm job's log file
 
 
-def _pdeathsig() -> None:  # pragma: no cover - runs in the child
+def _pdeathsig(slurm_job: bool = False) -> None:  # pragma: no cover - runs in the child
     """Linux: the papermill child dies with its parent, so SIGKILL of a sweep stops its runs
-    (their kernels exit on their own when papermill is gone)."""
+    (their kernels exit on their own when papermill is gone).
+
+    In a Slurm job, Slurm signals every process of the job: SIGTERM before it cancels, preempts
+    or requeues the job (then SIGKILL), SIGUSR2 before its time limit. Only the job's own process
+    acts on them (submitit requeues the job); the notebook and its kernel ignore them, so that a
+    stopped job never reports a half-run notebook as a failed run."""
+    if slurm_job:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
@@ -639,7 +676,7 @@ papermill.execute_notebook(nb, out, parameters=json.load(open(params)), kernel_n
 """
 
 
-def execute_task(task: Task, env: dict[str, str] | None = None) -> Outcome:
+def execute_task(task: Task, env: dict[str, str] | None = None, *, slurm_job: bool = False) -> Outcome:
     """Execute one run notebook with papermill in a subprocess and place the result.
 
     Success: the executed notebook is renamed to ``run_dir/run.ipynb`` (after the training
@@ -654,12 +691,13 @@ def execute_task(task: Task, env: dict[str, str] | None = None) -> Outcome:
     cmd = [sys.executable, "-c", _PAPERMILL_DRIVER, task.notebook, str(staging), str(params_file), task.kernel,
            task.cwd, str(task.timeout_s or "")]
     proc = subprocess.run(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, preexec_fn=_pdeathsig if sys.platform.startswith("linux") else None)
+                          text=True, preexec_fn=(lambda: _pdeathsig(slurm_job)) if sys.platform.startswith("linux") else None)
     params_file.unlink(missing_ok=True)
     seconds = round(time.time() - t0, 2)
     error = None
     if proc.returncode != 0:
-        error = _notebook_error(staging) or _last_line(proc.stdout) or f"papermill exited with status {proc.returncode}"
+        killed = f"the notebook process was killed by {signal.Signals(-proc.returncode).name}" if proc.returncode < 0 else None
+        error = _notebook_error(staging) or killed or _last_line(proc.stdout) or f"papermill exited with status {proc.returncode}"
     elif not (run_dir / "config.json").is_file():
         error = f"the notebook finished but wrote no run folder at {run_dir}"
     else:
@@ -785,12 +823,40 @@ def _sweep_lock(results_dir: Path) -> Iterator[None]:
         fh.close()
 
 
-def _clean_stale(results_dir: Path) -> None:
+def _clean_stale(results_dir: Path, keep: Iterable[str] = ()) -> None:
     """Remove what a killed sweep left half-done: temporary run folders and staged notebooks
-    (never trusted, always redone)."""
+    (never trusted, always redone), except the staged notebooks of runs in ``keep`` (Slurm jobs
+    of an earlier sweep that are still running)."""
+    keep = set(keep)
     for tmp in results_dir.glob(".*.tmp"):
         shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
-    shutil.rmtree(results_dir / ".notebooks", ignore_errors=True)
+    staged = results_dir / ".notebooks"
+    if not keep:
+        shutil.rmtree(staged, ignore_errors=True)
+        return
+    for f in staged.glob("*") if staged.is_dir() else ():
+        if f.name.split(".", 1)[0] not in keep:
+            shutil.rmtree(f, ignore_errors=True) if f.is_dir() else f.unlink(missing_ok=True)
+
+
+def _live_jobs(pl: Plan) -> dict[str, str]:
+    """Slurm jobs that an earlier sweep submitted for runs still to do and that are still queued
+    or running: run id → job id (read from the last manifest; Slurm is asked only if there are any)."""
+    manifest = pl.results_dir / "study.json"
+    if not manifest.is_file():
+        return {}
+    todo = {p.run_id for p in pl.todo}
+    try:
+        rows = json.loads(manifest.read_text(encoding="utf-8"))["points"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    jobs = {r["run_id"]: r["job"] for r in rows if r.get("job") and r.get("run_id") in todo and r.get("status") != "failed"}
+    if not jobs:
+        return {}
+    from privrad.slurm import LIVE_STATES, job_states
+
+    states = job_states(jobs.values()) or {}
+    return {rid: jid for rid, jid in jobs.items() if states.get(jid) in LIVE_STATES}
 
 
 def _task(p: Point, pl: Plan) -> Task:
@@ -808,39 +874,79 @@ def _task(p: Point, pl: Plan) -> Task:
     )
 
 
-def run_study(profile: Profile, *, jobs: int = 1, executor: Executor | None = None, notebook: Path | None = None,
-              progress: bool = True, out=sys.stdout) -> int:
-    """Validate, then execute every point not yet complete. Returns 0, or 1 if a run failed."""
+EXECUTORS = ("local", "slurm")
+
+
+def run_study(profile: Profile, *, jobs: int | None = None, executor: Executor | str | None = None,
+              notebook: Path | None = None, progress: bool = True, out=sys.stdout) -> int:
+    """Validate, then execute every point not yet complete. Returns 0, or 1 if a run failed.
+
+    ``executor``: ``"local"`` (default; ``jobs`` processes at once), ``"slurm"`` (one Slurm job
+    per run, the profile's ``slurm:`` options; the cluster is asked before anything is written
+    or submitted), or an :class:`Executor` instance."""
     results_dir = profile.results_dir
+    name = executor if isinstance(executor, str) or executor is None else type(executor).__name__
+    slurm = None
+    if name == "slurm":
+        if jobs is not None:
+            raise ConfigError("--jobs sets how many local processes run at once; with --executor slurm set "
+                              "slurm.array_parallelism instead (--set slurm.array_parallelism=N).")
+        from privrad.slurm import SlurmExecutor
+
+        slurm = SlurmExecutor(profile.slurm_config(), results_dir / "slurm", job_name=f"privrad-{profile.name}")
+        slurm.check(len(expand(profile)))  # nothing is written or submitted before the cluster says yes
+    elif isinstance(executor, str) and executor != "local":
+        raise ConfigError(f"unknown executor {executor!r}; known executors are: {', '.join(EXECUTORS)}.")
+    jobs = 1 if jobs is None else jobs
     with _sweep_lock(results_dir):
         log = Log(results_dir / "study.jsonl")
         try:
             t0 = time.time()
             pl = plan(profile, notebook=notebook, log=log)
-            _clean_stale(results_dir)
+            live = _live_jobs(pl)
+            if live and slurm is None:
+                rid, jid = next(iter(live.items()))
+                raise ConfigError(f"{len(live)} run(s) of this study are still queued or running on Slurm (e.g. {rid} as job {jid}); "
+                                  "wait for them with --executor slurm, or scancel them first.")
+            _clean_stale(results_dir, keep=live)
             todo = pl.todo
-            log.event("sweep_start", profile=profile.name, points=len(pl.points), todo=len(todo), jobs=jobs)
+            log.event("sweep_start", profile=profile.name, points=len(pl.points), todo=len(todo), jobs=jobs,
+                      executor=name or "local")
             status: dict[str, dict[str, Any]] = {}
             for p in pl.points:
                 if p.state == "complete":
                     status[p.run_id] = {**p.row(), "status": "cached", "seconds": 0.0, "error": None}
                     log.event("cached", **p.row())
             _write_manifest(pl, status)
-            executor = executor or LocalExecutor(jobs)
             by_id = {p.run_id: p for p in todo}
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(todo), desc=f"study {profile.name}", unit="run", disable=not progress or not todo, file=sys.stderr)
+            if slurm is not None:
+                def notify(event: str, rid: str, **fields: Any) -> None:
+                    log.event(f"run_{event}", **by_id[rid].row(), **fields)
+                    if event in ("submitted", "adopted"):
+                        status[rid] = {**by_id[rid].row(), "status": "submitted", "seconds": None, "error": None, **fields}
+                        _write_manifest(pl, status)
+
+                def on_status(counts: dict[str, int], array: str) -> None:
+                    bar.set_postfix_str(" · ".join(f"{k} {v}" for k, v in counts.items()) + f" · Slurm job {array}", refresh=True)
+
+                slurm.adopt, slurm.notify, slurm.on_status = live, notify, on_status
+                executor = slurm
+            else:
+                executor = executor if isinstance(executor, Executor) else LocalExecutor(jobs)
             for p in todo:
                 log.event("run_start", **p.row(), run_dir=str(p.run_dir))
             for oc in executor.run([_task(p, pl) for p in todo]):
                 p = by_id[oc.run_id]
-                status[oc.run_id] = {**p.row(), "status": oc.status, "seconds": oc.seconds, "error": oc.error}
-                log.event(f"run_{oc.status}", **p.row(), seconds=oc.seconds, error=oc.error)
+                where = {"job": oc.job, "log": oc.log} if oc.job else {}
+                status[oc.run_id] = {**p.row(), "status": oc.status, "seconds": oc.seconds, "error": oc.error, **where}
+                log.event(f"run_{oc.status}", **p.row(), seconds=oc.seconds, error=oc.error, **where)
                 _write_manifest(pl, status)
                 bar.update(1)
                 if oc.status == "failed":
-                    bar.write(f"privrad: run failed: {p.label} ({oc.run_id}): {oc.error}")
+                    bar.write(f"privrad: run failed: {p.label} ({oc.run_id}): {oc.error}" + (f" (log: {oc.log})" if oc.log else ""))
             bar.close()
             with contextlib.suppress(OSError):
                 (results_dir / ".notebooks").rmdir()  # only if empty
@@ -871,9 +977,12 @@ def summary_table(pl: Plan, status: dict[str, dict[str, Any]]) -> str:
     rows = [status[p.run_id] for p in pl.points if p.run_id in status]
     if not rows:
         return "(no runs)"
-    df = pd.DataFrame(rows)[["status", "run_id", "dataset", "model", "method", "epsilon", "seed", "seconds", "error"]]
+    columns = ["status", "run_id", "dataset", "model", "method", "epsilon", "seed", "seconds", "error"]
+    if any(r.get("job") for r in rows):
+        columns[-1:-1] = ["job", "log"]
+    df = pd.DataFrame(rows).reindex(columns=columns)
     df["run_id"] = df["run_id"].map(_short_id)
-    df["error"] = df["error"].fillna("")
+    df = df.fillna("")
     order = {"failed": 0, "ok": 1, "cached": 2}
     df = df.sort_values("status", key=lambda s: s.map(order), kind="stable")
     with pd.option_context("display.width", 200, "display.max_colwidth", 80, "display.max_rows", 1000):
@@ -896,13 +1005,28 @@ def study_status(profile: Profile, out=sys.stdout) -> int:
     rows = json.loads(manifest.read_text(encoding="utf-8"))["points"]
     for r in rows:
         rd = Path(r["run_dir"])
-        if (rd / "run.ipynb").is_file() and (rd / "config.json").is_file():
+        r["complete"] = (rd / "run.ipynb").is_file() and (rd / "config.json").is_file()
+    # runs submitted to Slurm that are not complete: what Slurm says of their jobs
+    jobs = {r["job"] for r in rows if r.get("job") and not r["complete"]}
+    states: dict[str, str] | None = {}
+    if jobs:
+        from privrad.slurm import LIVE_STATES, QUEUED_STATES, job_states
+
+        states = job_states(jobs)
+    for r in rows:
+        job = r.get("job") if not r["complete"] else None
+        state = (states or {}).get(job) if job else None
+        r["slurm"] = f"{job} {state or ('(Slurm not reachable)' if states is None else 'ENDED')}" if job else ""
+        if r["complete"]:
             r["status"] = "complete"
+        elif state in LIVE_STATES if job else False:
+            r["status"] = "queued" if state in QUEUED_STATES else "running"
         elif (profile.results_dir / "failed" / f"{r['run_id']}.ipynb").is_file():
             r["status"] = "failed"
         else:
             r["status"] = "missing"
-    df = pd.DataFrame(rows)[["status", "run_id", "dataset", "model", "method", "epsilon", "seed"]]
+    columns = ["status", "run_id", "dataset", "model", "method", "epsilon", "seed"] + (["slurm"] if jobs else [])
+    df = pd.DataFrame(rows)[columns]
     df["run_id"] = df["run_id"].map(_short_id)
     print(df.to_string(index=False), file=out)
     print(", ".join(f"{k}: {v}" for k, v in df["status"].value_counts().items()), file=out)
@@ -1026,7 +1150,7 @@ def build_book(profile: Profile, *, root: Path | None = None, out=sys.stdout) ->
 
 def _cmd_run(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile, sets=args.set or (), results=args.results)
-    return run_study(profile, jobs=args.jobs, notebook=Path(args.notebook) if args.notebook else None,
+    return run_study(profile, jobs=args.jobs, executor=args.executor, notebook=Path(args.notebook) if args.notebook else None,
                      progress=not args.no_progress)
 
 
@@ -1044,7 +1168,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 
     run = ssub.add_parser("run", help="execute every run of a profile that is not complete yet")
     run.add_argument("--profile", default="default", help="a profile in studies/ (default: default) or a .yml path")
-    run.add_argument("--jobs", type=int, default=1, help="runs executed at once (one process, and one GPU where there are GPUs, per job)")
+    run.add_argument("--executor", choices=EXECUTORS, default="local",
+                     help="where runs execute: local processes (default) or one Slurm job per run (options: the profile's slurm: block, --set slurm.KEY=VALUE)")
+    run.add_argument("--jobs", type=int, default=None, help="runs executed at once by the local executor (default 1; one process, and one GPU where there are GPUs, per job)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override the profile: a grid axis (epsilon=[1,null]), a parameter (lr=1e-3) or a dataset path (mimic-cxr.data_dir=/data/mimic)")
     run.add_argument("--results", help="results root (default: the profile's, usually results/); runs go to RESULTS/PROFILE/RUN_ID")
