@@ -12,8 +12,9 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PYTHONHASHSEED := 0
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
-# System (Debian) packages the tests use: a real single-node Slurm (tests/slurm_cluster.py).
-# One list for every worker's needs; `make system-deps` installs what is missing.
+# Debian packages the tests use, installed by `make system-deps` (run by `make test`) where apt-get
+# works as root: Slurm and munge for a one-node cluster (tests/slurm_cluster.py). One list for every
+# test that needs a system package; where they cannot be installed, those tests are skipped and say why.
 DEBIAN_PACKAGES := slurm-wlm munge
 
 .PHONY: setup system-deps book study test bench clean distclean
@@ -29,17 +30,20 @@ $(STAMP): pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name privrad --display-name "privrad (.venv)" >/dev/null
 	touch $(STAMP)
 
-# Installs the missing DEBIAN_PACKAGES with apt-get when run as root; otherwise says which are
-# missing (the tests that need them are then skipped, each with its reason).
+# Installs the missing DEBIAN_PACKAGES; prints one reason and goes on where it cannot.
 system-deps:
-	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	@missing=""; for p in $(DEBIAN_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
-	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "installing system packages: $$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 $$missing >/dev/null \
-			|| echo "privrad: apt-get could not install $$missing; the tests that need them will be skipped."; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "system-deps: not installing$$missing: this is not a Debian-like system (no apt-get); the tests that need them are skipped."; \
+	elif [ "$$(id -u)" != 0 ]; then \
+	  echo "system-deps: not installing$$missing: apt-get needs root (run 'sudo make system-deps'); the tests that need them are skipped."; \
 	else \
-		echo "privrad: system packages missing ($$missing): run 'make system-deps' as root, or the tests that need them are skipped."; \
+	  echo "system-deps: installing$$missing"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null) \
+	  || echo "system-deps: apt-get could not install$$missing; the tests that need them are skipped."; \
 	fi
 
 study: setup

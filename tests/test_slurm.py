@@ -215,6 +215,7 @@ def test_scancel_then_rerun_completes_only_the_missing_runs(slurm_smoke, smoke, 
 def test_a_preempted_and_a_timed_out_job_are_requeued_and_counted_once(slurm_smoke, smoke, slurm_cluster, tmp_path):
     results, removed = copy_without(slurm_smoke["results"], tmp_path / "results", 2, smoke)
     staged = results / "smoke" / ".notebooks"
+    n_events = len(events(results))
     sweep = sweep_in_background(results, smoke, slurm_cluster)
     try:
         # both runs have started their notebooks (so submitit's signal handler is in place)
@@ -229,7 +230,7 @@ def test_a_preempted_and_a_timed_out_job_are_requeued_and_counted_once(slurm_smo
             sweep.kill()
     assert sweep.returncode == 0, out
     assert "2 ok, 0 failed, 6 cached" in out
-    log = [e for e in events(results) if e.get("run_id") in removed]
+    log = [e for e in events(results)[n_events:] if e.get("run_id") in removed]
     requeued = {e["run_id"] for e in log if e["event"] == "run_requeued"}
     assert requeued == set(removed)
     assert sorted(e["run_id"] for e in log if e["event"] == "run_ok") == sorted(removed)  # once each
@@ -272,3 +273,47 @@ def test_bad_slurm_settings_are_refused_before_anything_is_submitted(slurm_clust
         assert len(lines) == 1 and lines[0].startswith("privrad: error: ") and message in lines[0], (sets, proc.stderr)
         assert not results.exists(), f"{sets} left {list(results.rglob('*'))}"
     assert all_jobs(slurm_cluster) == before
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_while_its_jobs_run_is_resumed_by_waiting_for_them(slurm_smoke, smoke, slurm_cluster, tmp_path):
+    results, removed = copy_without(slurm_smoke["results"], tmp_path / "results", 1, smoke)
+    n_events = len(events(results))
+    sweep = sweep_in_background(results, smoke, slurm_cluster)
+    try:
+        wait_for(lambda: (results / "smoke" / ".notebooks" / f"{removed[0]}.ipynb").is_file(), 180, "the run to start", sweep)
+    finally:
+        sweep.kill()  # SIGKILL: the job goes on running on the cluster
+        sweep.wait()
+    job = next(e["job"] for e in events(results)[n_events:] if e["event"] == "run_submitted")
+    assert live_jobs(slurm_cluster).get(job) == "RUNNING"
+    # the local executor must not run it a second time beside the Slurm job
+    local = run_privrad("study", "run", "--profile", "smoke", "--results", str(results), *smoke["sets"], env=slurm_cluster.env)
+    assert local.returncode == 2 and f"1 run(s) of this study are still queued or running on Slurm (e.g. {removed[0]} as job {job})" in local.stderr
+    n_jobs = len(all_jobs(slurm_cluster))
+    again = run_privrad("study", "run", "--profile", "smoke", "--executor", "slurm", "--results", str(results), *smoke["sets"],
+                        env=slurm_cluster.env)
+    assert again.returncode == 0 and "1 ok, 0 failed, 7 cached" in again.stdout, again.stdout + again.stderr[-3000:]
+    assert len(all_jobs(slurm_cluster)) == n_jobs  # waited for, not submitted again
+    log = events(results)[n_events:]
+    assert [e["job"] for e in log if e["event"] == "run_adopted"] == [job]
+    assert [e["event"] for e in log].count("run_submitted") == 1
+    assert metrics(run_dirs(results)[removed[0]]) == metrics(run_dirs(smoke["results"])[removed[0]])
+
+
+@pytest.mark.slow
+def test_ctrl_c_cancels_the_sweeps_jobs(slurm_smoke, smoke, slurm_cluster, tmp_path):
+    import signal
+
+    results, removed = copy_without(slurm_smoke["results"], tmp_path / "results", 1, smoke)
+    sweep = sweep_in_background(results, smoke, slurm_cluster)
+    try:
+        running = wait_for(lambda: [j for j, s in live_jobs(slurm_cluster).items() if s == "RUNNING"], 120, "a running job", sweep)
+        sweep.send_signal(signal.SIGINT)
+        out, _ = sweep.communicate(timeout=120)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    assert sweep.returncode == 130 and "privrad: interrupted" in out
+    wait_for(lambda: running[0] not in live_jobs(slurm_cluster), 60, f"job {running[0]} to be cancelled")
+    assert removed[0] not in run_dirs(results)

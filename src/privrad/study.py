@@ -938,15 +938,19 @@ def run_study(profile: Profile, *, jobs: int | None = None, executor: Executor |
                 executor = executor if isinstance(executor, Executor) else LocalExecutor(jobs)
             for p in todo:
                 log.event("run_start", **p.row(), run_dir=str(p.run_dir))
-            for oc in executor.run([_task(p, pl) for p in todo]):
-                p = by_id[oc.run_id]
-                where = {"job": oc.job, "log": oc.log} if oc.job else {}
-                status[oc.run_id] = {**p.row(), "status": oc.status, "seconds": oc.seconds, "error": oc.error, **where}
-                log.event(f"run_{oc.status}", **p.row(), seconds=oc.seconds, error=oc.error, **where)
-                _write_manifest(pl, status)
-                bar.update(1)
-                if oc.status == "failed":
-                    bar.write(f"privrad: run failed: {p.label} ({oc.run_id}): {oc.error}" + (f" (log: {oc.log})" if oc.log else ""))
+            outcomes = executor.run([_task(p, pl) for p in todo])
+            with contextlib.ExitStack() as stack:
+                if slurm is not None:  # an interrupted sweep (Ctrl-C, an error) cancels its Slurm jobs
+                    stack.callback(outcomes.close)
+                for oc in outcomes:
+                    p = by_id[oc.run_id]
+                    where = {"job": oc.job, "log": oc.log} if oc.job else {}
+                    status[oc.run_id] = {**p.row(), "status": oc.status, "seconds": oc.seconds, "error": oc.error, **where}
+                    log.event(f"run_{oc.status}", **p.row(), seconds=oc.seconds, error=oc.error, **where)
+                    _write_manifest(pl, status)
+                    bar.update(1)
+                    if oc.status == "failed":
+                        bar.write(f"privrad: run failed: {p.label} ({oc.run_id}): {oc.error}" + (f" (log: {oc.log})" if oc.log else ""))
             bar.close()
             with contextlib.suppress(OSError):
                 (results_dir / ".notebooks").rmdir()  # only if empty
