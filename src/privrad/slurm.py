@@ -305,6 +305,9 @@ def cancel(job_ids: Iterable[str]) -> None:
 # ------------------------------------------------------------------------------- the executor
 
 
+_FORWARDED = ("PRIVRAD_", "HF_", "TRANSFORMERS_", "TOKENIZERS_")
+
+
 class SlurmRun:
     """What one array task executes on its node: the sweep's papermill driver for one run.
 
@@ -315,12 +318,15 @@ class SlurmRun:
     def __init__(self, task: Any, gpus: int):
         self.task = task
         self.gpus = gpus
+        # what a run reads from the environment, as the sweep saw it (a cluster may start jobs with
+        # a bare environment: sbatch --export=NONE)
+        self.env = {k: v for k, v in os.environ.items() if k.startswith(_FORWARDED) or k == "PYTHONHASHSEED"}
 
     def __call__(self) -> Any:
         from privrad.study import execute_task
 
         threads = os.environ.get("SLURM_CPUS_PER_TASK", "1")
-        env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        env = {**self.env, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         if not self.gpus:
             env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU job must not use a GPU it was not given
         return execute_task(self.task, env, slurm_job=True)
