@@ -171,54 +171,12 @@ def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
 
 # ------------------------------------------------------------------------------------ data
 
-_FINDINGS = ("atelectasis", "cardiomegaly", "consolidation", "pulmonary edema", "widened mediastinum", "rib fracture",
-             "pulmonary nodule", "airspace opacity", "pleural effusion", "pleural thickening", "pneumonia",
-             "pneumothorax", "endotracheal tube", "hiatal hernia")
-_FILLER = ("PA and lateral views of the chest were obtained.", "Comparison is made to the prior study.",
-           "The osseous structures are unremarkable.", "Heart size is within normal limits.",
-           "The lungs are well expanded.", "There is no acute bony abnormality.", "The hila are unremarkable.",
-           "Mediastinal contours are stable.", "Visualized upper abdomen is unremarkable.")
-
-
 def report_dataset(kind: str, n: int, *, seed: int = 0, root: str | Path | None = None):
-    """``n`` simulated reports of ``kind`` (``mimic-cxr`` | ``ct-rate``) as a ReportDataset.
+    """``n`` simulated reports of ``kind`` (``mimic-cxr`` | ``ct-rate``) as a ReportDataset:
+    privrad's report simulator, read by the ``simulated-<kind>`` loader."""
+    from privrad.data import load_dataset
+    from privrad.data.simulate import simulate
 
-    Uses privrad's report simulator and loader when the package has them (the real path);
-    otherwise (a branch without the data package) a small bench-side generator of the same
-    shape: 14 labels, positive = finding mentioned, negative = omitted or negated, CT-RATE-like
-    reports about three times longer.
-    """
-    try:
-        from privrad.data import load_dataset
-        from privrad.data.simulate import simulate
-    except ImportError:
-        return _fallback_dataset(kind, n, seed)
     out = Path(root or OUT_DIR / "data") / f"{kind}-{n}-s{seed}"
-    if not out.exists():
-        simulate(kind, out, n=n, seed=seed)
+    simulate(kind, out, n=n, seed=seed)  # returns at once when the folder already holds it
     return load_dataset(f"simulated-{kind}", out)
-
-
-def _fallback_dataset(kind: str, n: int, seed: int):
-    import numpy as np
-
-    from privrad.data.base import ReportDataset
-
-    rng = np.random.default_rng(seed)
-    reps = 1 if kind == "mimic-cxr" else 3
-    labels = (rng.random((n, len(_FINDINGS))) < 0.15).astype(np.float32)
-    texts = []
-    for row in labels:
-        parts = list(rng.choice(_FILLER, size=3 * reps))
-        for j, f in enumerate(_FINDINGS):
-            if row[j]:
-                parts.insert(int(rng.integers(len(parts) + 1)), f"There is {f}.")
-            elif rng.random() < 0.2:
-                parts.append(f"No {f}.")
-        texts.append(" ".join(parts))
-    u = rng.random(n)
-    splits = np.where(u < 0.7, "train", np.where(u < 0.85, "validation", "test"))
-    ids = tuple(f"r{i}" for i in range(n))
-    return ReportDataset(name=f"bench-{kind}", label_names=tuple(f"L{j}" for j in range(len(_FINDINGS))), ids=ids,
-                         patient_ids=ids, texts=tuple(texts), labels=labels, label_mask=np.ones_like(labels, bool),
-                         splits=splits, credentialed=False, provenance={"generator": "bench.common._fallback_dataset"})

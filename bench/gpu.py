@@ -7,7 +7,7 @@
    peak is per configuration after ``reset_peak_memory_stats``): BERT-small, BERT-medium and
    ALBERT-base shapes (random weights; the hub is unreachable), batch 64 × 128 tokens, the five
    methods; then batch 64 × 512 for DP-LoRA vs LoRA.
-2. **One paper-sized run per model family**: ≈25k simulated reports, DP-LoRA ε = 1 with the
+2. **One paper-sized run per model**: ≈25k simulated reports, DP-LoRA ε = 1 with the
    paper profile's hyperparameters (batch 256, physical 64, LoRA r = 16), through
    ``privrad.runs.run`` (tokenize, build, calibrate, train, evaluate, write the run folder) at
    sequence length 256 (MIMIC-CXR-like) and 512 (CT-RATE-like reports). ``--epochs`` (default 1,
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import sys
 import time
@@ -36,8 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import step  # noqa: E402
 
-FAMILIES = {"bert-small": "bert-small-shape", "bert-medium": "bert-medium-shape", "albert-base": "albert-base-shape"}
-TINY_FAMILIES = {"bert-small": "tiny-bert-shape", "albert-base": "tiny-albert-shape"}
+#: the paper's models → the local random-weight model of their shape (bench/common.py)
+SHAPES = {"bert-small": "bert-small-shape", "bert-medium": "bert-medium-shape", "albert-base": "albert-base-shape"}
+TINY_SHAPES = {"bert-small": "tiny-bert-shape", "albert-base": "tiny-albert-shape"}
 DATASETS = {"mimic-cxr": 256, "ct-rate": 512}  # the paper profile's max_length per dataset
 PAPER = dict(num_epochs=5, batch_size=256, physical_batch_size=64, lr=1e-3, lora_r=16, lora_alpha=32, seeds=3,
              lora_epsilons=(0.01, 0.1, 1, 10), n_bootstrap=1000)
@@ -68,95 +68,60 @@ def step_benchmark(shapes, device, *, batch, length, repeats, warmup, methods) -
     return rows
 
 
-def paper_run(family, shape, kind, length, n, *, epochs, device, tmp, dry) -> dict:
-    """One DP-LoRA ε = 1 run with the paper profile's hyperparameters, phase by phase.
+def paper_run(model, shape, kind, length, n, *, epochs, device, tmp, dry) -> dict:
+    """One DP-LoRA ε = 1 run with the paper profile's hyperparameters through ``privrad.run``
+    on ``device`` (tokenize, build, calibrate, train, evaluate, write the run folder).
 
-    ``privrad.runs.run`` trains on the CPU only today (it passes no device to ``build_model``
-    and its batches, Poisson generator and noise generator live on the CPU), so this assembles
-    the same run from privrad's parts on ``device``: simulate → ``tokenize_dataset`` →
-    ``build_model`` → ``calibrate_noise_multiplier`` (for the paper's 5 epochs) → Poisson-sampled
-    logical batches (Opacus' sampler, as ``privrad.train``) stepped by bench/step.py's
-    :class:`step.Stepper` (the body of ``privrad.train``'s loop) → ``predict`` + ``evaluate``.
+    ``model`` is the paper's model name, ``shape`` the local random-weight model of its shape
+    (the hub is unreachable). The calibration for the paper's ``num_epochs`` is timed first on
+    its own (it is part of a paper run's fixed cost); the run's own calibration (for ``epochs``)
+    is done before it starts and cached, so the run's ``train_s`` is training.
     """
-    import numpy as np
-    import torch
-    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
-
-    from privrad.data.tokenize import EncodedDataset, tokenize_dataset
-    from privrad.evaluate import evaluate
-    from privrad.models import build_model, load_tokenizer
-    from privrad.privacy import calibrate_noise_multiplier, default_delta
+    import privrad
+    from privrad.config import RunConfig
+    from privrad.privacy import cached_noise_multiplier, calibrate_noise_multiplier, default_delta
     from privrad.train import planned_steps
 
-    cuda = device.startswith("cuda")
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
     t = {}
     t0 = time.perf_counter()
     ds = common.report_dataset(kind, n, root=Path(tmp) / "data")
     t["data_s"] = time.perf_counter() - t0
-    path = common.shaped_model_dir(shape)
+    batch_size, physical_batch_size = (16, 16) if dry else (PAPER["batch_size"], PAPER["physical_batch_size"])
+    config = RunConfig(dataset=ds.name, data_dir=str(Path(tmp) / "data"), model=common.shaped_model_dir(shape), method="lora",
+                       epsilon=1.0, seed=0, num_epochs=epochs, batch_size=batch_size, physical_batch_size=physical_batch_size,
+                       lr=PAPER["lr"], lora_r=PAPER["lora_r"], lora_alpha=PAPER["lora_alpha"], max_length=length,
+                       threshold="fixed", n_bootstrap=50 if dry else PAPER["n_bootstrap"])
+    n_train = len(ds.split("train"))
+    q, delta = batch_size / n_train, default_delta(n_train)
     t0 = time.perf_counter()
-    tok = load_tokenizer(path)
-    enc = {s: EncodedDataset(tokenize_dataset(ds.split(s), tok, max_length=length, cache_dir=Path(tmp) / "cache"),
-                             ds.split(s).labels, ds.split(s).label_mask) for s in ("train", "validation", "test")}
-    t["tokenize_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    model = build_model(path, ds.n_labels, method="lora", lora_r=PAPER["lora_r"], lora_alpha=PAPER["lora_alpha"],
-                        device=device, seed=0)
-    sync()
-    t["model_s"] = time.perf_counter() - t0
-    b, phys = (16, 16) if dry else (PAPER["batch_size"], PAPER["physical_batch_size"])
-    n_train = len(enc["train"])
-    q, delta = b / n_train, default_delta(n_train)
-    t0 = time.perf_counter()
-    sigma = calibrate_noise_multiplier(1.0, delta, q, planned_steps(n_train, b, PAPER["num_epochs"]))
+    calibrate_noise_multiplier(1.0, delta, q, planned_steps(n_train, batch_size, PAPER["num_epochs"]))
     t["calibrate_s"] = time.perf_counter() - t0
-    stepper = step.Stepper(model, "dp-lora", batch=b, physical=phys, device=device, lr=PAPER["lr"], noise_multiplier=sigma)
-    total = planned_steps(n_train, b, epochs)
-    sampler = UniformWithReplacementSampler(num_samples=n_train, sample_rate=q, generator=torch.Generator().manual_seed(0),
-                                            steps=total)
-    sync()
-    t0 = time.perf_counter()
-    for idx in sampler:
-        stepper.step(enc["train"], idx)
-    sync()
-    t["train_s"] = time.perf_counter() - t0
-    stepper.detach()
-    t0 = time.perf_counter()
-    val = predict(model, enc["validation"], device)
-    probs = predict(model, enc["test"], device)
-    test = ds.split("test")
-    m = evaluate(probs, test.labels, test.label_mask, ds.label_names, thresholds=0.5,
-                 n_bootstrap=50 if dry else PAPER["n_bootstrap"], seed=0)
-    t["evaluate_s"] = time.perf_counter() - t0
-    del val
-    out = {"family": family, "shape": shape, "kind": kind, "n": n, "n_train": n_train, "max_length": length,
-           "epochs": epochs, "steps": total, **t, "prepare_s": t["tokenize_s"] + t["model_s"] + t["calibrate_s"],
-           "epoch_s": t["train_s"] / epochs, "train_examples_per_s": n_train * epochs / t["train_s"],
-           "noise_multiplier": sigma, "weighted_f1_untuned": m["weighted_f1"],
-           "mean_tokens": float(np.mean([len(x) for x in enc["train"].encoded.input_ids])),
-           "n_truncated": enc["train"].encoded.n_truncated, "device": device}
-    print(f"  {family:12s} {kind:9s} L={length:3d} n={n} train {t['train_s']:7.1f}s ({out['train_examples_per_s']:.0f} ex/s, "
-          f"mean {out['mean_tokens']:.0f} tokens) tokenize {t['tokenize_s']:.1f}s model {t['model_s']:.1f}s "
-          f"calibrate {t['calibrate_s']:.1f}s evaluate {t['evaluate_s']:.1f}s", flush=True)
+    os.environ["PRIVRAD_CACHE_DIR"] = str(Path(tmp) / "calibration-cache")
+    cached_noise_multiplier(1.0, delta, q, planned_steps(n_train, batch_size, epochs))
+    res = privrad.run(config, dataset=ds, results_dir=Path(tmp) / "runs", device=device, progress=False,
+                      cache_dir=Path(tmp) / "cache")
+    rt = res.info["runtime"]
+    t.update(prepare_s=rt["prepare_s"] + t["calibrate_s"], train_s=rt["train_s"], evaluate_s=rt["evaluate_s"])
+    out = {"model": model, "shape": shape, "kind": kind, "n": n, "n_train": n_train, "max_length": length,
+           "epochs": epochs, "steps": res.privacy["steps"], **t, "epoch_s": t["train_s"] / epochs,
+           "train_examples_per_s": n_train * epochs / t["train_s"], "noise_multiplier": res.privacy["noise_multiplier"],
+           "weighted_f1_untuned": res.weighted_f1, "n_truncated": res.info["n_truncated"]["train"],
+           "mean_tokens": _mean_tokens(ds, config, Path(tmp) / "cache"), "device": res.info["device"]}
+    print(f"  {model:12s} {kind:9s} L={length:3d} n={n} train {t['train_s']:7.1f}s ({out['train_examples_per_s']:.0f} ex/s, "
+          f"mean {out['mean_tokens']:.0f} tokens) prepare {rt['prepare_s']:.1f}s calibrate {t['calibrate_s']:.1f}s "
+          f"evaluate {t['evaluate_s']:.1f}s", flush=True)
     return out
 
 
-def predict(model, data, device, batch_size: int = 256):
-    """``privrad.train.predict_proba`` with the batches moved to ``device``."""
+def _mean_tokens(ds, config, cache_dir) -> float:
+    """Mean tokens per training report as trained (truncated at max_length; the run's token cache)."""
     import numpy as np
-    import torch
 
-    from privrad.data.tokenize import collate
+    from privrad.data.tokenize import tokenize_dataset
+    from privrad.models import load_tokenizer
 
-    model.eval()
-    out = np.zeros((len(data), data.labels.shape[1]), dtype=np.float32)
-    with torch.no_grad():
-        for idx in data.length_sorted_batches(batch_size):
-            b = collate([data[i] for i in idx], data.encoded.pad_token_id)
-            logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits
-            out[idx] = torch.sigmoid(logits.float()).cpu().numpy()
-    return out
+    enc = tokenize_dataset(ds.split("train"), load_tokenizer(config.model), max_length=config.max_length, cache_dir=cache_dir)
+    return float(np.mean([len(x) for x in enc.input_ids]))
 
 
 def estimate_grid(steps_rows, runs, *, kernel_start_s, dry) -> dict:
@@ -166,12 +131,12 @@ def estimate_grid(steps_rows, runs, *, kernel_start_s, dry) -> dict:
         if r.get("status") == "ok":
             ratio.setdefault(r["model"], {})[r["method"]] = r["median_s"]
     lines, total = [], 0.0
-    for family in {r["family"] for r in runs}:
+    for model in {r["model"] for r in runs}:
         for kind in DATASETS:
-            got = [r for r in runs if r["family"] == family and r["kind"] == kind]
+            got = [r for r in runs if r["model"] == model and r["kind"] == kind]
             note = "measured"
-            if not got:  # skipped for the budget: scale the family's other run by the token count
-                other = [r for r in runs if r["family"] == family]
+            if not got:  # skipped for the budget: scale the model's other run by the token count
+                other = [r for r in runs if r["model"] == model]
                 if not other:
                     continue
                 o = other[0]
@@ -191,7 +156,7 @@ def estimate_grid(steps_rows, runs, *, kernel_start_s, dry) -> dict:
                         + (PAPER["num_epochs"] * epoch * rel_full + fixed))
             secs = PAPER["seeds"] * per_seed
             total += secs
-            lines.append({"dataset": kind, "family": family, "max_length": length, "epoch_s": epoch,
+            lines.append({"dataset": kind, "model": model, "max_length": length, "epoch_s": epoch,
                           "fixed_s": fixed, "nonprivate_lora_vs_dp": rel_lora, "full_vs_dp_lora": rel_full,
                           "runs": 6 * PAPER["seeds"], "seconds": secs, "source": note})
     return {"rows": lines, "total_s": total, "total_h": total / 3600, "assumptions": (
@@ -223,8 +188,8 @@ def main(argv=None) -> int:
     device = "cpu" if dry else ("cuda" if torch.cuda.is_available() else "cpu")
     if not dry and device == "cpu":
         print("warning: no GPU visible; running the GPU benchmark on the CPU (slow)", flush=True)
-    families = TINY_FAMILIES if dry else FAMILIES
-    shapes = list(families.values())
+    models = TINY_SHAPES if dry else SHAPES
+    shapes = list(models.values())
     n = 120 if dry else args.n
     epochs = 0.25 if dry else args.epochs
     lengths = {"mimic-cxr": 32, "ct-rate": 64} if dry else DATASETS
@@ -244,19 +209,19 @@ def main(argv=None) -> int:
     runs, skipped = [], []
     with tempfile.TemporaryDirectory(prefix="privrad-gpu-") as tmp:
         for kind, length in lengths.items():
-            for family, shape in families.items():
+            for model, shape in models.items():
                 elapsed = time.perf_counter() - t_start
                 last = 1.3 * runs[-1]["wall_s"] if runs else 0.0  # the next run is about as long as the last
                 if elapsed + last > args.budget_s:
-                    skipped.append(f"{family}/{kind}")
+                    skipped.append(f"{model}/{kind}")
                     continue
                 t_run = time.perf_counter()
                 try:
-                    runs.append(paper_run(family, shape, "mimic-cxr" if kind == "mimic-cxr" else "ct-rate", length, n,
+                    runs.append(paper_run(model, shape, "mimic-cxr" if kind == "mimic-cxr" else "ct-rate", length, n,
                                           epochs=epochs, device=device, tmp=tmp, dry=dry))
                     runs[-1]["wall_s"] = time.perf_counter() - t_run
-                except Exception as exc:  # noqa: BLE001 - report and go on with the next family
-                    print(f"  {family} {kind}: {type(exc).__name__}: {exc}"[:300], flush=True)
+                except Exception as exc:  # noqa: BLE001 - report and go on with the next model
+                    print(f"  {model} {kind}: {type(exc).__name__}: {exc}"[:300], flush=True)
                     if dry:
                         raise
                 finally:
@@ -269,7 +234,7 @@ def main(argv=None) -> int:
     print("\n[3/3] paper grid estimate (2 datasets × 3 models × 6 configurations × 3 seeds)", flush=True)
     out["grid"] = estimate_grid(out["steps_128"], runs, kernel_start_s=args.kernel_start_s, dry=dry)
     for r in out["grid"]["rows"]:
-        print(f"  {r['dataset']:9s} {r['family']:12s} L={r['max_length']:3d} epoch {r['epoch_s']:7.1f}s fixed "
+        print(f"  {r['dataset']:9s} {r['model']:12s} L={r['max_length']:3d} epoch {r['epoch_s']:7.1f}s fixed "
               f"{r['fixed_s']:5.1f}s → {r['runs']} runs {r['seconds'] / 60:7.1f} min ({r['source']})", flush=True)
     g = out["grid"]
     print(f"  total ≈ {g['total_h']:.2f} h on one {out['machine'].get('gpu', device)} ({g['assumptions']})")

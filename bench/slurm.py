@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 
 def sweep(results: Path, data: Path, executor: str, env: dict[str, str]) -> dict:
-    args = ["study", "run", "--profile", "smoke", "--results", str(results), "--no-progress",
+    args = ["study", "run", "--profile", "smoke", "--results-dir", str(results), "--quiet",
             "--set", f"mimic-cxr.data_dir={data}/mimic-cxr", "--set", f"simulated-ct-rate.data_dir={data}/ct-rate"]
     args += ["--executor", "slurm"] if executor == "slurm" else ["--jobs", "2"]
     t0 = time.perf_counter()

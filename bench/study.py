@@ -2,7 +2,7 @@
 
     python bench/study.py --profile smoke
     python bench/study.py --profile default          # what `make book` runs
-    python bench/study.py --profile smoke --results /tmp/r --skip-book
+    python bench/study.py --profile smoke --results-dir /tmp/r --skip-book
 
 Runs ``privrad study run`` and ``privrad book build`` as a user does (subprocesses, the
 ``privrad`` kernel, a fresh results folder), then splits the time with what the study records
@@ -38,6 +38,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+
+from privrad.runs import read_run  # noqa: E402
+from privrad.stats import run_folders as stats_run_folders  # noqa: E402
 
 ROOT = common.BENCH_DIR.parent
 
@@ -81,11 +84,10 @@ def outside_timings(run_dirs: list[Path]) -> dict:
 
     calib, tok, build, datasets = {}, {}, {}, {}
     for rd in run_dirs:
-        info = json.loads((rd / "config.json").read_text())
-        c = info["config"]
-        pr = json.loads((rd / "privacy.json").read_text())
-        if pr.get("private"):
-            key = (pr["target_epsilon"], pr["delta"], pr["sample_rate"], pr["planned_steps"], pr.get("accountant", "prv"))
+        res = read_run(rd)
+        info, c, pr = res.info, res.info["config"], res.privacy
+        if pr["private"]:
+            key = (pr["epsilon"], pr["delta"], pr["sample_rate"], pr["planned_steps"], pr["accountant"])
             if key not in calib:
                 t0 = time.perf_counter()
                 calibrate_noise_multiplier(key[0], key[1], key[2], key[3], accountant=key[4])
@@ -108,11 +110,9 @@ def outside_timings(run_dirs: list[Path]) -> dict:
     return {"calibrate": calib, "tokenize": tok, "build": build}
 
 
-def statistics_seconds(results_dir: Path) -> float | None:
-    try:
-        from privrad import stats
-    except ImportError:
-        return None
+def statistics_seconds(results_dir: Path) -> float:
+    from privrad import stats
+
     t0 = time.perf_counter()
     runs = stats.load_runs(results_dir)
     stats.summarize(runs)
@@ -128,21 +128,20 @@ def split_phases(results_dir: Path, profile: str, sweep_s: float, book_s: float 
     events = _events(pdir / "study.jsonl")
     simulate = sum(e.get("seconds", 0) for e in events if e["event"] == "simulated")
     papermill_s = {e["run_id"] if "run_id" in e else e.get("label", str(i)): e["seconds"]
-                   for i, e in enumerate(events) if e["event"] == "run_ok"}
-    run_dirs = sorted(p.parent for p in pdir.glob("*/config.json"))
+                   for i, e in enumerate(events) if e["event"] == "run_complete"}
+    run_dirs = stats_run_folders(pdir)
     outside = outside_timings(run_dirs)
     phases = dict.fromkeys(["data simulation", "tokenization", "model load", "papermill + kernel", "calibration",
                             "training", "evaluation", "statistics", "book build", "other (sweep)"], 0.0)
     phases["data simulation"] = simulate
     per_run = []
     for rd in run_dirs:
-        info = json.loads((rd / "config.json").read_text())
+        res = read_run(rd)
+        info, pr = res.info, res.privacy
         c, rt = info["config"], info["runtime"]
-        pr = json.loads((rd / "privacy.json").read_text())
         cal = 0.0
-        if pr.get("private"):
-            cal = outside["calibrate"][(pr["target_epsilon"], pr["delta"], pr["sample_rate"], pr["planned_steps"],
-                                        pr.get("accountant", "prv"))]
+        if pr["private"]:
+            cal = outside["calibrate"][(pr["epsilon"], pr["delta"], pr["sample_rate"], pr["planned_steps"], pr["accountant"])]
         dkey = (c["dataset"], c["data_dir"], json.dumps(c.get("dataset_options") or {}, sort_keys=True))
         t_tok = outside["tokenize"][(dkey, c["model"], c["max_length"])]
         t_build = outside["build"][(c["model"], c["method"], len(info["label_names"]))]
@@ -152,7 +151,7 @@ def split_phases(results_dir: Path, profile: str, sweep_s: float, book_s: float 
         row = {"run": rd.name, "model": c["model"], "method": c["method"], "epsilon": c["epsilon"],
                "tokenize_s": rt["prepare_s"] * share, "model_s": rt["prepare_s"] * (1 - share), "calibrate_s": min(cal, rt["train_s"]),
                "train_s": max(0.0, rt["train_s"] - cal), "evaluate_s": rt["evaluate_s"], "papermill_s": pm,
-               "notebook_overhead_s": None if pm is None else max(0.0, pm - accounted), "steps": pr.get("steps")}
+               "notebook_overhead_s": None if pm is None else max(0.0, pm - accounted), "steps": pr["steps"]}
         per_run.append(row)
         phases["tokenization"] += row["tokenize_s"]
         phases["model load"] += row["model_s"]
@@ -161,7 +160,7 @@ def split_phases(results_dir: Path, profile: str, sweep_s: float, book_s: float 
         phases["evaluation"] += row["evaluate_s"]
         phases["papermill + kernel"] += row["notebook_overhead_s"] or 0.0
     stat_s = statistics_seconds(pdir)
-    phases["statistics"] = stat_s or 0.0
+    phases["statistics"] = stat_s
     phases["book build"] = book_s or 0.0
     in_runs = sum(r["papermill_s"] or 0 for r in per_run)
     phases["other (sweep)"] = max(0.0, sweep_s - simulate - in_runs)
@@ -174,32 +173,32 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", default="smoke")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to privrad study run")
-    ap.add_argument("--results", default=None, help="results root (default: a fresh temporary folder)")
+    ap.add_argument("--results-dir", default=None, help="results root (default: a fresh temporary folder)")
     ap.add_argument("--skip-book", action="store_true")
     ap.add_argument("--analyze-only", action="store_true",
-                    help="split an existing (even unfinished) --results study; run nothing")
+                    help="split an existing (even unfinished) --results-dir study; run nothing")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     common.setup_env()
     tmp = None
-    if args.results is None:
+    if args.results_dir is None:
         tmp = tempfile.mkdtemp(prefix=f"privrad-study-{args.profile}-")
-        args.results = tmp
-    results = Path(args.results).resolve()
+        args.results_dir = tmp
+    results = Path(args.results_dir).resolve()
     load0 = os.getloadavg()
     sweep_s = book_s = None
     try:
         if not args.analyze_only:
             sets = [x for s in args.set for x in ("--set", s)]
-            print(f"privrad study run --profile {args.profile} --jobs {args.jobs} --results {results}", flush=True)
-            sweep_s, p = _privrad("study", "run", "--profile", args.profile, "--jobs", str(args.jobs), "--results",
-                                  str(results), "--no-progress", *sets)
+            print(f"privrad study run --profile {args.profile} --jobs {args.jobs} --results-dir {results}", flush=True)
+            sweep_s, p = _privrad("study", "run", "--profile", args.profile, "--jobs", str(args.jobs), "--results-dir",
+                                  str(results), "--quiet", *sets)
             print(p.stdout[-2000:], flush=True)
             if p.returncode != 0:
                 print(p.stderr[-3000:], file=sys.stderr)
                 return p.returncode
             if not args.skip_book:
-                book_s, p = _privrad("book", "build", "--profile", args.profile, "--results", str(results))
+                book_s, p = _privrad("book", "build", "--profile", args.profile, "--results-dir", str(results))
                 if p.returncode != 0:
                     print(p.stderr[-3000:], file=sys.stderr)
                     book_s = None
@@ -211,7 +210,7 @@ def main(argv=None) -> int:
 
                 stamps = [dt.datetime.fromisoformat(e["time"]) for e in events]
                 sweep_s = (max(stamps) - min(stamps)).total_seconds()
-                out_note = f"unfinished sweep: {sum(e['event'] == 'run_ok' for e in events)} runs finished"
+                out_note = f"unfinished sweep: {sum(e['event'] == 'run_complete' for e in events)} runs finished"
                 print(out_note, flush=True)
         kernel_s = kernel_start_seconds()
         out = split_phases(results, args.profile, sweep_s, book_s, kernel_s)

@@ -28,7 +28,7 @@ def smoke(tmp_path_factory):
     sets = ["--set", f"mimic-cxr.data_dir={base}/data/mimic-cxr", "--set", f"simulated-ct-rate.data_dir={base}/data/ct-rate"]
     results = base / "results"
     t0 = time.time()
-    proc = run_privrad("study", "run", "--profile", "smoke", "--jobs", "2", "--results", str(results), *sets)
+    proc = run_privrad("study", "run", "--profile", "smoke", "--jobs", "2", "--results-dir", str(results), *sets)
     seconds = time.time() - t0
     assert proc.returncode == 0, proc.stdout + proc.stderr
     print(f"\nsmoke study: {seconds:.1f} s\n{proc.stdout}")

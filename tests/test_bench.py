@@ -76,14 +76,14 @@ def test_scaling_tiny_sweep(tmp_path):
 @pytest.mark.slow
 def test_gpu_script_dry_run_on_cpu(tmp_path):
     """bench/gpu.sh --dry-run: the whole GPU script (step benchmark, paper-sized runs through
-    privrad's parts, the grid estimate) on tiny shapes on the CPU."""
+    privrad.run, the grid estimate) on tiny shapes on the CPU."""
     env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT / "src")}
     p = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), "--dry-run", "--out", str(tmp_path)], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     out = json.loads((tmp_path / "gpu.json").read_text())
     assert out["device"] == "cpu"
-    assert {r["family"] for r in out["runs"]} == {"bert-small", "albert-base"} and len(out["runs"]) == 4
+    assert {r["model"] for r in out["runs"]} == {"bert-small", "albert-base"} and len(out["runs"]) == 4
     assert all(r["noise_multiplier"] > 0 and r["train_s"] > 0 for r in out["runs"])
     grid = out["grid"]
     assert len(grid["rows"]) == 4 and grid["total_s"] > 0 and all(r["runs"] == 18 for r in grid["rows"])

@@ -53,10 +53,25 @@ def test_every_chapter_ends_with_a_summary_and_exercises():
         assert len(re.findall(r"^\d+\. ", exercises, flags=re.M)) >= 2, c
 
 
-def test_the_book_names_the_stand_ins_and_the_papers_numbers():
-    results = (ROOT / "book" / "results.md").read_text()
-    for paper, ours in (("BERT-small", "minilm-l3"), ("BERT-medium", "minilm-l6"), ("ALBERT-base", "minilm-albert")):
-        assert re.search(rf"{paper}.*\| `{ours}`", results), (paper, ours)
-    for number in ("0.88", "0.90", "0.96", "0.59", "0.78"):
-        assert number in results
-    assert "δ" in (ROOT / "book" / "methods.md").read_text()
+def test_facts_are_generated_and_included_never_typed():
+    """The stand-in table comes from the model registry, the paper's numbers from stats.PAPER,
+    the study's sizes from its run folders (book.study_md, tested end to end); chapters include
+    them and type none of them."""
+    from privrad import book
+    from privrad.models import get_model_spec
+    from privrad.stats import PAPER
+
+    stand_ins = book.stand_ins_md()
+    for paper, ours in (("bert-small", "minilm-l3"), ("bert-medium", "minilm-l6"), ("albert-base", "minilm-albert")):
+        assert re.search(rf"`{paper}`: .*{re.escape(get_model_spec(paper).source)}.* \| `{ours}` \|", stand_ins), (paper, ours)
+    numbers = book.paper_numbers_md()
+    for dataset, values in PAPER.items():
+        assert dataset in numbers and all(f"{v:.2f}" in numbers for v in values.values() if v is not None)
+    text = {c: (ROOT / "book" / f"{c}.md").read_text() for c in CHAPTERS}
+    assert "```{include} generated/paper-numbers.md" in text["intro"]
+    assert "```{include} generated/stand-ins.md" in text["results"] and "```{include} generated/study.md" in text["results"]
+    for chapter, t in text.items():
+        for v in {v for values in PAPER.values() for v in values.values() if v is not None}:
+            assert f"{v:.2f}" not in t, (chapter, v)
+        assert "| `minilm-l3`" not in t, chapter
+    assert "δ" in text["methods"]

@@ -58,7 +58,7 @@ def test_cli_errors_exit_2_with_one_sentence_and_write_nothing(tmp_path, capsys)
     assert main(["data", "describe", "mimic-iv", str(tmp_path)]) == 2
     assert "unknown dataset 'mimic-iv'; known datasets are: csv, ct-rate, mimic-cxr, openi, simulated-ct-rate, simulated-mimic-cxr." in capsys.readouterr().err
     assert main(["data", "describe", "openi", str(tmp_path), "-o", "max_reports"]) == 2
-    assert "dataset option 'max_reports' is not KEY=VALUE" in capsys.readouterr().err
+    assert "--dataset-option 'max_reports' is not of the form KEY=VALUE (e.g. --dataset-option max_reports=1000)." in capsys.readouterr().err
     assert main(["data", "simulate", "ct-rate", "--out", str(tmp_path / "s"), "--n", "5"]) == 2
     assert "n must be a whole number of reports between 10 and 1000000, not 5." in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == []
@@ -100,7 +100,7 @@ def test_describe_tables(sim):
     assert d["lengths"].loc[("all", "tokens"), "p50"] == np.percentile(lengths, 50)
     assert d["over_max_length"].loc["all", "> 128"] == int((lengths > 128).sum())
     assert lengths[0] == len(tok(ds.texts[0])["input_ids"])
-    long = prevalence_long(ds)
+    long = prevalence_long(d)
     assert set(long.columns) == {"label", "split", "prevalence"} and len(long) == 3 * ds.n_labels
 
 

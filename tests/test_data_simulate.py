@@ -171,7 +171,7 @@ def test_rerun_is_idempotent_and_bad_arguments_write_nothing(tmp_path):
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
     simulate("mimic-cxr", out, n=50, seed=0)  # same arguments: left as it is
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
-    with pytest.raises(ConfigError, match=r"output folder .* already exists and holds something else; choose another folder or pass overwrite=True"):
+    with pytest.raises(ConfigError, match=r"output folder .* already exists and holds simulated mimic-cxr with n=50, seed=0, label_noise=0.05, not mimic-cxr with n=60, seed=0, label_noise=0.05; choose another folder or pass overwrite=True"):
         simulate("mimic-cxr", out, n=60, seed=0)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
     simulate("mimic-cxr", out, n=60, seed=0, overwrite=True)

@@ -3,7 +3,7 @@ import pytest
 from sklearn.metrics import f1_score
 
 from privrad.errors import ConfigError
-from privrad.evaluate import evaluate, thresholds_for, tune_thresholds, weighted_f1
+from privrad.evaluate import bootstrap_counts, bootstrap_weighted_f1, evaluate, thresholds_for, tune_thresholds, weighted_f1
 
 
 def _data(n=200, k=4, seed=0):
@@ -58,3 +58,31 @@ def test_tuned_thresholds_fit_the_data_they_see():
     assert np.allclose(thresholds_for("fixed", p, y, np.ones_like(y, bool)), 0.5)
     with pytest.raises(ConfigError, match="threshold"):
         thresholds_for("best", p, y, np.ones_like(y, bool))
+
+
+def test_weighted_f1_equals_sklearn_and_respects_mask():
+    """The one weighted F1 (evaluate.py): metrics.json, the bootstrap CI and the statistics' paired
+    bootstrap all call it."""
+    rng = np.random.default_rng(0)
+    y = (rng.random((200, 5)) < 0.3).astype(float)
+    p = np.where(rng.random(y.shape) < 0.2, 1 - y, y)
+    assert weighted_f1(y, p) == pytest.approx(f1_score(y, p, average="weighted", zero_division=0), abs=1e-12)
+    mask = rng.random(y.shape) > 0.2
+    masked = weighted_f1(y, p, mask)
+    assert masked != pytest.approx(weighted_f1(y, p), abs=1e-9)
+    # masking entries away is the same as computing on the unmasked entries label by label
+    f1s = [f1_score(y[mask[:, j], j], p[mask[:, j], j], zero_division=0) for j in range(5)]
+    w = [y[mask[:, j], j].sum() for j in range(5)]
+    assert masked == pytest.approx(np.average(f1s, weights=w), abs=1e-12)
+
+
+def test_bootstrap_resamples_are_weighted_f1_of_resampled_reports():
+    rng = np.random.default_rng(1)
+    y = (rng.random((120, 4)) < 0.3).astype(float)
+    d = np.where(rng.random(y.shape) < 0.2, 1 - y, y) > 0.5
+    mask = rng.random(y.shape) > 0.1
+    counts = bootstrap_counts(len(y), 5, seed=3)
+    boots = bootstrap_weighted_f1(y, d, mask, counts)
+    for row, b in zip(counts, boots):
+        idx = np.repeat(np.arange(len(y)), row.astype(int))
+        assert b == pytest.approx(weighted_f1(y[idx], d[idx], mask[idx]), abs=1e-12)

@@ -44,9 +44,9 @@ def test_calibration_is_tight_and_pld_agrees(target):
     report = privacy_report(target_epsilon=target, delta=delta, noise_multiplier=sigma, sample_rate=q,
                             history=[(sigma, q, steps)], n_train=640, planned_steps=steps, batch_size=64,
                             max_grad_norm=1.0)
-    spent = report["epsilon"]
+    spent = report["epsilon_spent"]
     assert 0.97 * target <= spent <= target
-    pld = report["cross_check"]["epsilon"]
+    pld = report["cross_check"]["epsilon_spent"]
     assert abs(pld - spent) <= 0.02 or abs(pld - spent) <= 0.02 * spent
     assert report["cross_check"]["agrees"]
     assert report["rdp_epsilon"] >= pld  # RDP is the looser bound

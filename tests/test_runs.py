@@ -1,13 +1,11 @@
 import json
-import warnings
 
 import numpy as np
 import pytest
 import torch
 
-from privrad.config import RunConfig
 from privrad.errors import ConfigError, DataError, PrivacyError
-from privrad.runs import UntrainableLabelWarning, load_run, run, run_id
+from privrad.runs import UntrainableLabelWarning, read_run, run, run_id
 
 from _synthetic import make_dataset
 
@@ -36,10 +34,10 @@ def test_run_folder_contents(first_run, ds):
         assert (res.run_dir / f).exists(), f
     info = json.loads((res.run_dir / "config.json").read_text())
     assert info["dataset_fingerprint"] == ds.fingerprint and info["label_names"] == list(ds.label_names)
-    assert info["privrad_version"] and "opacus" in info["versions"]
+    assert info["privrad_version"] and "opacus" in info["versions"] and info["run_format"] == 2
     assert info["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     p = res.privacy
-    assert 0.97 * 2.0 <= p["epsilon"] <= 2.0 and p["cross_check"]["agrees"]
+    assert p["epsilon"] == 2.0 and 0.97 * 2.0 <= p["epsilon_spent"] <= 2.0 and p["cross_check"]["agrees"]
     assert p["delta"] == 1e-5 and p["steps"] == p["planned_steps"] and p["sample_rate"] == 16 / 84
     pred = res.predictions()
     assert pred["probabilities"].shape == (len(ds.split("test")), 14)
@@ -119,7 +117,7 @@ def test_label_without_positive_in_train_warns_and_continues(tmp_path):
     ds = dataclasses.replace(ds, labels=labels)
     with pytest.warns(UntrainableLabelWarning, match="label 'Fracture' has no positive example in the training split"):
         res = run({**TINY, "epsilon": None, "n_bootstrap": 0}, results_dir=tmp_path, dataset=ds, progress=False)
-    assert res.privacy["epsilon"] is None and res.privacy["epsilon_label"] == "∞"
+    assert res.privacy["epsilon"] is None and res.privacy["epsilon_spent"] is None
 
 
 def test_cli_run_non_private(tmp_path, capsys, monkeypatch):
@@ -133,12 +131,12 @@ def test_cli_run_non_private(tmp_path, capsys, monkeypatch):
                  "--epsilon", "inf", "--seed", "3", "--out", str(out), "--quiet", "--cache-dir", str(tmp_path / "cache"),
                  "--set", "num_epochs=1", "--set", "batch_size=8", "--set", "max_length=32", "--set", "n_bootstrap=0"])
     assert code == 0
-    res = load_run(out)
+    res = read_run(out)
     assert res.config.epsilon is None and res.config.seed == 3 and res.config.batch_size == 8
     assert "weighted F1" in capsys.readouterr().out
     assert list((tmp_path / "cache").glob("tokens-*.npz"))
     code = main(["run", "--dataset", "synthetic-test", "--data-dir", str(tmp_path), "--epsilon", "-2", "--out", str(tmp_path / "x")])
-    assert code == 2 and "privrad: error: epsilon -2.0 must be a positive number" in capsys.readouterr().err
+    assert code == 2 and "privrad: error: epsilon -2 must be a positive number" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 

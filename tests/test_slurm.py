@@ -15,9 +15,10 @@ import pytest
 import yaml
 
 from conftest import ROOT, run_privrad
-from privrad import study
+from privrad import profiles, study
 from privrad.errors import ConfigError
-from privrad.slurm import SlurmConfig, SlurmExecutor, minutes
+from privrad.config import SlurmConfig, minutes
+from privrad.executors import SlurmExecutor
 
 
 def write_profile(tmp_path: Path, slurm: dict) -> Path:
@@ -38,8 +39,8 @@ def test_slurm_times_are_read_as_slurm_writes_them(tmp_path):
     path = tmp_path / "p.yml"
     raw = (ROOT / "studies" / "smoke.yml").read_text().replace('time: "0:15:00"', "time: 1:30:00")
     path.write_text(raw)
-    assert study.load_profile(str(path), root=ROOT).slurm_config().time_min == 90
-    assert study.load_profile("smoke", root=ROOT, sets=["slurm.time=2:00:00"]).slurm_config().time_min == 120
+    assert profiles.load_profile(str(path), root=ROOT).slurm_config().time_min == 90
+    assert profiles.load_profile("smoke", root=ROOT, sets=["slurm.time=2:00:00"]).slurm_config().time_min == 120
 
 
 @pytest.mark.parametrize("sets, message", [
@@ -52,18 +53,18 @@ def test_slurm_times_are_read_as_slurm_writes_them(tmp_path):
 ])
 def test_bad_slurm_options_are_one_sentence_when_the_profile_is_read(sets, message):
     with pytest.raises(ConfigError, match=message):
-        study.load_profile("smoke", root=ROOT, sets=sets)
+        profiles.load_profile("smoke", root=ROOT, sets=sets)
 
 
 def test_a_gpu_profile_with_zero_gpus_and_a_time_limit_below_the_shortest_run_are_refused(tmp_path):
     gpu = write_profile(tmp_path, {"gpus_per_node": 1, "time": "1:00:00", "min_run_time": "0:20:00"})
-    assert study.load_profile(str(gpu), root=ROOT).slurm_config().gpus_per_node == 1
+    assert profiles.load_profile(str(gpu), root=ROOT).slurm_config().gpus_per_node == 1
     with pytest.raises(ConfigError, match=r"this profile runs on GPUs \(its slurm block asks for gpus_per_node ≥ 1\) "
                                           r"but slurm.gpus_per_node = 0; ask for at least one GPU per run"):
-        study.load_profile(str(gpu), root=ROOT, sets=["slurm.gpus_per_node=0"])
+        profiles.load_profile(str(gpu), root=ROOT, sets=["slurm.gpus_per_node=0"])
     with pytest.raises(ConfigError, match=r"slurm.time = 10 is shorter than this profile's shortest expected run "
                                           r"\(slurm.min_run_time = 0:20:00\), so every job would hit its time limit"):
-        study.load_profile(str(gpu), root=ROOT, sets=["slurm.time=10"])
+        profiles.load_profile(str(gpu), root=ROOT, sets=["slurm.time=10"])
 
 
 def test_the_options_become_the_sbatch_script_submitit_submits(tmp_path):
@@ -78,7 +79,7 @@ def test_the_options_become_the_sbatch_script_submitit_submits(tmp_path):
 
 
 def test_jobs_is_for_the_local_executor():
-    profile = study.load_profile("smoke", root=ROOT)
+    profile = profiles.load_profile("smoke", root=ROOT)
     with pytest.raises(ConfigError, match=r"--jobs sets how many local processes run at once; with --executor slurm set "
                                           r"slurm.array_parallelism instead"):
         study.run_study(profile, jobs=2, executor="slurm")
@@ -125,7 +126,7 @@ def sweep_in_background(results: Path, smoke: dict, cluster) -> subprocess.Popen
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **cluster.env}
     return subprocess.Popen([sys.executable, "-m", "privrad", "study", "run", "--profile", "smoke", "--executor", "slurm",
-                             "--results", str(results), *smoke["sets"], "--no-progress"],
+                             "--results-dir", str(results), *smoke["sets"], "--quiet"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -134,7 +135,7 @@ def slurm_smoke(smoke, slurm_cluster, tmp_path_factory):
     """The smoke study through Slurm (one array of 8 jobs, 2 at once), on the local run's data."""
     results = tmp_path_factory.mktemp("slurm-smoke") / "results"
     t0 = time.time()
-    proc = run_privrad("study", "run", "--profile", "smoke", "--executor", "slurm", "--results", str(results), *smoke["sets"],
+    proc = run_privrad("study", "run", "--profile", "smoke", "--executor", "slurm", "--results-dir", str(results), *smoke["sets"],
                        env=slurm_cluster.env)
     seconds = time.time() - t0
     assert proc.returncode == 0, proc.stdout + proc.stderr[-5000:] + slurm_cluster.logs()
@@ -145,7 +146,7 @@ def slurm_smoke(smoke, slurm_cluster, tmp_path_factory):
 @pytest.mark.slow
 def test_the_smoke_study_through_slurm_equals_the_local_run(slurm_smoke, smoke, slurm_cluster):
     results = slurm_smoke["results"]
-    assert "8 ok, 0 failed, 0 cached" in slurm_smoke["stdout"]
+    assert "8 complete (8 run now, 0 cached), 0 failed" in slurm_smoke["stdout"]
     local = run_dirs(smoke["results"])
     ran = run_dirs(results)
     assert len(ran) == 8 and set(ran) <= set(local)
@@ -156,18 +157,18 @@ def test_the_smoke_study_through_slurm_equals_the_local_run(slurm_smoke, smoke, 
     arrays = {r["job"].split("_")[0] for r in rows}
     assert len(arrays) == 1 and sorted(int(r["job"].split("_")[1]) for r in rows) == list(range(8))
     for r in rows:
-        assert r["status"] == "ok" and Path(r["log"]).is_file() and f"{r['job']} " in slurm_smoke["stdout"] and r["log"] in slurm_smoke["stdout"]
+        assert r["state"] == "complete" and Path(r["log"]).is_file() and f"{r['job']} " in slurm_smoke["stdout"] and r["log"] in slurm_smoke["stdout"]
     log = events(results)
-    assert [e["event"] for e in log].count("run_submitted") == 8 and [e["event"] for e in log].count("run_ok") == 8
+    assert [e["event"] for e in log].count("run_submitted") == 8 and [e["event"] for e in log].count("run_complete") == 8
     assert "Slurm job" in slurm_smoke["stderr"] and "running" in slurm_smoke["stderr"]  # the progress display
     assert not live_jobs(slurm_cluster)
     # the cache is the local one: nothing runs again, nothing is submitted
     n_jobs = len(all_jobs(slurm_cluster))
-    again = run_privrad("study", "run", "--profile", "smoke", "--executor", "slurm", "--results", str(results), *smoke["sets"],
+    again = run_privrad("study", "run", "--profile", "smoke", "--executor", "slurm", "--results-dir", str(results), *smoke["sets"],
                         env=slurm_cluster.env)
-    assert again.returncode == 0 and "0 ok, 0 failed, 8 cached" in again.stdout
+    assert again.returncode == 0 and "8 complete (0 run now, 8 cached), 0 failed" in again.stdout
     assert len(all_jobs(slurm_cluster)) == n_jobs
-    status = run_privrad("study", "status", "--profile", "smoke", "--results", str(results), *smoke["sets"], env=slurm_cluster.env)
+    status = run_privrad("study", "status", "--profile", "smoke", "--results-dir", str(results), env=slurm_cluster.env)
     assert status.returncode == 0 and "complete: 8" in status.stdout
 
 
@@ -188,7 +189,7 @@ def test_scancel_then_rerun_completes_only_the_missing_runs(slurm_smoke, smoke, 
     sweep = sweep_in_background(results, smoke, slurm_cluster)
     try:
         running = wait_for(lambda: [j for j, s in live_jobs(slurm_cluster).items() if s == "RUNNING"], 120, "a running job", sweep)
-        status = run_privrad("study", "status", "--profile", "smoke", "--results", str(results), *smoke["sets"], env=slurm_cluster.env)
+        status = run_privrad("study", "status", "--profile", "smoke", "--results-dir", str(results), env=slurm_cluster.env)
         assert status.returncode == 0 and f"{running[0]} RUNNING" in status.stdout and "running" in status.stdout, status.stdout
         slurm_cluster.run("scancel", running[0])
         out, _ = sweep.communicate(timeout=600)
@@ -196,15 +197,15 @@ def test_scancel_then_rerun_completes_only_the_missing_runs(slurm_smoke, smoke, 
         if sweep.poll() is None:
             sweep.kill()
     assert sweep.returncode == 1, out
-    assert "1 ok, 1 failed, 6 cached" in out
+    assert "7 complete (1 run now, 6 cached), 1 failed" in out
     failed = [line for line in out.splitlines() if line.strip().startswith("failed")]
     assert len(failed) == 1 and running[0] in failed[0] and "CANCELLED" in failed[0]
     assert len(run_dirs(results)) == 7
-    status = run_privrad("study", "status", "--profile", "smoke", "--results", str(results), *smoke["sets"], env=slurm_cluster.env)
+    status = run_privrad("study", "status", "--profile", "smoke", "--results-dir", str(results), env=slurm_cluster.env)
     assert "complete: 7" in status.stdout and f"{running[0]} CANCELLED" in status.stdout
-    again = run_privrad("study", "run", "--profile", "smoke", "--executor", "slurm", "--results", str(results), *smoke["sets"],
+    again = run_privrad("study", "run", "--profile", "smoke", "--executor", "slurm", "--results-dir", str(results), *smoke["sets"],
                         env=slurm_cluster.env)
-    assert again.returncode == 0 and "1 ok, 0 failed, 7 cached" in again.stdout, again.stdout + again.stderr[-3000:]
+    assert again.returncode == 0 and "8 complete (1 run now, 7 cached), 0 failed" in again.stdout, again.stdout + again.stderr[-3000:]
     local = run_dirs(smoke["results"])
     for rid in removed:
         assert metrics(run_dirs(results)[rid]) == metrics(local[rid]), f"run {rid} differs after scancel + re-run"
@@ -229,11 +230,11 @@ def test_a_preempted_and_a_timed_out_job_are_requeued_and_counted_once(slurm_smo
         if sweep.poll() is None:
             sweep.kill()
     assert sweep.returncode == 0, out
-    assert "2 ok, 0 failed, 6 cached" in out
+    assert "8 complete (2 run now, 6 cached), 0 failed" in out
     log = [e for e in events(results)[n_events:] if e.get("run_id") in removed]
     requeued = {e["run_id"] for e in log if e["event"] == "run_requeued"}
     assert requeued == set(removed)
-    assert sorted(e["run_id"] for e in log if e["event"] == "run_ok") == sorted(removed)  # once each
+    assert sorted(e["run_id"] for e in log if e["event"] == "run_complete") == sorted(removed)  # once each
     assert not (results / "smoke" / "failed").exists()
     local = run_dirs(smoke["results"])
     rows = {r["run_id"]: r for r in json.loads((results / "smoke" / "study.json").read_text())["points"]}
@@ -266,7 +267,7 @@ def test_bad_slurm_settings_are_refused_before_anything_is_submitted(slurm_clust
     before = all_jobs(slurm_cluster)
     for profile, sets, env, message in cases:
         results = tmp_path / "results"
-        proc = run_privrad("study", "run", "--profile", profile, "--executor", "slurm", "--results", str(results),
+        proc = run_privrad("study", "run", "--profile", profile, "--executor", "slurm", "--results-dir", str(results),
                            *smoke["sets"], *sets, env={**slurm_cluster.env, **env})
         assert proc.returncode == 2, (sets, proc.stdout, proc.stderr)
         lines = proc.stderr.strip().splitlines()
@@ -288,12 +289,12 @@ def test_a_sweep_killed_while_its_jobs_run_is_resumed_by_waiting_for_them(slurm_
     job = next(e["job"] for e in events(results)[n_events:] if e["event"] == "run_submitted")
     assert live_jobs(slurm_cluster).get(job) == "RUNNING"
     # the local executor must not run it a second time beside the Slurm job
-    local = run_privrad("study", "run", "--profile", "smoke", "--results", str(results), *smoke["sets"], env=slurm_cluster.env)
+    local = run_privrad("study", "run", "--profile", "smoke", "--results-dir", str(results), *smoke["sets"], env=slurm_cluster.env)
     assert local.returncode == 2 and f"1 run(s) of this study are still queued or running on Slurm (e.g. {removed[0]} as job {job})" in local.stderr
     n_jobs = len(all_jobs(slurm_cluster))
-    again = run_privrad("study", "run", "--profile", "smoke", "--executor", "slurm", "--results", str(results), *smoke["sets"],
+    again = run_privrad("study", "run", "--profile", "smoke", "--executor", "slurm", "--results-dir", str(results), *smoke["sets"],
                         env=slurm_cluster.env)
-    assert again.returncode == 0 and "1 ok, 0 failed, 7 cached" in again.stdout, again.stdout + again.stderr[-3000:]
+    assert again.returncode == 0 and "8 complete (1 run now, 7 cached), 0 failed" in again.stdout, again.stdout + again.stderr[-3000:]
     assert len(all_jobs(slurm_cluster)) == n_jobs  # waited for, not submitted again
     log = events(results)[n_events:]
     assert [e["job"] for e in log if e["event"] == "run_adopted"] == [job]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from privrad import study
+from privrad import executors, profiles, study
+from privrad.config import validate_config
 from privrad.config import RunConfig
-from privrad.errors import ConfigError, DataError
+from privrad.errors import ConfigError, DataError, PrivacyError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,22 +21,22 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_every_profile_loads_and_expands():
     sizes = {}
     for name in ("default", "paper", "openi", "smoke"):
-        p = study.load_profile(name, root=ROOT)
-        points = study.expand(p)
+        p = profiles.load_profile(name, root=ROOT)
+        points = profiles.expand(p)
         sizes[name] = len(points)
         for pt in points:
-            study.check_values(pt.config, where=pt.label)
-    assert set(study.known_profiles(ROOT)) >= {"default", "paper", "openi", "smoke"}
+            assert validate_config(pt.config) == pt.config  # expand returns validated configs
+    assert set(profiles.known_profiles(ROOT)) >= {"default", "paper", "openi", "smoke"}
     assert sizes["default"] == 2 * 3 * 5
     assert sizes["paper"] == 2 * 3 * 6 * 3  # the paper's 108 runs: 5 ε + full fine-tuning, 3 seeds
-    paper = study.expand(study.load_profile("paper", root=ROOT))
+    paper = profiles.expand(profiles.load_profile("paper", root=ROOT))
     full = [p for p in paper if p.config.method == "full"]
     assert len(full) == 18 and all(p.config.epsilon is None and p.config.lr == 5e-5 for p in full)
     assert {p.config.max_length for p in paper if p.entry.name == "ct-rate"} == {512}
 
 
 def test_smoke_profile_exercises_every_path():
-    points = study.expand(study.load_profile("smoke", root=ROOT))
+    points = profiles.expand(profiles.load_profile("smoke", root=ROOT))
     c = [p.config for p in points]
     assert {x.dataset for x in c} == {"mimic-cxr", "simulated-ct-rate"}  # a credentialed loader and a public one
     assert {x.method for x in c} == {"lora", "full"}
@@ -46,7 +46,7 @@ def test_smoke_profile_exercises_every_path():
 
 def test_unknown_profile_lists_the_known_ones():
     with pytest.raises(ConfigError, match=r"unknown study profile 'nope'; known profiles are: default, openi, paper, smoke"):
-        study.load_profile("nope", root=ROOT)
+        profiles.load_profile("nope", root=ROOT)
 
 
 def write_profile(tmp_path, **changes) -> Path:
@@ -60,43 +60,46 @@ def write_profile(tmp_path, **changes) -> Path:
 def test_unknown_grid_key_lists_known_keys(tmp_path):
     path = write_profile(tmp_path, grid={"epsilon": [1], "learning_rate": [0.1]})
     with pytest.raises(ConfigError, match=r"unknown grid key\(s\) learning_rate; known keys are: .*batch_size.*epsilon.*lr,"):
-        study.load_profile(str(path), root=ROOT)
+        profiles.load_profile(str(path), root=ROOT)
     path = write_profile(tmp_path, gird={"epsilon": [1]})
     with pytest.raises(ConfigError, match=r"unknown key\(s\) gird; known keys are: .*datasets.*grid"):
-        study.load_profile(str(path), root=ROOT)
+        profiles.load_profile(str(path), root=ROOT)
 
 
 def test_set_replaces_axes_parameters_and_data_dirs():
-    p = study.load_profile("smoke", root=ROOT, sets=["epsilon=[0.5,1,null]", "lr=3e-3", "seed=[0,1]",
+    p = profiles.load_profile("smoke", root=ROOT, sets=["epsilon=[0.5,1,null]", "lr=3e-3", "seed=[0,1]",
                                                      "mimic-cxr.data_dir=/somewhere", "dataset=mimic-cxr",
                                                      "mimic-cxr.max_length=32"])
-    pts = study.expand(p)
+    pts = profiles.expand(p)
     assert {x.config.dataset for x in pts} == {"mimic-cxr"}
     lora_bert = [x.config for x in pts if x.config.method == "lora" and x.config.model == "tiny-bert"]
     assert sorted((x.epsilon or 99, x.seed) for x in lora_bert) == [(0.5, 0), (0.5, 1), (1, 0), (1, 1), (99, 0), (99, 1)]
     assert {x.config.lr for x in pts} == {3e-3} and {x.config.max_length for x in pts} == {32}
     assert {x.config.data_dir for x in pts} == {"/somewhere"}
-    p = study.load_profile("smoke", root=ROOT, sets=["simulated-ct-rate.simulate.n=999", "simulated-ct-rate.data_dir=/x"])
+    p = profiles.load_profile("smoke", root=ROOT, sets=["simulated-ct-rate.simulate.n=999", "simulated-ct-rate.data_dir=/x"])
     entry = next(d for d in p.datasets if d.name == "simulated-ct-rate")
     assert entry.simulate["n"] == 999 and entry.data_dir == "/x"
     with pytest.raises(ConfigError, match=r"--set epsilom: unknown key; known keys are: dataset, <dataset>.data_dir, accountant"):
-        study.load_profile("smoke", root=ROOT, sets=["epsilom=1"])
+        profiles.load_profile("smoke", root=ROOT, sets=["epsilom=1"])
     with pytest.raises(ConfigError, match=r"no dataset named 'mimic'.*its datasets are: mimic-cxr, simulated-ct-rate"):
-        study.load_profile("smoke", root=ROOT, sets=["mimic.data_dir=/x"])
-    with pytest.raises(ConfigError, match="not of the form key=value"):
-        study.load_profile("smoke", root=ROOT, sets=["epsilon"])
+        profiles.load_profile("smoke", root=ROOT, sets=["mimic.data_dir=/x"])
+    with pytest.raises(ConfigError, match="not of the form KEY=VALUE"):
+        profiles.load_profile("smoke", root=ROOT, sets=["epsilon"])
 
 
 def test_parameters_papermill_cannot_pass_or_of_the_wrong_type_are_refused():
     with pytest.raises(ConfigError, match=r"parameter dataset_options = .*date.*cannot be passed to a notebook by papermill"):
-        study.expand(study.load_profile("smoke", root=ROOT, sets=["mimic-cxr.dataset_options.since=2020-01-01"]))
+        profiles.expand(profiles.load_profile("smoke", root=ROOT, sets=["mimic-cxr.dataset_options.since=2020-01-01"]))
     with pytest.raises(ConfigError, match=r"parameter lr = 'fast' is not of the expected type"):
-        study.expand(study.load_profile("smoke", root=ROOT, sets=["lr=fast"]))
-    with pytest.raises(ConfigError, match=r"parameter epsilon = inf .*cannot be passed"):
-        study.expand(study.load_profile("smoke", root=ROOT, sets=["epsilon=[.inf]"]))
-    p = study.expand(study.load_profile("smoke", root=ROOT, sets=["epsilon=[-1]"]))
-    with pytest.raises(ConfigError, match=r"epsilon = -1 must be > 0 \(or null for non-private training\)"):
-        study.check_values(p[0].config, where=p[0].label)
+        profiles.expand(profiles.load_profile("smoke", root=ROOT, sets=["lr=fast"]))
+    # .inf is the one non-private value, null, whatever way it is typed
+    assert {p.config.epsilon for p in profiles.expand(profiles.load_profile("smoke", root=ROOT, sets=["epsilon=[.inf]"]))} == {None, 10.0}  # 10: an extra point
+    with pytest.raises(PrivacyError, match=r"^mimic-cxr \(model=tiny-bert, method=lora, epsilon=-1, seed=0\): epsilon -1 must be a positive number"):
+        profiles.expand(profiles.load_profile("smoke", root=ROOT, sets=["epsilon=[-1]"]))
+    with pytest.raises(ConfigError, match=r"max_length = 4 is invalid; give at least 8 tokens"):
+        profiles.expand(profiles.load_profile("smoke", root=ROOT, sets=["max_length=4"]))
+    with pytest.raises(PrivacyError, match=r"delta 2 must lie in \(0, 1/n_train\)"):
+        profiles.expand(profiles.load_profile("smoke", root=ROOT, sets=["delta=2"]))
 
 
 def test_a_run_notebook_without_a_parameter_is_refused_before_anything_runs(tmp_path):
@@ -106,14 +109,14 @@ def test_a_run_notebook_without_a_parameter_is_refused_before_anything_runs(tmp_
     params["source"] = src
     bad = tmp_path / "run.ipynb"
     bad.write_text(json.dumps(nb))
-    profile = study.load_profile("smoke", root=ROOT, sets=[f"mimic-cxr.data_dir={tmp_path}/none"], results=str(tmp_path / "r"))
+    profile = profiles.load_profile("smoke", root=ROOT, sets=[f"mimic-cxr.data_dir={tmp_path}/none"], results_dir=str(tmp_path / "r"))
     with pytest.raises(ConfigError, match=r"has no parameter\(s\) lora_dropout in its `parameters` cell, so papermill cannot pass them"):
         study.plan(profile, notebook=bad, root=ROOT)
     assert not (tmp_path / "none").exists()
 
 
 def test_a_missing_data_path_is_found_before_any_run(tmp_path):
-    profile = study.load_profile("paper", root=ROOT, results=str(tmp_path / "r"),
+    profile = profiles.load_profile("paper", root=ROOT, results_dir=str(tmp_path / "r"),
                                  sets=[f"mimic-cxr.data_dir={tmp_path}/mimic", f"ct-rate.data_dir={tmp_path}/ct"])
     with pytest.raises(DataError, match=rf"data folder {tmp_path}/mimic for dataset mimic-cxr \(mimic-cxr\) does not exist; .*--set mimic-cxr.data_dir="):
         study.plan(profile, root=ROOT)
@@ -125,7 +128,7 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
     proc = subprocess.run(env_py + ["study", "run", "--profile", "nope"], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["privrad: error: unknown study profile 'nope'; known profiles are: default, openi, paper, smoke (or give a path to a .yml file)."]
-    proc = subprocess.run(env_py + ["book", "build", "--profile", "smoke", "--results", str(tmp_path / "empty")],
+    proc = subprocess.run(env_py + ["book", "build", "--profile", "smoke", "--results-dir", str(tmp_path / "empty")],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2
     assert f"no completed run in {tmp_path}/empty/smoke" in proc.stderr and "privrad study run --profile smoke" in proc.stderr
@@ -133,9 +136,9 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
 
 
 def test_local_executor_gives_each_job_its_gpu_or_its_share_of_cores():
-    gpu = study.LocalExecutor(jobs=3, gpus=["0", "1"])
+    gpu = executors.LocalExecutor(jobs=3, gpus=["0", "1"])
     assert [gpu._env(i)["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["0", "1", "0"]
-    cpu = study.LocalExecutor(jobs=2, gpus=[])
+    cpu = executors.LocalExecutor(jobs=2, gpus=[])
     assert "CUDA_VISIBLE_DEVICES" not in cpu._env(0) and int(cpu._env(0)["OMP_NUM_THREADS"]) >= 1
 
 
@@ -150,9 +153,9 @@ def _notebook(path: Path, body: str) -> Path:
     return path
 
 
-def _task(tmp_path: Path, notebook: Path, run_id: str, value) -> study.Task:
+def _task(tmp_path: Path, notebook: Path, run_id: str, value) -> executors.Task:
     res = tmp_path / "res"
-    return study.Task(run_id=run_id, label=run_id, notebook=str(notebook),
+    return executors.Task(run_id=run_id, label=run_id, notebook=str(notebook),
                       parameters={"run_dir": str(res / run_id), "value": value}, run_dir=str(res / run_id),
                       staging=str(res / ".notebooks" / f"{run_id}.ipynb"), failed=str(res / "failed" / f"{run_id}.ipynb"),
                       kernel="python3", cwd=str(tmp_path))
@@ -160,24 +163,48 @@ def _task(tmp_path: Path, notebook: Path, run_id: str, value) -> study.Task:
 
 def test_execute_task_places_the_notebook_or_keeps_the_failed_one(tmp_path):
     """Real papermill on a tiny notebook standing for the run notebook: it writes a run folder
-    with config.json (as privrad.run does) unless its parameter makes it raise."""
-    nb = _notebook(tmp_path / "nb.ipynb", "import json, os\n"
+    through the real writer (as privrad.run does) unless its parameter makes it raise, or
+    leaves it incomplete."""
+    nb = _notebook(tmp_path / "nb.ipynb", "import os, sys\n"
+                   f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+                   "from study_helpers import fabricate_run\n"
                    "if value == 1e-05: raise ValueError(f'value {value!r} is refused')\n"
-                   "os.makedirs(run_dir)\njson.dump({'run_id': os.path.basename(run_dir)}, open(os.path.join(run_dir, 'config.json'), 'w'))")
-    tasks = [_task(tmp_path, nb, "aaaa1111", 1e-05), _task(tmp_path, nb, "bbbb2222", 2)]
-    outcomes = {o.run_id: o for o in study.LocalExecutor(jobs=2, gpus=[]).run(tasks)}
-    ok, bad = outcomes["bbbb2222"], outcomes["aaaa1111"]
-    assert ok.status == "ok" and (tmp_path / "res" / "bbbb2222" / "run.ipynb").is_file()
+                   "fabricate_run(None, run_dir=run_dir)\n"
+                   "if value == 3: os.remove(os.path.join(run_dir, 'privacy.json'))")
+    tasks = [_task(tmp_path, nb, "aaaa1111", 1e-05), _task(tmp_path, nb, "bbbb2222", 2), _task(tmp_path, nb, "cccc3333", 3)]
+    outcomes = {o.run_id: o for o in executors.LocalExecutor(jobs=2, gpus=[]).run(tasks)}
+    ok, bad, partial = outcomes["bbbb2222"], outcomes["aaaa1111"], outcomes["cccc3333"]
+    assert ok.state == "complete" and (tmp_path / "res" / "bbbb2222" / "run.ipynb").is_file()
     # 1e-05 arrives as a float (papermill's own CLI would pass the string '1e-05')
-    assert bad.status == "failed" and bad.error == "ValueError: value 1e-05 is refused"
+    assert bad.state == "failed" and bad.error == "ValueError: value 1e-05 is refused"
     kept = json.loads((tmp_path / "res" / "failed" / "aaaa1111.ipynb").read_text())
     assert any(o.get("ename") == "ValueError" for c in kept["cells"] for o in c.get("outputs", []))
     assert not (tmp_path / "res" / "aaaa1111").exists()
+    assert partial.state == "failed" and partial.error.endswith("cccc3333: privacy.json is missing")
     assert not list((tmp_path / "res" / ".notebooks").glob("*.ipynb"))
 
 
 def test_an_unknown_model_is_refused_before_anything_runs_listing_the_known_ones():
-    pts = study.expand(study.load_profile("smoke", root=ROOT, sets=["model=[tiny-bert,bert-tiny]"]))
-    bad = next(p for p in pts if p.config.model == "bert-tiny")
     with pytest.raises(ConfigError, match=r"unknown model 'bert-tiny'.*tiny-bert"):
-        study.check_values(bad.config, where=bad.label)
+        profiles.expand(profiles.load_profile("smoke", root=ROOT, sets=["model=[tiny-bert,bert-tiny]"]))
+
+
+def test_a_profile_may_say_where_its_tuned_defaults_come_from(tmp_path):
+    path = write_profile(tmp_path, provenance={"lr": "chosen on the validation split of simulated MIMIC-CXR"})
+    assert profiles.load_profile(str(path), root=ROOT).provenance == {"lr": "chosen on the validation split of simulated MIMIC-CXR"}
+
+
+def test_the_run_notebook_declares_every_runconfig_field_with_its_default():
+    """notebooks/run.ipynb's parameters cell is RunConfig() written out: same names, same
+    defaults (a new field must be added to both), plus run_dir."""
+    import ast
+
+    import papermill
+
+    from privrad.config import FIELDS
+
+    declared = papermill.inspect_notebook(str(ROOT / "notebooks" / "run.ipynb"))
+    assert set(declared) == set(FIELDS) | {"run_dir"}
+    defaults = RunConfig().to_dict()
+    for name in FIELDS:
+        assert ast.literal_eval(declared[name]["default"]) == defaults[name], name

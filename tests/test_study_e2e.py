@@ -1,6 +1,7 @@
 """End to end: the smoke study executed with papermill and real training, then the book.
 
-One uninterrupted sweep (module fixture) is shared: re-running it, adding an ε, a forced
+One uninterrupted sweep (the session fixture ``smoke`` in ``conftest.py``, shared with the Slurm
+tests) is shared: re-running it, adding an ε, a forced
 failure, a SIGKILL-and-resume sweep compared with it, a refusal to mix configs or versions, and
 a book build scanned for the text of the credentialed dataset.
 """
@@ -19,6 +20,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from privrad.runs import read_run
 
 pytestmark = pytest.mark.slow
 
@@ -48,37 +51,36 @@ def metrics(run_dir: Path) -> dict:
 def test_smoke_study_writes_complete_run_folders(smoke):
     dirs = run_dirs(smoke["results"])
     assert len(dirs) == 8
-    assert "8 ok, 0 failed, 0 cached" in smoke["stdout"]
+    assert "8 complete (8 run now, 0 cached), 0 failed" in smoke["stdout"]
     for d in dirs.values():
         assert {"config.json", "metrics.json", "privacy.json", "predictions.npz", "run.ipynb"} <= {p.name for p in d.iterdir()}
         nb = json.loads((d / "run.ipynb").read_text())
         assert any("injected-parameters" in c.get("metadata", {}).get("tags", []) for c in nb["cells"])
         assert not any(o.get("output_type") == "error" for c in nb["cells"] for o in c.get("outputs", []))
     log = events(smoke["results"])
-    assert [e["event"] for e in log].count("run_ok") == 8 and log[-1]["event"] == "sweep_end"
-    status = privrad("study", "status", "--profile", "smoke", "--results", str(smoke["results"]), *smoke["sets"])
+    assert [e["event"] for e in log].count("run_complete") == 8 and log[-1]["event"] == "sweep_end"
+    status = privrad("study", "status", "--profile", "smoke", "--results-dir", str(smoke["results"]))
     assert status.returncode == 0 and "complete: 8" in status.stdout
 
 
 def test_rerunning_a_finished_study_runs_nothing(smoke):
     before = {k: (d / "run.ipynb").stat().st_mtime_ns for k, d in run_dirs(smoke["results"]).items()}
     n_events = len(events(smoke["results"]))
-    proc = privrad("study", "run", "--profile", "smoke", "--results", str(smoke["results"]), *smoke["sets"])
-    assert proc.returncode == 0 and "0 ok, 0 failed, 8 cached" in proc.stdout
+    proc = privrad("study", "run", "--profile", "smoke", "--results-dir", str(smoke["results"]), *smoke["sets"])
+    assert proc.returncode == 0 and "8 complete (0 run now, 8 cached), 0 failed" in proc.stdout
     assert {k: (d / "run.ipynb").stat().st_mtime_ns for k, d in run_dirs(smoke["results"]).items()} == before
     assert not [e for e in events(smoke["results"])[n_events:] if e["event"] == "run_start"]
 
 
 def test_adding_an_epsilon_runs_only_the_new_point(smoke):
     before = set(run_dirs(smoke["results"]))
-    proc = privrad("study", "run", "--profile", "smoke", "--results", str(smoke["results"]), *smoke["sets"],
+    proc = privrad("study", "run", "--profile", "smoke", "--results-dir", str(smoke["results"]), *smoke["sets"],
                    "--set", "dataset=mimic-cxr", "--set", "epsilon=[1,10,null]")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "1 ok, 0 failed, 4 cached" in proc.stdout
+    assert "5 complete (1 run now, 4 cached), 0 failed" in proc.stdout
     new = set(run_dirs(smoke["results"])) - before
     assert len(new) == 1
-    cfg = json.loads((smoke["results"] / "smoke" / new.pop() / "config.json").read_text())
-    cfg = cfg.get("config", cfg)
+    cfg = read_run(smoke["results"] / "smoke" / new.pop()).config.to_dict()
     assert (cfg["dataset"], cfg["model"], cfg["method"], cfg["epsilon"]) == ("mimic-cxr", "tiny-bert", "lora", 10)
 
 
@@ -87,10 +89,10 @@ def test_a_failed_run_keeps_its_notebook_and_the_sweep_goes_on(smoke, tmp_path):
     # training reports: the training core refuses it at calibration time, inside the notebook.
     results = tmp_path / "results"
     shutil.copytree(smoke["results"], results)
-    proc = privrad("study", "run", "--profile", "smoke", "--results", str(results), *smoke["sets"],
+    proc = privrad("study", "run", "--profile", "smoke", "--results-dir", str(results), *smoke["sets"],
                    "--set", "dataset=mimic-cxr", "--set", "epsilon=[1,1e-6,null]")
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "0 ok, 1 failed, 4 cached" in proc.stdout
+    assert "4 complete (0 run now, 4 cached), 1 failed" in proc.stdout
     failed_rows = [line for line in proc.stdout.splitlines() if line.strip().startswith("failed")]
     assert len(failed_rows) == 1 and "1e-06" in failed_rows[0] and "PrivacyError" in failed_rows[0]
     kept = list((results / "smoke" / "failed").glob("*.ipynb"))
@@ -107,8 +109,8 @@ def test_a_failed_run_keeps_its_notebook_and_the_sweep_goes_on(smoke, tmp_path):
 def test_sigkill_mid_sweep_then_resume_gives_identical_metrics(smoke, tmp_path):
     results = tmp_path / "results"
     one = ["--set", "dataset=mimic-cxr"]  # 4 of the 8 points: enough to be killed mid-sweep
-    args = [sys.executable, "-m", "privrad", "study", "run", "--profile", "smoke", "--jobs", "2", "--results", str(results),
-            *smoke["sets"], *one, "--no-progress"]
+    args = [sys.executable, "-m", "privrad", "study", "run", "--profile", "smoke", "--jobs", "2", "--results-dir", str(results),
+            *smoke["sets"], *one, "--quiet"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t0 = time.time()
     while time.time() - t0 < 300 and proc.poll() is None:
@@ -121,9 +123,9 @@ def test_sigkill_mid_sweep_then_resume_gives_identical_metrics(smoke, tmp_path):
     killed_with = set(run_dirs(results))
     finished = {k for k, d in run_dirs(results).items() if (d / "run.ipynb").is_file()}  # notebook placed too
     assert 1 <= len(killed_with) and len(finished) < 4
-    resumed = privrad("study", "run", "--profile", "smoke", "--jobs", "2", "--results", str(results), *smoke["sets"], *one)
+    resumed = privrad("study", "run", "--profile", "smoke", "--jobs", "2", "--results-dir", str(results), *smoke["sets"], *one)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert f"{4 - len(finished)} ok, 0 failed, {len(finished)} cached" in resumed.stdout
+    assert f"4 complete ({4 - len(finished)} run now, {len(finished)} cached), 0 failed" in resumed.stdout
     a, b = run_dirs(smoke["results"]), run_dirs(results)
     assert set(b) <= set(a) and len(b) == 4
     for rid, d in b.items():
@@ -138,18 +140,49 @@ def test_a_folder_from_another_config_or_version_is_refused(smoke, tmp_path):
     stored = json.loads((victim / "config.json").read_text())
     n_events = len(events(results))
     tampered = json.loads(json.dumps(stored))
-    (tampered.get("config", tampered))["lr"] = 0.123
+    tampered["config"]["lr"] = 0.123
     (victim / "config.json").write_text(json.dumps(tampered))
-    proc = privrad("study", "run", "--profile", "smoke", "--results", str(results), *smoke["sets"])
+    proc = privrad("study", "run", "--profile", "smoke", "--results-dir", str(results), *smoke["sets"])
     assert proc.returncode == 2
     assert f"run folder {results}/smoke/{victim.name} was written by a different config (differs in lr)" in proc.stderr
     tampered = json.loads(json.dumps(stored))
-    key = "version" if "version" in tampered else "privrad_version"
-    tampered[key] = "0.0.1"
+    tampered["privrad_version"] = "0.0.1"
     (victim / "config.json").write_text(json.dumps(tampered))
-    proc = privrad("study", "run", "--profile", "smoke", "--results", str(results), *smoke["sets"])
+    proc = privrad("study", "run", "--profile", "smoke", "--results-dir", str(results), *smoke["sets"])
     assert proc.returncode == 2 and "was written by privrad 0.0.1" in proc.stderr and "refusing to mix versions" in proc.stderr
     assert not [e for e in events(results)[n_events:] if e["event"] == "run_start"]
+
+
+def _damage(results: Path) -> dict[str, str]:
+    """Three run folders made incomplete as copies off a cluster or full disks leave them:
+    config.json truncated, metrics.json truncated, privacy.json missing. Returns folder → file."""
+    last_sweep = json.loads((results / "smoke" / "study.json").read_text())["points"]
+    victims = [results / "smoke" / rid for rid in sorted(p["run_id"] for p in last_sweep)[:3]]
+    for d, name in zip(victims, ("config.json", "metrics.json")):
+        text = (d / name).read_text()
+        (d / name).write_text(text[: len(text) // 2])
+    (victims[2] / "privacy.json").unlink()
+    return dict(zip((v.name for v in victims), ("config.json", "metrics.json", "privacy.json")))
+
+
+def test_incomplete_run_folders_are_named_by_status_and_run_again(smoke, tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(smoke["results"], results)
+    rerun = privrad("study", "run", "--profile", "smoke", "--results-dir", str(results), *smoke["sets"])
+    assert "8 complete (0 run now, 8 cached)" in rerun.stdout  # the copy's manifest: the plain smoke grid
+    before = {k: metrics(d) for k, d in run_dirs(results).items()}
+    damaged = _damage(results)
+    status = privrad("study", "status", "--profile", "smoke", "--results-dir", str(results))
+    assert status.returncode == 0 and "complete: 5" in status.stdout and "incomplete: 3" in status.stdout
+    for folder, name in damaged.items():
+        assert re.search(rf"incomplete: {re.escape(str(results / 'smoke' / folder))}: {name} (is missing|cannot be read)", status.stdout), status.stdout
+    proc = privrad("study", "run", "--profile", "smoke", "--jobs", "2", "--results-dir", str(results), *smoke["sets"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "8 complete (3 run now, 5 cached), 0 failed" in proc.stdout
+    for folder, name in damaged.items():
+        assert f"{results / 'smoke' / folder}: {name}" in proc.stderr and "set aside in" in proc.stderr
+        assert (results / "smoke" / "incomplete" / folder).is_dir()
+    assert {k: metrics(d) for k, d in run_dirs(results).items()} == before  # the same runs, complete again
 
 
 def _sentences(texts) -> set[str]:
@@ -173,19 +206,26 @@ def test_book_from_the_smoke_study_shows_no_credentialed_text(smoke, tmp_path):
         shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("generated", ".generated.tmp"))
     # the book shows the last sweep's grid: re-run the plain smoke study (all cached) so that the
     # extra ε point added by an earlier test is left out of the book
-    rerun = privrad("study", "run", "--profile", "smoke", "--results", str(smoke["results"]), *smoke["sets"])
-    assert rerun.returncode == 0 and "0 ok, 0 failed, 8 cached" in rerun.stdout
+    rerun = privrad("study", "run", "--profile", "smoke", "--results-dir", str(smoke["results"]), *smoke["sets"])
+    assert rerun.returncode == 0 and "8 complete (0 run now, 8 cached), 0 failed" in rerun.stdout
+    # a results folder copied elsewhere, with three run folders damaged: left out, never a traceback
+    results = tmp_path / "results"
+    shutil.copytree(smoke["results"], results)
+    damaged = _damage(results)
     stale = project / "_build" / "html" / "book" / "generated" / "runs" / "stale-page.html"
     stale.parent.mkdir(parents=True)
     stale.write_text("<p>from an earlier build</p>")
     t0 = time.time()
-    proc = privrad("book", "build", "--profile", "smoke", "--results", str(smoke["results"]), cwd=project)
+    proc = privrad("book", "build", "--profile", "smoke", "--results-dir", str(results), cwd=project)
     print(f"\nbook build: {time.time() - t0:.1f} s")
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    for folder, name in damaged.items():
+        assert f"left out of the book: {results / 'smoke' / folder}: {name}" in proc.stderr
     index = project / "_build" / "html" / "index.html"
     assert index.is_file()
     runs = list((project / "_build" / "html" / "book" / "generated" / "runs").glob("*.html"))
-    assert len(runs) == 8 <= len(run_dirs(smoke["results"]))  # the last sweep's 8, not leftovers
+    assert len(runs) == 8 - 3  # the last sweep's complete runs only: no leftover of another grid, no damaged folder
     assert not stale.exists()
     # every text file of the built site: pages, their notebook sources, the search index
     pages = [p for p in (project / "_build" / "html").rglob("*")
@@ -194,6 +234,9 @@ def test_book_from_the_smoke_study_shows_no_credentialed_text(smoke, tmp_path):
             for p in pages}
     analysis = text[project / "_build" / "html" / "book" / "generated" / "analysis.html"]
     assert "paper: ∞" in analysis and "Friedman across ε" in analysis
+    # the data chapter describes the data the sweep used (its --set data_dir), from study.json
+    data_page = text[project / "_build" / "html" / "book" / "generated" / "data.html"]
+    assert str(smoke["base"] / "data" / "ct-rate") in data_page and "skipped, nothing at" not in data_page
 
     mimic = load_dataset("mimic-cxr", str(smoke["base"] / "data" / "mimic-cxr"))
     ct = load_dataset("simulated-ct-rate", str(smoke["base"] / "data" / "ct-rate"))

@@ -33,7 +33,7 @@ def test_dp_training_changes_only_trainable_weights(name):
             assert torch.equal(p.detach(), before[n]), f"frozen weight {n} changed"
     assert res.steps == res.planned_steps == planned_steps(len(data), 8, 1)
     assert res.noise_multiplier > 0 and len(res.curve) == res.steps
-    assert "epsilon" in res.curve[-1] and res.curve[-1]["epsilon"] <= 1.0
+    assert "epsilon_spent" in res.curve[-1] and res.curve[-1]["epsilon_spent"] <= 1.0
 
 
 def test_empty_poisson_batches_are_trained_and_counted():

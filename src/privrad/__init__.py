@@ -8,7 +8,7 @@ The public API is small:
 * :mod:`privrad.stats` — statistics across run folders.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def run(config, **kwargs):

@@ -8,6 +8,8 @@
   all from scikit-learn.
 * A bootstrap 95 % CI of weighted F1 over test reports (percentile, ``n_bootstrap`` resamples
   of reports, seeded).
+* Weighted F1 has one implementation, here (:func:`weighted_f1_counts`, from per-label counts);
+  the statistics' paired bootstrap and the benchmarks call it.
 * Masked (ignored) labels are excluded everywhere: each label's metrics use only the reports
   where that label is observed.
 """
@@ -38,16 +40,10 @@ def tune_thresholds(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> 
             continue
         u = np.unique(p)
         cands = np.concatenate([[0.5], (u[1:] + u[:-1]) / 2 if len(u) > 1 else []])
-        f1s = [_f1(y, p >= c) for c in cands]
+        f1s = [float(weighted_f1(y[:, None], (p >= c)[:, None])) for c in cands]  # one label: its F1
         best = max(f1s)
         th[j] = min((c for c, f in zip(cands, f1s) if f == best), key=lambda c: abs(c - 0.5))
     return th
-
-
-def _f1(y: np.ndarray, d: np.ndarray) -> float:
-    tp = float((d & (y == 1)).sum())
-    denom = float(d.sum() + (y == 1).sum())
-    return 2 * tp / denom if denom else 0.0
 
 
 def decide(probs: np.ndarray, thresholds: np.ndarray | float = 0.5) -> np.ndarray:
@@ -61,27 +57,46 @@ def _flat(labels, decisions, mask, j=None):
     return labels[mask].astype(int), decisions[mask].astype(int)
 
 
-def weighted_f1(labels: np.ndarray, decisions: np.ndarray, mask: np.ndarray) -> float:
-    """Support-weighted mean of per-label F1 over observed entries (sklearn ``average='weighted'``
-    when nothing is masked)."""
-    f1s, sup = [], []
-    for j in range(labels.shape[1]):
-        y, d = _flat(labels, decisions, mask, j)
-        sup.append(int(y.sum()))
-        f1s.append(f1_score(y, d, zero_division=0) if len(y) else 0.0)
-    sup = np.asarray(sup, float)
-    return float((np.asarray(f1s) * sup).sum() / sup.sum()) if sup.sum() else 0.0
+# ----------------------------------------------------------------------------- weighted F1 (the one implementation)
 
 
-def _weighted_f1_counts(labels, decisions, mask) -> float:
-    """The same weighted F1 from counts (vectorised; used inside the bootstrap loop)."""
-    y = (labels == 1) & mask
-    d = decisions & mask
-    tp = (y & d).sum(0).astype(float)
-    sup = y.sum(0).astype(float)
-    denom = d.sum(0) + sup
-    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-    return float((f1 * sup).sum() / sup.sum()) if sup.sum() else 0.0
+def label_indicators(labels: np.ndarray, decisions: np.ndarray, mask: np.ndarray | None = None):
+    """Per report × label: true-positive, false-positive and false-negative indicators over the
+    observed (unmasked) entries. Summed over reports (or weighted by bootstrap counts) they are
+    the counts :func:`weighted_f1_counts` takes."""
+    y, d = np.asarray(labels) > 0.5, np.asarray(decisions) > 0.5
+    m = np.ones_like(y, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    return (y & d & m).astype(float), (~y & d & m).astype(float), (y & ~d & m).astype(float)
+
+
+def weighted_f1_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+    """Weighted F1 from per-label counts (last axis = labels; leading axes e.g. bootstrap
+    resamples): each label's F1 = 2tp / (2tp + fp + fn) (0 where undefined) weighted by its
+    support tp + fn, as scikit-learn's ``average="weighted"``; 0 when no label has support."""
+    tp, fp, fn = (np.asarray(x, dtype=float) for x in (tp, fp, fn))
+    denom = 2 * tp + fp + fn
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(denom), where=denom > 0)
+    support = tp + fn
+    total = support.sum(axis=-1)
+    return np.divide((f1 * support).sum(axis=-1), total, out=np.zeros_like(total), where=total > 0)
+
+
+def weighted_f1(labels: np.ndarray, decisions: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """The paper's metric: support-weighted mean of per-label F1 over observed entries
+    (scikit-learn's ``average='weighted'`` when nothing is masked)."""
+    return float(weighted_f1_counts(*(x.sum(0) for x in label_indicators(labels, decisions, mask))))
+
+
+def bootstrap_counts(n: int, n_bootstrap: int, seed: int) -> np.ndarray:
+    """``n_bootstrap`` × ``n`` multiplicities of reports drawn with replacement (seeded): one
+    resample per row, shared by every run it is applied to (paired bootstrap)."""
+    rng = np.random.default_rng(seed)
+    return np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(n_bootstrap)]).astype(float)
+
+
+def bootstrap_weighted_f1(labels: np.ndarray, decisions: np.ndarray, mask: np.ndarray | None, counts: np.ndarray) -> np.ndarray:
+    """Weighted F1 of every bootstrap resample (rows of :func:`bootstrap_counts`)."""
+    return weighted_f1_counts(*(counts @ x for x in label_indicators(labels, decisions, mask)))
 
 
 def evaluate(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray, label_names, *,
@@ -91,7 +106,6 @@ def evaluate(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray, label_name
     mask = np.asarray(mask, bool)
     decisions = decide(probs, thresholds)
     per_label = []
-    f1s, supports = [], []
     for j, name in enumerate(label_names):
         y, d = _flat(labels, decisions, mask, j)
         with warnings.catch_warnings():
@@ -115,9 +129,7 @@ def evaluate(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray, label_name
         "per_label": per_label,
     }
     if n_bootstrap:
-        rng = np.random.default_rng(seed)
-        n = len(labels)
-        boots = [_weighted_f1_counts(labels[i], decisions[i], mask[i]) for i in (rng.integers(0, n, n) for _ in range(n_bootstrap))]
+        boots = bootstrap_weighted_f1(labels, decisions, mask, bootstrap_counts(len(labels), n_bootstrap, seed))
         out["weighted_f1_ci95"] = [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]
         out["n_bootstrap"] = int(n_bootstrap)
     return out

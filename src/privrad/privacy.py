@@ -217,7 +217,7 @@ def privacy_report(*, target_epsilon: float | None, delta: float | None, noise_m
     steps = int(sum(t for _, _, t in history))
     base = {
         "private": target_epsilon is not None,
-        "target_epsilon": target_epsilon,
+        "epsilon": target_epsilon,  # the target (the config's epsilon); None = non-private
         "delta": delta,
         "noise_multiplier": noise_multiplier,
         "max_grad_norm": max_grad_norm,
@@ -230,19 +230,18 @@ def privacy_report(*, target_epsilon: float | None, delta: float | None, noise_m
         "accountant": accountant,
     }
     if target_epsilon is None:
-        return {**base, "epsilon": None, "epsilon_label": "∞", "note": "non-private training: no noise, no clipping"}
+        return {**base, "epsilon_spent": None, "note": "non-private training: no noise, no clipping"}
     err = _prv_eps_error(target_epsilon)
     spent = epsilon_from_history(history, delta, accountant=accountant, eps_error=err)
     pld = epsilon_from_history(history, delta, accountant="pld")
     rdp = epsilon_from_history(history, delta, accountant="rdp-dp_accounting")
     return {
         **base,
-        "epsilon": spent,
-        "epsilon_label": f"{spent:.3g}",
+        "epsilon_spent": spent,
         "prv_eps_error": err if accountant == "prv" else None,
         "cross_check": {
             "accountant": "pld (dp_accounting)",
-            "epsilon": pld,
+            "epsilon_spent": pld,
             "abs_difference": abs(pld - spent),
             "rel_difference": abs(pld - spent) / spent if spent > 0 else 0.0,
             "agrees": bool(abs(pld - spent) <= 0.02 or abs(pld - spent) <= 0.02 * spent),

@@ -1,45 +1,74 @@
-"""One run: (dataset, model, method, ε, seed, hyperparameters) → a run folder.
+"""One run: (dataset, model, method, ε, seed, hyperparameters) → a run folder, and the run-folder contract.
 
-A run folder is the contract between a run and everything downstream (statistics, the book):
+A run folder is the contract between a run and everything downstream (the sweep, statistics,
+the book). This module is its one writer (:func:`write_run`), its one reader (:func:`read_run`)
+and its one rule of completeness (:func:`run_state`); nothing else opens these files.
 
 ==================  ==========================================================================
-``config.json``     the full RunConfig, run id, dataset fingerprint, label names, split sizes,
-                    model description, privrad and library versions, wall times
-``metrics.json``    weighted F1 (the paper's metric) with its bootstrap 95 % CI, macro/micro F1,
-                    AUROC, per-label P/R/F1/support/AUROC/threshold (deterministic for a seed)
-``privacy.json``    target and spent ε, δ, noise multiplier, sample rate, steps, epochs,
-                    n_train, accountant, PLD cross-check and RDP (see privacy.privacy_report)
+``config.json``     ``run_format``, ``run_id``, ``config`` (the full RunConfig), ``config_hash``,
+                    ``dataset_fingerprint``, ``label_names``, ``split_sizes``, ``credentialed``,
+                    ``model`` (name, source, family, stands_in_for, pretrained, parameters),
+                    ``n_truncated``, ``privrad_version``, ``versions``, ``device``, ``runtime``
+``metrics.json``    ``weighted_f1`` (the paper's metric) and ``weighted_f1_ci95 = [low, high]``
+                    (bootstrap over test reports; absent when ``n_bootstrap = 0``), ``macro_f1``,
+                    ``micro_f1``, ``macro_auroc``, ``per_label`` (label, P/R/F1, support,
+                    AUROC, threshold), ``threshold``, ``weighted_f1_at_0.5``
+``privacy.json``    ``epsilon`` (the target; null = non-private) and ``epsilon_spent``, ``delta``,
+                    ``noise_multiplier``, ``sample_rate``, ``steps``, ``epochs``, ``n_train``,
+                    ``accountant``, the PLD ``cross_check`` and ``rdp_epsilon`` (see
+                    :func:`privrad.privacy.privacy_report`)
 ``predictions.npz`` test split: ids, probabilities, labels, label_mask, decisions, thresholds
-``curve.json``      per logical step: loss, lr, batch size; ε spent at checkpoints
+``curve.json``      ``steps``: per logical step loss, lr, batch size; ``epsilon_spent`` at checkpoints
 ``adapter/``        peft ``save_pretrained`` (``lora``); ``model/`` for ``full``
 ``run.ipynb``       added by the study runner after its notebook finished (not written here)
 ==================  ==========================================================================
 
+A folder is *complete* when every file above (but the weights and the notebook) is present,
+parses and holds its required fields (:data:`REQUIRED`); a truncated or missing file makes it
+incomplete, and :func:`run_state` names the file. privrad's own writes are atomic (the folder
+is built under a temporary name and renamed into place), so incomplete folders come from
+copies, full disks or hand edits. A folder of an earlier format (``run_format`` below
+:data:`RUN_FORMAT`) is refused with one sentence.
+
 The run id is ``<dataset>__<model>__<method>__eps<ε>__s<seed>__<hash10>`` where the hash covers
 every config field (``data_dir`` excluded) and the dataset's content fingerprint: the same config
-on the same data maps to the same folder, which is then reused instead of retrained. The folder
-is built under a temporary name and renamed into place, so a killed run leaves nothing.
+on the same data maps to the same folder, which is then reused instead of retrained.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from privrad import __version__
-from privrad.config import METHODS, RunConfig, epsilon_label
+from privrad.config import RunConfig, epsilon_label, validate_config
 from privrad.errors import ConfigError, DataError
 from privrad.io import atomic_dir, atomic_write_json
 
+#: Version of the run-folder layout below; a folder of another format is refused, never guessed at.
+RUN_FORMAT = 2
+#: The files every run folder holds (the weights and the study's notebook aside).
 RUN_FILES = ("config.json", "metrics.json", "privacy.json", "predictions.npz", "curve.json")
+#: The fields readers rely on, per file: the writer refuses to write without them and
+#: :func:`run_state` calls a folder without them incomplete.
+REQUIRED = {
+    "config.json": ("run_format", "run_id", "config", "dataset_fingerprint", "label_names", "privrad_version"),
+    "metrics.json": ("weighted_f1", "macro_f1", "micro_f1", "per_label"),
+    "privacy.json": ("epsilon", "epsilon_spent", "delta", "noise_multiplier", "sample_rate", "steps"),
+    "curve.json": ("steps",),
+    "predictions.npz": ("ids", "probabilities", "labels", "label_mask", "decisions", "thresholds"),
+}
+#: The one vocabulary for the state of a run: no folder yet; a folder that is not complete
+#: (a file missing, truncated or without a required field); the last attempt failed (its
+#: notebook is in ``failed/``); complete.
+RUN_STATES = ("missing", "incomplete", "failed", "complete")
 
 
 class UntrainableLabelWarning(UserWarning):
@@ -52,54 +81,157 @@ def _slug(value: str) -> str:
 
 def run_id(config: RunConfig | dict, dataset_fingerprint: str) -> str:
     """Human-readable prefix + 10 hex of sha256(config hash, dataset fingerprint)."""
-    cfg = normalize_config(config)
+    cfg = validate_config(config)
     h = hashlib.sha256(f"{cfg.config_hash()}|{dataset_fingerprint}".encode()).hexdigest()[:10]
     eps = "inf" if cfg.epsilon is None else f"{cfg.epsilon:g}"
     return f"{_slug(cfg.dataset)}__{_slug(cfg.model)}__{cfg.method}__eps{eps}__s{cfg.seed}__{h}"
 
 
-def normalize_config(config: RunConfig | dict) -> RunConfig:
-    """A RunConfig with ε = inf written as None (one name for non-private) and checked values."""
-    from privrad.privacy import check_epsilon
-
-    cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(dict(config))
-    eps = check_epsilon(cfg.epsilon)
-    if eps != cfg.epsilon or type(eps) is not type(cfg.epsilon):  # 1 and 1.0 must hash alike
-        cfg = cfg.replace(epsilon=eps)
-    return cfg
+# ----------------------------------------------------------------------------- the contract
 
 
-def validate_config(cfg: RunConfig) -> None:
-    """Refuse invalid values before any data is read or anything is written (one sentence each)."""
-    from privrad.evaluate import THRESHOLDS
-    from privrad.models import get_model_spec
-    from privrad.train import GRAD_SAMPLE_MODES
+@dataclass(frozen=True)
+class RunState:
+    """Whether a run folder is complete, and if not, why (naming the folder and the file)."""
 
-    if cfg.method not in METHODS:
-        raise ConfigError(f"unknown method {cfg.method!r}; known methods are: {', '.join(METHODS)}.")
-    checks = [
-        ("lr", cfg.lr, cfg.lr > 0, "a positive learning rate, e.g. 5e-4"),
-        ("max_grad_norm", cfg.max_grad_norm, cfg.max_grad_norm > 0, "a positive clipping norm, e.g. 1.0"),
-        ("batch_size", cfg.batch_size, cfg.batch_size >= 1, "a positive integer"),
-        ("physical_batch_size", cfg.physical_batch_size, cfg.physical_batch_size >= 1, "a positive integer"),
-        ("num_epochs", cfg.num_epochs, cfg.num_epochs > 0, "a positive number"),
-        ("max_length", cfg.max_length, cfg.max_length >= 8, "at least 8 tokens"),
-        ("lora_r", cfg.lora_r, cfg.lora_r >= 1, "a positive integer"),
-        ("warmup_ratio", cfg.warmup_ratio, 0 <= cfg.warmup_ratio < 1, "a fraction in [0, 1)"),
-        ("n_bootstrap", cfg.n_bootstrap, cfg.n_bootstrap >= 0, "0 (no CI) or more resamples"),
-    ]
-    for name, value, ok, what in checks:
-        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and ok):
-            raise ConfigError(f"{name} = {value!r} is invalid; give {what}.")
-    if cfg.threshold not in THRESHOLDS:
-        raise ConfigError(f"threshold {cfg.threshold!r} is unknown; use one of {', '.join(THRESHOLDS)}.")
-    if cfg.accountant not in ("prv", "rdp"):
-        raise ConfigError(f"accountant {cfg.accountant!r} is unknown; use 'prv' (default) or 'rdp'.")
-    if cfg.grad_sample_mode not in GRAD_SAMPLE_MODES:
-        raise ConfigError(f"grad_sample_mode {cfg.grad_sample_mode!r} is not supported; use one of {', '.join(GRAD_SAMPLE_MODES)}.")
-    spec = get_model_spec(cfg.model)
-    if cfg.max_length > spec.max_length:
-        raise ConfigError(f"max_length = {cfg.max_length} exceeds model {cfg.model!r}'s limit of {spec.max_length}; lower it.")
+    complete: bool
+    problem: str | None = None
+    notebook: bool = False  # run.ipynb placed by the study runner
+    info: dict | None = field(default=None, repr=False, compare=False)  # config.json, when readable
+
+
+def _read_json(path: Path) -> dict:
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(doc, dict):
+        raise ValueError("not a JSON object")
+    return doc
+
+
+def run_state(run_dir: str | Path, *, run_id: str | None = None) -> RunState:
+    """The one rule for "is this run complete": every file of :data:`RUN_FILES` exists, parses
+    and holds the fields of :data:`REQUIRED`, in the current :data:`RUN_FORMAT` (and, given
+    ``run_id``, of that run). Used by the sweep, ``study status``, the statistics and the book."""
+    run_dir = Path(run_dir)
+    notebook = (run_dir / "run.ipynb").is_file()
+    if not run_dir.is_dir():
+        return RunState(False, f"{run_dir} does not exist")
+    info = None
+    for name in RUN_FILES:
+        path = run_dir / name
+        if not path.is_file():
+            return RunState(False, f"{run_dir}: {name} is missing", notebook, info)
+        try:
+            if name.endswith(".npz"):
+                with np.load(path, allow_pickle=False) as z:
+                    keys = set(z.files)
+            else:
+                doc = _read_json(path)
+                keys = set(doc)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file makes the folder incomplete
+            return RunState(False, f"{run_dir}: {name} cannot be read ({type(exc).__name__}: it is truncated or corrupt)", notebook, info)
+        if name == "config.json":
+            info = doc
+            if doc.get("run_format") != RUN_FORMAT:
+                version = doc.get("privrad_version", "before 0.2")
+                return RunState(False, f"{run_dir}: config.json is in the run-folder format of privrad {version}, "
+                                       f"not format {RUN_FORMAT}; run it again with this privrad (delete the folder first)", notebook, info)
+            if run_id is not None and doc.get("run_id") != run_id:
+                return RunState(False, f"{run_dir}: config.json holds run {doc.get('run_id')!r}, not {run_id!r}", notebook, info)
+        missing = [k for k in REQUIRED[name] if k not in keys]
+        if missing:
+            return RunState(False, f"{run_dir}: {name} lacks {', '.join(missing)}", notebook, info)
+    return RunState(True, None, notebook, info)
+
+
+@dataclass
+class RunResult:
+    """A complete run, read from (or just written to) its folder."""
+
+    run_dir: Path
+    run_id: str
+    config: RunConfig
+    metrics: dict
+    privacy: dict
+    curve: list[dict]
+    info: dict  # the rest of config.json (fingerprint, labels, versions, times)
+
+    @property
+    def weighted_f1(self) -> float:
+        return self.metrics["weighted_f1"]
+
+    @property
+    def weighted_f1_ci95(self) -> tuple[float, float]:
+        """The bootstrap 95 % interval (NaN, NaN without bootstrap)."""
+        ci = self.metrics.get("weighted_f1_ci95")
+        return (float(ci[0]), float(ci[1])) if ci else (float("nan"), float("nan"))
+
+    @property
+    def per_label(self):
+        """Per-label precision, recall, F1, support, AUROC and threshold as a DataFrame."""
+        import pandas as pd
+
+        return pd.DataFrame(self.metrics["per_label"]).set_index("label")
+
+    def predictions(self) -> dict[str, np.ndarray]:
+        with np.load(self.run_dir / "predictions.npz", allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+
+    def row(self) -> dict[str, Any]:
+        """One flat row in the names of the contract (``epsilon`` = target, ``epsilon_spent``)."""
+        m, p, c = self.metrics, self.privacy, self.config
+        lo, hi = self.weighted_f1_ci95
+        return {"run_id": self.run_id, "run_dir": str(self.run_dir), "dataset": c.dataset, "model": c.model,
+                "method": c.method, "epsilon": c.epsilon, "seed": c.seed, "weighted_f1": m["weighted_f1"],
+                "weighted_f1_ci95_low": lo, "weighted_f1_ci95_high": hi, "macro_f1": m["macro_f1"],
+                "micro_f1": m["micro_f1"], "macro_auroc": m.get("macro_auroc"), "epsilon_spent": p["epsilon_spent"],
+                "delta": p["delta"], "noise_multiplier": p["noise_multiplier"], "sample_rate": p["sample_rate"],
+                "steps": p["steps"]}
+
+    def summary(self):
+        """One row: what was run, what it achieved and what it spent (ε shown as a label)."""
+        import pandas as pd
+
+        row = self.row()
+        row["epsilon"] = epsilon_label(row["epsilon"])
+        row.pop("run_dir")
+        return pd.DataFrame([row]).set_index("dataset")
+
+
+def read_run(run_dir: str | Path) -> RunResult:
+    """Read a complete run folder; an incomplete one is refused in one sentence naming the file."""
+    run_dir = Path(run_dir)
+    state = run_state(run_dir)
+    if not state.complete:
+        raise DataError(f"{state.problem}; it is not a complete run folder.")
+    read = lambda f: _read_json(run_dir / f)  # noqa: E731
+    info = state.info
+    return RunResult(run_dir, info["run_id"], RunConfig.from_dict(info["config"]), read("metrics.json"),
+                     read("privacy.json"), read("curve.json")["steps"], info)
+
+
+def write_run(run_dir: str | Path, *, info: dict, metrics: dict, privacy: dict, curve: list[dict],
+              predictions: dict[str, np.ndarray], save_model: Callable[[Path], None] | None = None) -> RunResult:
+    """The one writer of run folders: builds the folder under a temporary name and renames it
+    into place (a killed run leaves nothing). ``info`` is config.json without ``run_format`` and
+    ``privrad_version`` (added here); every file must hold the fields of :data:`REQUIRED`.
+    ``save_model(folder)`` writes the weights (``adapter/`` or ``model/``)."""
+    info = {**info, "run_format": RUN_FORMAT, "privrad_version": __version__}
+    docs = {"config.json": info, "metrics.json": metrics, "privacy.json": privacy, "curve.json": {"steps": curve},
+            "predictions.npz": predictions}
+    for name, doc in docs.items():
+        missing = [k for k in REQUIRED[name] if k not in doc]
+        if missing:  # a bug in the caller, not a user error
+            raise ValueError(f"write_run: {name} lacks {', '.join(missing)} (see privrad.runs.REQUIRED)")
+    with atomic_dir(run_dir) as tmp:
+        for name in ("config.json", "metrics.json", "privacy.json", "curve.json"):
+            atomic_write_json(tmp / name, docs[name])
+        np.savez(tmp / "predictions.npz", **{k: np.asarray(v) for k, v in predictions.items()})
+        if save_model is not None:
+            save_model(tmp)
+    return read_run(run_dir)
+
+
+# ----------------------------------------------------------------------------- one run
 
 
 def _check_data(cfg: RunConfig, dataset) -> dict:
@@ -107,9 +239,6 @@ def _check_data(cfg: RunConfig, dataset) -> dict:
     for s, d in splits.items():
         if len(d) == 0:
             raise DataError(f"the {s!r} split of dataset {cfg.dataset!r} is empty; every run needs train, validation and test examples.")
-    n_train = len(splits["train"])
-    if cfg.batch_size > n_train:
-        raise ConfigError(f"batch_size = {cfg.batch_size} is larger than the training split ({n_train} reports); use a batch_size ≤ {n_train}.")
     tr = splits["train"]
     positives = (tr.labels * tr.label_mask).sum(0)
     for name, p in zip(dataset.label_names, positives):
@@ -129,60 +258,6 @@ def library_versions() -> dict[str, str]:
         except PackageNotFoundError:  # pragma: no cover
             out[pkg] = "missing"
     return out
-
-
-@dataclass
-class RunResult:
-    """A finished run, read from (or just written to) its folder."""
-
-    run_dir: Path
-    run_id: str
-    config: RunConfig
-    metrics: dict
-    privacy: dict
-    curve: list[dict]
-    info: dict  # the rest of config.json (fingerprint, labels, versions, times)
-
-    @property
-    def weighted_f1(self) -> float:
-        return self.metrics["weighted_f1"]
-
-    @property
-    def per_label(self):
-        """Per-label precision, recall, F1, support, AUROC and threshold as a DataFrame."""
-        import pandas as pd
-
-        return pd.DataFrame(self.metrics["per_label"]).set_index("label")
-
-    def predictions(self) -> dict[str, np.ndarray]:
-        with np.load(self.run_dir / "predictions.npz", allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-
-    def summary(self):
-        """One row: what was run, what it achieved and what it spent."""
-        import pandas as pd
-
-        m, p, c = self.metrics, self.privacy, self.config
-        ci = m.get("weighted_f1_ci95") or [None, None]
-        return pd.DataFrame([{
-            "dataset": c.dataset, "model": c.model, "method": c.method, "epsilon": epsilon_label(c.epsilon),
-            "seed": c.seed, "weighted_f1": m["weighted_f1"], "ci95_low": ci[0], "ci95_high": ci[1],
-            "macro_f1": m["macro_f1"], "micro_f1": m["micro_f1"], "macro_auroc": m["macro_auroc"],
-            "epsilon_spent": p.get("epsilon"), "delta": p.get("delta"), "noise_multiplier": p.get("noise_multiplier"),
-            "steps": p.get("steps"),
-        }]).set_index("dataset")
-
-
-def load_run(run_dir: str | Path) -> RunResult:
-    """Read a run folder written by :func:`run`."""
-    run_dir = Path(run_dir)
-    missing = [f for f in RUN_FILES if not (run_dir / f).exists()]
-    if missing:
-        raise DataError(f"{run_dir} is not a complete run folder (missing {', '.join(missing)}); run it again with privrad run.")
-    read = lambda f: json.loads((run_dir / f).read_text())  # noqa: E731
-    info = read("config.json")
-    return RunResult(run_dir, info["run_id"], RunConfig.from_dict(info["config"]), read("metrics.json"),
-                     read("privacy.json"), read("curve.json")["steps"], info)
 
 
 def _device(device: str | None) -> str:
@@ -211,11 +286,10 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
     from privrad.data.tokenize import EncodedDataset, tokenize_dataset
     from privrad.evaluate import evaluate, thresholds_for
     from privrad.models import build_model, count_parameters, get_model_spec, load_tokenizer, quiet_transformers
-    from privrad.privacy import check_delta, default_delta, privacy_report
+    from privrad.privacy import default_delta, privacy_report
     from privrad.train import predict_proba, train
 
-    cfg = normalize_config(config)
-    validate_config(cfg)
+    cfg = validate_config(config)
     device = _device(device)
     if dataset is None:
         dataset = load_dataset(cfg.dataset, cfg.data_dir, **cfg.dataset_options)
@@ -223,9 +297,8 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
         raise ConfigError(f"the dataset passed is {dataset.name!r} but the config says dataset = {cfg.dataset!r}; pass the matching dataset or fix the config.")
     splits = _check_data(cfg, dataset)
     n_train = len(splits["train"])
-    delta = None
-    if cfg.private:
-        delta = default_delta(n_train) if cfg.delta is None else check_delta(cfg.delta, n_train)
+    cfg = validate_config(cfg, n_train=n_train)
+    delta = (default_delta(n_train) if cfg.delta is None else cfg.delta) if cfg.private else None
     rid = run_id(cfg, dataset.fingerprint)
     run_dir = Path(results_dir) / rid if run_dir is None else Path(run_dir)
     if run_dir.exists():
@@ -265,51 +338,35 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
                   "family": spec.family, "stands_in_for": spec.stands_in_for, "pretrained": spec.pretrained,
                   "parameters": count_parameters(result.model)},
         "n_truncated": {s: e.encoded.n_truncated for s, e in enc.items()},
-        "privrad_version": __version__, "versions": library_versions(), "device": device,
+        "versions": library_versions(), "device": device,
         "runtime": {"prepare_s": t_prep, "train_s": result.seconds, "evaluate_s": time.perf_counter() - t1,
                     "train_steps_per_s": len(result.curve) / max(result.seconds, 1e-9)},
     }
-    with atomic_dir(run_dir) as tmp:
-        atomic_write_json(tmp / "config.json", info)
-        atomic_write_json(tmp / "metrics.json", metrics)
-        atomic_write_json(tmp / "privacy.json", privacy)
-        atomic_write_json(tmp / "curve.json", {"epsilon_accountant": "pld (checkpoints)", "steps": result.curve})
-        np.savez(tmp / "predictions.npz", ids=np.asarray(test.ids, dtype=str), probabilities=test_probs,
-                 labels=test.labels, label_mask=test.label_mask, decisions=test_probs >= th[None, :], thresholds=th)
+    predictions = {"ids": np.asarray(test.ids, dtype=str), "probabilities": test_probs, "labels": test.labels,
+                   "label_mask": test.label_mask, "decisions": test_probs >= th[None, :], "thresholds": th}
+
+    def save_model(folder: Path) -> None:
         with quiet_transformers():
-            result.model.save_pretrained(tmp / ("adapter" if cfg.method == "lora" else "model"))
-    return load_run(run_dir)
+            result.model.save_pretrained(folder / ("adapter" if cfg.method == "lora" else "model"))
+
+    return write_run(run_dir, info=info, metrics=metrics, privacy=privacy, curve=result.curve,
+                     predictions=predictions, save_model=save_model)
 
 
 def _reuse(run_dir: Path, rid: str) -> RunResult:
-    cfg_file = run_dir / "config.json"
-    stored = json.loads(cfg_file.read_text()).get("run_id") if cfg_file.exists() else None
-    if stored != rid:
-        what = f"holds run {stored!r}" if stored else "is not a privrad run folder"
-        raise ConfigError(f"{run_dir} already exists and {what}, not {rid!r}; choose another output folder "
+    """An existing folder is returned only if it is this run, complete; otherwise refused."""
+    state = run_state(run_dir)
+    stored = (state.info or {}).get("run_id")
+    if stored is not None and stored != rid:
+        raise ConfigError(f"{run_dir} already exists and holds run {stored!r}, not {rid!r}; choose another output folder "
                           "or delete that one to re-run.")
-    return load_run(run_dir)
+    if not state.complete:
+        raise ConfigError(f"{run_dir} already exists but is not a complete run folder ({state.problem.split(': ', 1)[-1]}); "
+                          "delete it to run again.")
+    return read_run(run_dir)
 
 
-# ---------------------------------------------------------------------------------------- CLI
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def _parse_epsilon(text: str) -> float | None:
-    if text.strip().lower() in ("inf", "none", "null", "∞"):
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        from privrad.errors import PrivacyError
-
-        raise PrivacyError(f"--epsilon {text!r} is not a number; give e.g. 1, or inf/none for non-private training.") from None
+# ----------------------------------------------------------------------------- `privrad run`
 
 
 def register_cli(subparsers) -> None:
@@ -319,11 +376,11 @@ def register_cli(subparsers) -> None:
     p.add_argument("--data-dir", help="where the dataset's files are")
     p.add_argument("--model", help="model short name, hub id or local path")
     p.add_argument("--method", help="lora or full")
-    p.add_argument("--epsilon", help="target epsilon; inf or none = non-private")
+    p.add_argument("--epsilon", help="target epsilon; inf or null = non-private")
     p.add_argument("--seed", type=int)
     p.add_argument("--config", help="a JSON/YAML file of RunConfig fields (flags override it)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other RunConfig field, e.g. --set lora_r=16 (repeatable)")
+                   help="any other RunConfig field, e.g. --set lora_r=16 (repeatable; values are YAML)")
     p.add_argument("--out", help="the run folder (default: RESULTS_DIR/<run id>)")
     p.add_argument("--results-dir", default="results", help="parent of run folders (default: results)")
     p.add_argument("--cache-dir", default="data/cache", help="tokenized-report cache (default: data/cache)")
@@ -333,27 +390,23 @@ def register_cli(subparsers) -> None:
 
 
 def _cli_run(args) -> int:
+    from privrad.profiles import parse_assignments, parse_value, read_yaml_file
+
     fields: dict[str, Any] = {}
     if args.config:
-        import yaml
-
-        try:
-            fields.update(yaml.safe_load(Path(args.config).read_text()) or {})
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read --config {args.config!r} ({type(exc).__name__}); give a readable YAML/JSON file.") from None
-    for item in args.set:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r} is not KEY=VALUE; write e.g. --set lora_r=16.")
-        k, v = item.split("=", 1)
-        fields[k.strip()] = _parse_value(v)
-    for flag, key in (("dataset", "dataset"), ("data_dir", "data_dir"), ("model", "model"), ("method", "method"), ("seed", "seed")):
-        if getattr(args, flag) is not None:
-            fields[key] = getattr(args, flag)
+        doc = read_yaml_file(args.config, what="--config") or {}
+        if not isinstance(doc, dict):
+            raise ConfigError(f"--config {args.config} must hold a mapping of RunConfig fields (e.g. lr: 1e-3).")
+        fields.update(doc)
+    fields.update(parse_assignments(args.set, flag="--set"))
+    for key in ("dataset", "data_dir", "model", "method", "seed"):
+        if getattr(args, key) is not None:
+            fields[key] = getattr(args, key)
     if args.epsilon is not None:
-        fields["epsilon"] = _parse_epsilon(args.epsilon)
-    res = run(RunConfig.from_dict(fields), run_dir=args.out, results_dir=args.results_dir, progress=not args.quiet,
+        fields["epsilon"] = parse_value(args.epsilon)
+    res = run(fields, run_dir=args.out, results_dir=args.results_dir, progress=not args.quiet,
               cache_dir=args.cache_dir, device=args.device)
     m, pr = res.metrics, res.privacy
-    eps = "∞" if pr.get("epsilon") is None else f"{pr['epsilon']:.3g} (target {pr['target_epsilon']:g}, δ={pr['delta']:.2g})"
+    eps = "∞" if pr["epsilon_spent"] is None else f"{pr['epsilon_spent']:.3g} (target {pr['epsilon']:g}, δ={pr['delta']:.2g})"
     print(f"{res.run_dir}\nweighted F1 {m['weighted_f1']:.4f}  macro F1 {m['macro_f1']:.4f}  ε spent {eps}")
     return 0

@@ -28,7 +28,6 @@ significance with the runs at hand (e.g. one seed), instead of leaving a silent 
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from pathlib import Path
@@ -39,6 +38,8 @@ import pandas as pd
 from scipy import stats as st
 
 from privrad.config import epsilon_label
+from privrad.evaluate import bootstrap_counts, bootstrap_weighted_f1, weighted_f1
+from privrad.runs import read_run, run_state
 
 EPSILON_ORDER = (0.01, 0.1, 1.0, 10.0, math.inf)
 INF = math.inf
@@ -52,8 +53,9 @@ PAPER = {
 }
 
 
-def dataset_family(name: str) -> str:
-    """``simulated-mimic-cxr`` and ``mimic-cxr`` → ``MIMIC-CXR`` (for the paper's numbers)."""
+def paper_dataset(name: str) -> str:
+    """The paper's dataset a dataset stands for: ``simulated-mimic-cxr`` and ``mimic-cxr`` →
+    ``MIMIC-CXR`` (to put the paper's numbers beside ours)."""
     n = name.lower()
     if "mimic" in n:
         return "MIMIC-CXR"
@@ -65,81 +67,40 @@ def dataset_family(name: str) -> str:
 
 
 # --------------------------------------------------------------------------------------
-# Reading run folders
+# Reading run folders (through privrad.runs only)
 # --------------------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _first(d: dict[str, Any], *keys: str, default: Any = None) -> Any:
-    for k in keys:
-        if k in d and d[k] is not None:
-            return d[k]
-    return default
-
-
-def _ci(metrics: dict[str, Any]) -> tuple[float, float]:
-    ci = _first(metrics, "weighted_f1_ci", "weighted_f1_ci95", "ci")
-    if isinstance(ci, dict):
-        ci = [_first(ci, "low", "lower", "lo"), _first(ci, "high", "upper", "hi")]
-    if not ci:
-        return (math.nan, math.nan)
-    return (float(ci[0]), float(ci[1]))
-
-
-def is_run_folder(path: Path) -> bool:
-    return path.is_dir() and not path.name.startswith(".") and (path / "config.json").is_file() and (path / "metrics.json").is_file()
-
-
 def run_folders(results: str | Path | Iterable[str | Path]) -> list[Path]:
-    """Run folders under a results folder (searched two levels deep), or given directly."""
+    """The complete run folders (:func:`privrad.runs.run_state`) under a results folder
+    (searched two levels deep), or among those given."""
     if isinstance(results, (str, Path)):
         root = Path(results)
-        if is_run_folder(root):
-            return [root]
-        found = [p for p in root.glob("*") if is_run_folder(p)] + [p for p in root.glob("*/*") if is_run_folder(p)]
-        return sorted(set(found))
-    return sorted(Path(p) for p in results if is_run_folder(Path(p)))
+        candidates = [root] + [p for p in root.glob("*") if p.is_dir()] + [p for p in root.glob("*/*") if p.is_dir()]
+    else:
+        candidates = [Path(p) for p in results]
+    found = {p for p in candidates if not p.name.startswith(".") and (p / "config.json").exists() and run_state(p).complete}
+    return sorted(found)
+
+
+COLUMNS = ["run_id", "run_dir", "dataset", "paper_dataset", "model", "method", "epsilon", "epsilon_label", "seed",
+           "weighted_f1", "weighted_f1_ci95_low", "weighted_f1_ci95_high", "macro_f1", "micro_f1", "epsilon_spent",
+           "delta", "noise_multiplier", "sample_rate", "steps"]
 
 
 def load_runs(results: str | Path | Iterable[str | Path]) -> pd.DataFrame:
-    """One row per run folder: its point (dataset, model, method, ε, seed), weighted / macro /
-    micro F1 with the bootstrap CI, and its privacy report. ε = ∞ for non-private runs."""
+    """One row per complete run folder, read by :func:`privrad.runs.read_run`: its point
+    (dataset, model, method, ε, seed), weighted / macro / micro F1 with the bootstrap CI, and its
+    privacy report. ``epsilon`` is the target (∞ for non-private, as a number for sorting)."""
     rows = []
     for rd in run_folders(results):
-        stored = _read_json(rd / "config.json")
-        cfg = stored.get("config", stored)
-        metrics = _read_json(rd / "metrics.json")
-        privacy = _read_json(rd / "privacy.json") if (rd / "privacy.json").is_file() else {}
-        eps = cfg.get("epsilon")
-        lo, hi = _ci(metrics)
-        rows.append({
-            "run_id": stored.get("run_id", rd.name),
-            "run_dir": str(rd),
-            "dataset": cfg["dataset"],
-            "family": dataset_family(cfg["dataset"]),
-            "model": cfg["model"],
-            "method": cfg.get("method", "lora"),
-            "epsilon": INF if eps is None else float(eps),
-            "epsilon_label": epsilon_label(eps),
-            "seed": int(cfg.get("seed", 0)),
-            "weighted_f1": float(_first(metrics, "weighted_f1", "f1_weighted")),
-            "macro_f1": float(_first(metrics, "macro_f1", "f1_macro", default=math.nan)),
-            "micro_f1": float(_first(metrics, "micro_f1", "f1_micro", default=math.nan)),
-            "ci_low": lo,
-            "ci_high": hi,
-            "spent_epsilon": _first(privacy, "spent_epsilon", "epsilon_spent", "epsilon"),
-            "delta": _first(privacy, "delta"),
-            "noise_multiplier": _first(privacy, "noise_multiplier", default=0.0),
-            "sample_rate": _first(privacy, "sample_rate"),
-            "steps": _first(privacy, "steps"),
-        })
-    cols = ["run_id", "run_dir", "dataset", "family", "model", "method", "epsilon", "epsilon_label", "seed",
-            "weighted_f1", "macro_f1", "micro_f1", "ci_low", "ci_high", "spent_epsilon", "delta",
-            "noise_multiplier", "sample_rate", "steps"]
-    df = pd.DataFrame(rows, columns=cols)
+        row = read_run(rd).row()
+        eps = row["epsilon"]
+        row.update(epsilon=INF if eps is None else float(eps), epsilon_label=epsilon_label(eps),
+                   paper_dataset=paper_dataset(row["dataset"]),
+                   noise_multiplier=row["noise_multiplier"] if row["noise_multiplier"] is not None else 0.0)
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=COLUMNS)
     return df.sort_values(["dataset", "model", "method", "epsilon", "seed"], ignore_index=True)
 
 
@@ -147,19 +108,15 @@ def per_label(runs: pd.DataFrame) -> pd.DataFrame:
     """Long table of per-label F1 and support: one row per run × label."""
     rows = []
     for r in runs.itertuples():
-        metrics = _read_json(Path(r.run_dir) / "metrics.json")
-        pl = _first(metrics, "per_label", default={})
-        items = pl.items() if isinstance(pl, dict) else ((d.get("label"), d) for d in pl)
-        for label, d in items:
+        for d in read_run(r.run_dir).metrics["per_label"]:
             rows.append({"dataset": r.dataset, "model": r.model, "method": r.method, "epsilon": r.epsilon,
-                         "epsilon_label": r.epsilon_label, "seed": r.seed, "label": label,
-                         "f1": float(_first(d, "f1", default=math.nan)), "support": _first(d, "support")})
+                         "epsilon_label": r.epsilon_label, "seed": r.seed, "label": d["label"],
+                         "f1": float(d["f1"]), "support": d["support"]})
     return pd.DataFrame(rows)
 
 
 def load_predictions(run_dir: str | Path) -> dict[str, np.ndarray]:
-    with np.load(Path(run_dir) / "predictions.npz", allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    return read_run(run_dir).predictions()
 
 
 # --------------------------------------------------------------------------------------
@@ -172,8 +129,8 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     bootstrap interval; sd is NaN with one seed (undefined, not zero)."""
     g = runs.groupby(["dataset", "model", "method", "epsilon"], sort=True)
     out = g.agg(n_seeds=("seed", "nunique"), mean=("weighted_f1", "mean"), sd=("weighted_f1", "std"),
-                ci_low=("ci_low", "mean"), ci_high=("ci_high", "mean"),
-                noise_multiplier=("noise_multiplier", "mean"), spent_epsilon=("spent_epsilon", "mean")).reset_index()
+                weighted_f1_ci95_low=("weighted_f1_ci95_low", "mean"), weighted_f1_ci95_high=("weighted_f1_ci95_high", "mean"),
+                noise_multiplier=("noise_multiplier", "mean"), epsilon_spent=("epsilon_spent", "mean")).reset_index()
     out.insert(4, "epsilon_label", [epsilon_label(None if e == INF else e) for e in out["epsilon"]])
     return out
 
@@ -188,7 +145,7 @@ def _cell(mean: float, sd: float, lo: float, hi: float) -> str:
 
 def paper_table(runs: pd.DataFrame, *, formatted: bool = True) -> pd.DataFrame:
     """The paper's layout: rows dataset × model, columns ε = 0.01, 0.1, 1, 10, ∞ (LoRA) and
-    full fine-tuning (non-private), then the paper's reported numbers for the dataset family.
+    full fine-tuning (non-private), then the paper's reported numbers for the paper's dataset it stands for.
     Cells are ``mean ± sd`` over seeds, or ``mean [bootstrap CI]`` with one seed."""
     s = summarize(runs)
     rows = []
@@ -203,14 +160,14 @@ def paper_table(runs: pd.DataFrame, *, formatted: bool = True) -> pd.DataFrame:
                 row[key] = "" if formatted else math.nan
             else:
                 h = hit.iloc[0]
-                row[key] = _cell(h["mean"], h["sd"], h["ci_low"], h["ci_high"]) if formatted else h["mean"]
+                row[key] = _cell(h["mean"], h["sd"], h["weighted_f1_ci95_low"], h["weighted_f1_ci95_high"]) if formatted else h["mean"]
         full = sub[(sub["method"] == "full") & (sub["epsilon"] == INF)]
         if full.empty:
             row["full"] = "" if formatted else math.nan
         else:
             h = full.iloc[0]
-            row["full"] = _cell(h["mean"], h["sd"], h["ci_low"], h["ci_high"]) if formatted else h["mean"]
-        for k, v in PAPER.get(dataset_family(dataset), {}).items():
+            row["full"] = _cell(h["mean"], h["sd"], h["weighted_f1_ci95_low"], h["weighted_f1_ci95_high"]) if formatted else h["mean"]
+        for k, v in PAPER.get(paper_dataset(dataset), {}).items():
             row[k] = ("" if v is None else f"{v:.2f}") if formatted else (math.nan if v is None else v)
         rows.append(row)
     return pd.DataFrame(rows)
@@ -237,9 +194,9 @@ def holm(pvalues: Iterable[float]) -> np.ndarray:
 
 
 def _row(test: str, dataset: str, comparison: str, n: int, statistic: float = math.nan, p: float = math.nan,
-         effect: float = math.nan, ci_low: float = math.nan, ci_high: float = math.nan, note: str = "") -> dict[str, Any]:
+         effect: float = math.nan, effect_ci95_low: float = math.nan, effect_ci95_high: float = math.nan, note: str = "") -> dict[str, Any]:
     return {"test": test, "dataset": dataset, "comparison": comparison, "n": n, "statistic": statistic,
-            "effect": effect, "ci_low": ci_low, "ci_high": ci_high, "p": p, "p_holm": math.nan, "note": note}
+            "effect": effect, "effect_ci95_low": effect_ci95_low, "effect_ci95_high": effect_ci95_high, "p": p, "p_holm": math.nan, "note": note}
 
 
 def _blocks(sub: pd.DataFrame) -> pd.DataFrame:
@@ -302,26 +259,6 @@ def paired_vs_nonprivate(runs: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
-def weighted_f1_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
-    """Weighted F1 from per-label counts (last axis = labels): each label's F1 weighted by its
-    support (tp + fn), as scikit-learn's ``average="weighted"`` (F1 = 0 where undefined)."""
-    denom = 2 * tp + fp + fn
-    f1 = np.divide(2 * tp, denom, out=np.zeros_like(denom, dtype=float), where=denom > 0)
-    support = tp + fn
-    total = support.sum(axis=-1)
-    return np.divide((f1 * support).sum(axis=-1), total, out=np.full_like(total, np.nan, dtype=float), where=total > 0)
-
-
-def weighted_f1(labels: np.ndarray, decisions: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """Weighted F1 over the unmasked entries (masked = ignored labels, as in training)."""
-    y, p = np.asarray(labels) > 0.5, np.asarray(decisions) > 0.5
-    m = np.ones_like(y, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
-    tp = (y & p & m).sum(0).astype(float)
-    fp = (~y & p & m).sum(0).astype(float)
-    fn = (y & ~p & m).sum(0).astype(float)
-    return float(weighted_f1_counts(tp, fp, fn))
-
-
 def paired_bootstrap(run_a: str | Path, run_b: str | Path, *, n_bootstrap: int = 2000, seed: int = 0) -> dict[str, float]:
     """Weighted F1(a) − weighted F1(b) on the same test reports, resampled together.
 
@@ -331,25 +268,13 @@ def paired_bootstrap(run_a: str | Path, run_b: str | Path, *, n_bootstrap: int =
     a, b = load_predictions(run_a), load_predictions(run_b)
     if a["ids"].shape != b["ids"].shape or not np.array_equal(a["ids"], b["ids"]):
         raise ValueError(f"{run_a} and {run_b} do not hold predictions for the same test reports")
-    y = a["labels"] > 0.5
-    m = a["label_mask"].astype(bool) if "label_mask" in a else np.ones_like(y)
-    n = len(y)
-    rng = np.random.default_rng(seed)
-    counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(n_bootstrap)]).astype(float)
-
-    def boot(dec: np.ndarray) -> tuple[float, np.ndarray]:
-        p = dec > 0.5
-        ind = [(y & p & m), (~y & p & m), (y & ~p & m)]
-        point = weighted_f1_counts(*(x.sum(0).astype(float) for x in ind))
-        resampled = weighted_f1_counts(*(counts @ x.astype(float) for x in ind))
-        return float(point), resampled
-
-    pa, ba = boot(a["decisions"])
-    pb, bb = boot(b["decisions"])
-    diff = ba - bb
+    y, m, n = a["labels"], a["label_mask"], len(a["labels"])
+    counts = bootstrap_counts(n, n_bootstrap, seed)  # the same resamples for both runs: paired
+    pa, pb = weighted_f1(y, a["decisions"], m), weighted_f1(y, b["decisions"], m)
+    diff = bootstrap_weighted_f1(y, a["decisions"], m, counts) - bootstrap_weighted_f1(y, b["decisions"], m, counts)
     lo, hi = np.nanpercentile(diff, [2.5, 97.5])
     p = min(1.0, 2 * min(np.mean(diff <= 0), np.mean(diff >= 0)))
-    return {"difference": pa - pb, "ci_low": float(lo), "ci_high": float(hi), "p": float(p), "n_reports": n}
+    return {"difference": pa - pb, "difference_ci95_low": float(lo), "difference_ci95_high": float(hi), "p": float(p), "n_reports": n}
 
 
 def bootstrap_vs_nonprivate(runs: pd.DataFrame, *, n_bootstrap: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
@@ -368,11 +293,11 @@ def bootstrap_vs_nonprivate(runs: pd.DataFrame, *, n_bootstrap: int = 2000, seed
                     continue
                 try:
                     b = paired_bootstrap(r.run_dir, ref.iloc[0]["run_dir"], n_bootstrap=n_bootstrap, seed=seed)
-                except (OSError, KeyError, ValueError) as exc:
+                except ValueError as exc:  # not the same test reports
                     rows.append(_row("paired bootstrap vs ∞", dataset, comp, 0, note=f"not run: {exc}"))
                     continue
                 rows.append(_row("paired bootstrap vs ∞", dataset, comp, b["n_reports"], effect=b["difference"],
-                                 ci_low=b["ci_low"], ci_high=b["ci_high"], p=b["p"],
+                                 effect_ci95_low=b["difference_ci95_low"], effect_ci95_high=b["difference_ci95_high"], p=b["p"],
                                  note=f"{n_bootstrap} resamples of the test reports"))
         adj = holm([r["p"] for r in rows])
         for r, a in zip(rows, adj):
@@ -405,7 +330,7 @@ def trend(runs: pd.DataFrame) -> list[dict[str, Any]]:
 def tests_table(runs: pd.DataFrame, *, n_bootstrap: int = 2000, seed: int = 0) -> pd.DataFrame:
     """All tests in one table (see the module docstring for what each answers)."""
     rows = friedman(runs) + paired_vs_nonprivate(runs) + bootstrap_vs_nonprivate(runs, n_bootstrap=n_bootstrap, seed=seed) + trend(runs)
-    cols = ["test", "dataset", "comparison", "n", "statistic", "effect", "ci_low", "ci_high", "p", "p_holm", "note"]
+    cols = ["test", "dataset", "comparison", "n", "statistic", "effect", "effect_ci95_low", "effect_ci95_high", "p", "p_holm", "note"]
     return pd.DataFrame(rows, columns=cols)
 
 

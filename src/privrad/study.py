@@ -1,480 +1,79 @@
 """Studies: a grid of runs (dataset × model × method × ε × seed), each executed as a notebook.
 
-A *profile* (``studies/<name>.yml``) holds the grid and the hyperparameters. ``privrad study
-run`` expands it into points, validates every point (types, values, data paths, the run
-notebook's parameters, existing run folders) before the first run starts, computes each
-point's run id from its config and its dataset's content fingerprint, and executes
-``notebooks/run.ipynb`` with papermill for every point whose run folder is not complete.
+``privrad study run`` expands a profile (:mod:`privrad.profiles`) into points, validates every
+point (types, values, data paths, the run notebook's parameters, existing run folders) before
+the first run starts, computes each point's run id from its config and its dataset's content
+fingerprint, and executes ``notebooks/run.ipynb`` with papermill (:mod:`privrad.executors`)
+for every point whose run folder is not complete.
 
 Why this shape:
 
-* **Cache by run id.** A run folder ``<results>/<profile>/<run_id>/`` is complete when it holds
-  ``run.ipynb`` and a ``config.json`` equal to the expected config. Re-running a finished
-  study runs nothing; adding a seed or an ε runs only the new points. A folder with the same
-  run id but another config or another privrad version is refused, never mixed.
+* **Cache by run id.** A point is *complete* when its run folder ``<results>/<profile>/<run_id>/``
+  is complete (:func:`privrad.runs.run_state`: every file present and readable) and holds the
+  executed ``run.ipynb``. Re-running a finished study runs nothing; adding a seed or an ε runs
+  only the new points. A folder of the same run id but another config or another privrad
+  version is refused, never mixed; an incomplete one (a truncated or missing file) is set aside
+  in ``incomplete/`` and run again.
 * **Crash safety.** The training core writes the run folder atomically; the executed notebook
   is written to a staging path (``.notebooks/<run_id>.ipynb``) and renamed into the run folder
   only when the notebook succeeded. A sweep killed with SIGKILL leaves finished runs and
   nothing half-trusted; the next invocation finishes only what is missing.
 * **Failures do not stop a sweep.** A failed run's executed notebook (with its traceback) is
-  kept in ``failed/<run_id>.ipynb``; the sweep goes on, prints a summary (ok / failed /
-  cached) and exits non-zero.
-* **One process per job.** Each run is a papermill subprocess (which starts its own kernel),
-  so ``--jobs N`` runs N at once and each job gets its own ``CUDA_VISIBLE_DEVICES`` where
-  there are GPUs. Execution goes through an :class:`Executor`; the local one is a thread pool
-  of subprocesses. A Slurm executor (submitit) fits the same seam: it needs only to call
-  :func:`execute_task` on a cluster node and return its :class:`Outcome`.
-* **A structured log.** Every event (sweep start, cached, started, ok, failed, sweep end) is one
-  JSON line in ``<results>/<profile>/study.jsonl``; the run ids, configs and statuses of the
-  last sweep are in ``study.json`` (read by ``privrad study status``).
+  kept in ``failed/<run_id>.ipynb``; the sweep goes on, prints a summary and exits non-zero.
+* **A structured log and a manifest.** Every event is one JSON line in
+  ``<results>/<profile>/study.jsonl``; ``study.json`` holds what the last sweep ran — every
+  point's config and state, its datasets and book settings — and is what ``privrad study
+  status`` and ``privrad book build`` read (never the profile again).
+
+A run's state is one of :data:`privrad.runs.RUN_STATES` everywhere: in ``study.json``, the
+summary, ``study status`` and the log's ``run_<state>`` events.
+
+Runs execute in local processes (``--jobs N``) or as Slurm jobs (``--executor slurm``,
+:mod:`privrad.executors`), under the same cache, lock and "complete" rule. With Slurm the
+manifest records each run's job id and log: ``study status`` shows their Slurm state, and a
+sweep restarted after being killed waits for its still-running jobs instead of resubmitting.
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import contextlib
-import ctypes
-import dataclasses
 import datetime as _dt
-import itertools
 import json
-import math
 import os
-import re
 import shutil
-import signal
-import subprocess
 import sys
 import threading
 import time
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator
 
-import yaml
+from privrad.config import validate_config
+from privrad.errors import ConfigError, DataError
+from privrad.executors import Executor, LocalExecutor, SlurmExecutor, Task, default_kernel
+from privrad.io import atomic_write_json
+from privrad.profiles import (FIELDS, NOTEBOOK_EXTRA_PARAMETERS, RUN_NOTEBOOK, Point, Profile, expand, load_profile,
+                              notebook_parameters, project_root, resolve_path)
+from privrad.runs import RUN_STATES, run_state
 
-from privrad.config import METHODS, RunConfig, epsilon_label
-from privrad.errors import ConfigError, DataError, PrivradError
-from privrad.io import atomic_write_json, atomic_write_text
-
-PROFILE_KEYS = ("description", "results", "datasets", "grid", "extra", "params", "book", "kernel", "slurm")
-DATASET_KEYS = ("name", "dataset", "data_dir", "dataset_options", "simulate", "params")
-SIMULATE_KEYS = ("kind", "n", "seed")
-RUN_NOTEBOOK = Path("notebooks") / "run.ipynb"
-NOTEBOOK_EXTRA_PARAMETERS = ("run_dir",)  # notebook parameters that are not RunConfig fields
-FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
-DATASET_FIELDS = ("dataset", "data_dir", "dataset_options")  # set per dataset entry, not in the grid
+MANIFEST = "study.json"
+EXECUTORS = ("local", "slurm")
 
 
-# --------------------------------------------------------------------------------------
-# Where things are
-# --------------------------------------------------------------------------------------
-
-
-def project_root(start: str | os.PathLike | None = None) -> Path:
-    """The folder holding ``studies/`` and ``notebooks/``: the current directory when it has
-    them (a checkout, or a user's copy), otherwise the checkout privrad was installed from."""
-    here = Path(start or os.getcwd()).resolve()
-    if (here / "studies").is_dir() or (here / RUN_NOTEBOOK).is_file():
-        return here
-    source = Path(__file__).resolve().parents[2]
-    if (source / "studies").is_dir():
-        return source
-    return here
-
-
-def known_profiles(root: Path | None = None) -> list[str]:
-    root = root or project_root()
-    return sorted(p.stem for p in (root / "studies").glob("*.yml"))
-
-
-def profile_path(name: str, root: Path | None = None) -> Path:
-    """``name`` is a profile in ``studies/`` or a path to a YAML file."""
-    root = root or project_root()
-    as_path = Path(name)
-    if as_path.suffix in (".yml", ".yaml") and as_path.is_file():
-        return as_path
-    path = root / "studies" / f"{name}.yml"
-    if not path.is_file():
-        known = ", ".join(known_profiles(root)) or "(none)"
-        raise ConfigError(f"unknown study profile {name!r}; known profiles are: {known} (or give a path to a .yml file).")
-    return path
-
-
-# --------------------------------------------------------------------------------------
-# Profiles
-# --------------------------------------------------------------------------------------
-
-
-@dataclass
-class DatasetEntry:
-    """One dataset of a study: a registry name, where its files are, and how to make them."""
-
-    name: str  # how the study refers to it (defaults to the dataset name)
-    dataset: str
-    data_dir: str
-    dataset_options: dict[str, Any] = field(default_factory=dict)
-    simulate: dict[str, Any] | None = None  # {kind, n, seed}: simulate into data_dir when missing
-    params: dict[str, Any] = field(default_factory=dict)  # hyperparameters for this dataset only
-
-
-@dataclass
-class Profile:
-    name: str
-    path: Path
-    description: str
-    results: str
-    datasets: list[DatasetEntry]
-    grid: dict[str, list[Any]]
-    extra: list[dict[str, Any]]
-    params: dict[str, Any]
-    book: dict[str, Any]
-    kernel: str | None
-    slurm: dict[str, Any] = field(default_factory=dict)  # the `slurm:` block (see privrad.slurm.SlurmConfig)
-    gpu_profile: bool = False  # the profile file's slurm block asks for GPUs
-
-    def slurm_config(self):
-        """The validated Slurm options of this profile (its ``slurm:`` block and ``--set slurm.KEY``)."""
-        from privrad.slurm import SlurmConfig
-
-        return SlurmConfig.from_dict(self.slurm, where=f"study profile {self.path}", gpu_profile=self.gpu_profile)
-
-    @property
-    def results_dir(self) -> Path:
-        """``<results>/<profile>``: the run folders of this profile live here."""
-        return Path(self.results) / self.name
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML as people write numbers: ``1e-3`` is a float (plain YAML 1.1 reads it as a string),
-    and ``1:30:00`` is a string such as a Slurm time (YAML 1.1 reads it as 5400, in base 60)."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:int",
-    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
-    list("-+0123456789"),
-)
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)"
-               r"|\.[0-9_]+(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
-    list("-+0123456789."),
-)
-
-
-def _yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)
-
-
-def _known(keys: Iterable[str]) -> str:
-    return ", ".join(sorted(keys))
-
-
-def load_profile(name: str, *, sets: Sequence[str] = (), results: str | None = None, root: Path | None = None) -> Profile:
-    """Read a profile and apply ``--set key=value`` overrides (see :func:`apply_set`)."""
-    path = profile_path(name, root)
-    try:
-        raw = _yaml(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"study profile {path} is not valid YAML ({exc.__class__.__name__}); fix its syntax.") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"study profile {path} must be a mapping of {_known(PROFILE_KEYS)}.")
-    unknown = sorted(set(raw) - set(PROFILE_KEYS))
-    if unknown:
-        raise ConfigError(f"study profile {path} has unknown key(s) {', '.join(unknown)}; known keys are: {_known(PROFILE_KEYS)}.")
-    datasets = []
-    for i, d in enumerate(raw.get("datasets") or []):
-        if not isinstance(d, dict) or "dataset" not in d or "data_dir" not in d:
-            raise ConfigError(f"study profile {path}: datasets[{i}] needs at least `dataset` and `data_dir`.")
-        bad = sorted(set(d) - set(DATASET_KEYS))
-        if bad:
-            raise ConfigError(f"study profile {path}: datasets[{i}] has unknown key(s) {', '.join(bad)}; known keys are: {_known(DATASET_KEYS)}.")
-        sim = d.get("simulate")
-        if sim is not None:
-            bad = sorted(set(sim) - set(SIMULATE_KEYS)) if isinstance(sim, dict) else ["(not a mapping)"]
-            if bad:
-                raise ConfigError(f"study profile {path}: datasets[{i}].simulate has unknown key(s) {', '.join(bad)}; known keys are: {_known(SIMULATE_KEYS)}.")
-        datasets.append(
-            DatasetEntry(
-                name=str(d.get("name", d["dataset"])),
-                dataset=str(d["dataset"]),
-                data_dir=str(d["data_dir"]),
-                dataset_options=dict(d.get("dataset_options") or {}),
-                simulate=dict(sim) if sim else None,
-                params=dict(d.get("params") or {}),
-            )
-        )
-    if not datasets:
-        raise ConfigError(f"study profile {path} lists no datasets; add at least one under `datasets:`.")
-    names = [d.name for d in datasets]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"study profile {path} names a dataset twice ({names}); give each entry a distinct `name`.")
-    grid = {k: (list(v) if isinstance(v, list) else [v]) for k, v in (raw.get("grid") or {}).items()}
-    extra = list(raw.get("extra") or [])
-    if not all(isinstance(e, dict) for e in extra):
-        raise ConfigError(f"study profile {path}: every `extra` entry must be a mapping such as {{method: full, epsilon: null}}.")
-    profile = Profile(
-        name=path.stem,
-        path=path,
-        description=str(raw.get("description", "")),
-        results=str(results or raw.get("results", "results")),
-        datasets=datasets,
-        grid=grid,
-        extra=extra,
-        params=dict(raw.get("params") or {}),
-        book=dict(raw.get("book") or {}),
-        kernel=raw.get("kernel"),
-        slurm=dict(raw.get("slurm") or {}),
-    )
-    if not isinstance(raw.get("slurm") or {}, dict):
-        raise ConfigError(f"study profile {path}: `slurm` must be a mapping such as {{partition: gpu, gpus_per_node: 1}}.")
-    gpus = profile.slurm.get("gpus_per_node")
-    profile.gpu_profile = isinstance(gpus, int) and not isinstance(gpus, bool) and gpus >= 1
-    for s in sets:
-        apply_set(profile, s)
-    _check_keys(profile)
-    return profile
-
-
-def apply_set(profile: Profile, assignment: str) -> None:
-    """Apply one ``--set key=value`` (the value is read as YAML: ``null``, numbers, lists).
-
-    * ``key`` a grid axis (``epsilon``, ``seed``, ``model`` …) → the axis is replaced
-      (``--set epsilon=[0.1,1,null]``); ``--set dataset=NAME`` keeps only the named datasets;
-    * ``key`` another run parameter → it applies to every point, or becomes an axis when the
-      value is a list (``--set seed=[0,1,2]``);
-    * ``NAME.data_dir`` / ``NAME.<parameter>`` → for the dataset named ``NAME`` only
-      (``--set mimic-cxr.data_dir=/data/physionet/mimic-cxr``);
-    * ``NAME.simulate.n`` / ``NAME.simulate.seed`` → how a simulated dataset is generated (give it
-      a new ``NAME.data_dir`` too: an existing simulated folder is never overwritten).
-    """
-    if "=" not in assignment:
-        raise ConfigError(f"--set {assignment!r} is not of the form key=value (e.g. --set epsilon=[1,null]).")
-    key, text = assignment.split("=", 1)
-    key = key.strip()
-    try:
-        value = _yaml(text) if text.strip() else ""
-    except yaml.YAMLError:
-        raise ConfigError(f"--set {key}: the value {text!r} is not valid YAML; quote strings and write lists as [a,b].") from None
-    if key.startswith("slurm."):
-        profile.slurm[key.split(".", 1)[1]] = value
-        return
-    if "." in key:
-        name, sub = key.split(".", 1)
-        entry = next((d for d in profile.datasets if d.name == name), None)
-        if entry is None:
-            raise ConfigError(f"--set {key}: no dataset named {name!r} in profile {profile.name}; its datasets are: {_known(d.name for d in profile.datasets)}.")
-        if sub == "data_dir":
-            entry.data_dir = str(value)
-        elif sub == "dataset_options" and isinstance(value, dict):
-            entry.dataset_options = dict(value)
-        elif sub.startswith("dataset_options."):
-            entry.dataset_options[sub.split(".", 1)[1]] = value
-        elif sub.startswith("simulate.") and entry.simulate is not None and sub.split(".", 1)[1] in SIMULATE_KEYS:
-            entry.simulate[sub.split(".", 1)[1]] = value
-        elif sub in FIELDS and sub not in DATASET_FIELDS:
-            entry.params[sub] = value
-        else:
-            raise ConfigError(f"--set {key}: unknown dataset setting {sub!r}; use data_dir, dataset_options.<option>, simulate.<n|seed> (simulated datasets) or a run parameter ({_known(set(FIELDS) - set(DATASET_FIELDS))}).")
-        return
-    if key == "dataset":
-        wanted = value if isinstance(value, list) else [value]
-        missing = sorted(set(map(str, wanted)) - {d.name for d in profile.datasets})
-        if missing:
-            raise ConfigError(f"--set dataset: {', '.join(missing)} not in profile {profile.name}; its datasets are: {_known(d.name for d in profile.datasets)}.")
-        profile.datasets = [d for d in profile.datasets if d.name in set(map(str, wanted))]
-        return
-    if key not in FIELDS or key in DATASET_FIELDS:
-        raise ConfigError(f"--set {key}: unknown key; known keys are: dataset, <dataset>.data_dir, {_known(set(FIELDS) - set(DATASET_FIELDS))}.")
-    listy = key == "lora_targets"
-    if key in profile.grid or (isinstance(value, list) and not listy):
-        profile.grid[key] = value if isinstance(value, list) and not listy else [value]
-        profile.params.pop(key, None)
-    else:
-        profile.params[key] = value
-
-
-def _check_keys(profile: Profile) -> None:
-    allowed = set(FIELDS) - set(DATASET_FIELDS)
-    where = f"study profile {profile.path}"
-    for section, keys in (("grid", profile.grid), ("params", profile.params)):
-        bad = sorted(set(keys) - allowed)
-        if bad:
-            raise ConfigError(f"{where}: unknown {section} key(s) {', '.join(bad)}; known keys are: {_known(allowed)}.")
-    for d in profile.datasets:
-        bad = sorted(set(d.params) - allowed)
-        if bad:
-            raise ConfigError(f"{where}: dataset {d.name} has unknown params key(s) {', '.join(bad)}; known keys are: {_known(allowed)}.")
-    for e in profile.extra:
-        bad = sorted(set(e) - allowed)
-        if bad:
-            raise ConfigError(f"{where}: an `extra` entry has unknown key(s) {', '.join(bad)}; known keys are: {_known(allowed)}.")
-    for k, v in profile.grid.items():
-        if not v:
-            raise ConfigError(f"{where}: the grid axis {k} is empty; give it at least one value.")
-    profile.slurm_config()  # the slurm options are checked with everything else, whichever executor runs
-
-
-# --------------------------------------------------------------------------------------
-# Grid expansion and validation
-# --------------------------------------------------------------------------------------
-
-
-@dataclass
-class Point:
-    """One run of a study: its config, run id and where its files go."""
-
-    entry: DatasetEntry
-    config: RunConfig
-    run_id: str = ""
-    run_dir: Path = Path()
-    state: str = "new"  # new | complete | partial (run folder without its notebook)
-
-    @property
-    def label(self) -> str:
-        c = self.config
-        return f"{self.entry.name} · {c.model} · {c.method} · ε={epsilon_label(c.epsilon)} · seed {c.seed}"
-
-    def row(self) -> dict[str, Any]:
-        c = self.config
-        return {"run_id": self.run_id, "dataset": self.entry.name, "model": c.model, "method": c.method,
-                "epsilon": epsilon_label(c.epsilon), "seed": c.seed}
-
-
-def expand(profile: Profile) -> list[Point]:
-    """The grid's points: datasets × product(grid axes), plus each ``extra`` entry crossed with
-    the axes it does not fix (``{method: full, epsilon: null}`` → full fine-tuning for every
-    dataset × model × seed). Identical configs are kept once, in first-seen order."""
-    axes = dict(profile.grid)
-    variants: list[dict[str, Any]] = [{}] + [dict(e) for e in profile.extra]
-    points: list[Point] = []
-    seen: set[str] = set()
-    for entry in profile.datasets:
-        for fixed in variants:
-            var_axes = {k: ([fixed[k]] if k in fixed else v) for k, v in axes.items()}
-            rest = {k: v for k, v in fixed.items() if k not in var_axes}
-            keys = list(var_axes)
-            for combo in itertools.product(*(var_axes[k] for k in keys)):
-                values = {**profile.params, **entry.params, **dict(zip(keys, combo)), **rest}
-                d = {"dataset": entry.dataset, "data_dir": entry.data_dir,
-                     "dataset_options": entry.dataset_options, **values}
-                check_types(d, where=f"dataset {entry.name}")
-                config = RunConfig.from_dict(d)
-                key = json.dumps([entry.name, config.to_dict()], sort_keys=True, default=str)
-                if key not in seen:
-                    seen.add(key)
-                    points.append(Point(entry, config))
-    return points
-
-
-_JSON_SCALARS = (str, int, float, bool, type(None))
-
-
-def _passable(value: Any) -> bool:
-    """What papermill can write into a parameters cell faithfully: JSON-like values.
-    (A tuple, for one, would arrive as the *string* "(1, 2)"; a YAML date as a date object.)"""
-    if isinstance(value, _JSON_SCALARS):
-        return not (isinstance(value, float) and not math.isfinite(value))
-    if isinstance(value, list):
-        return all(_passable(v) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _passable(v) for k, v in value.items())
-    return False
-
-
-def _type_ok(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return True
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", typing.Union)):
-        return any(_type_ok(value, h) for h in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if origin in (tuple, list):
-        return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
-    if origin is dict or hint is dict:
-        return isinstance(value, dict)
-    return True
-
-
-_HINTS = typing.get_type_hints(RunConfig)
-
-
-def check_types(values: dict[str, Any], *, where: str) -> None:
-    """Every value must be passable by papermill and of its RunConfig field's type."""
-    for key, value in values.items():
-        if key not in _HINTS:
-            continue  # unknown keys are reported by RunConfig.from_dict with the known ones
-        if not _passable(value):
-            raise ConfigError(
-                f"{where}: parameter {key} = {value!r} ({type(value).__name__}) cannot be passed to a notebook by papermill; "
-                "use a string, number, boolean, null, list or mapping."
-            )
-        if not _type_ok(value, _HINTS[key]):
-            raise ConfigError(f"{where}: parameter {key} = {value!r} is not of the expected type {_HINTS[key]}; fix it in the profile or --set.")
-
-
-def check_values(config: RunConfig, *, where: str) -> None:
-    """Value checks that need no data (the training core re-checks everything at run time)."""
-    if config.method not in METHODS:
-        raise ConfigError(f"{where}: unknown method {config.method!r}; known methods are: {', '.join(METHODS)}.")
-    if config.epsilon is not None and not config.epsilon > 0:
-        raise ConfigError(f"{where}: epsilon = {config.epsilon} must be > 0 (or null for non-private training).")
-    for name in ("lr", "max_grad_norm", "num_epochs", "batch_size", "physical_batch_size", "max_length", "lora_r"):
-        if not getattr(config, name) > 0:
-            raise ConfigError(f"{where}: {name} = {getattr(config, name)} must be > 0.")
-    if config.delta is not None and not 0 < config.delta < 1:
-        raise ConfigError(f"{where}: delta = {config.delta} must be in (0, 1) (or null for privrad's default).")
-    try:  # the training core's own checks (model known, max_length within the model's limit, …)
-        from privrad.runs import normalize_config, validate_config
-    except ImportError:  # pragma: no cover - the training core is part of privrad
-        return
-    try:
-        validate_config(normalize_config(config))
-    except PrivradError as exc:
-        raise type(exc)(f"{where}: {exc}") from None
-
-
-def notebook_parameters(notebook: Path) -> set[str]:
-    """Names declared in the notebook's ``parameters`` cell (what papermill can set)."""
-    import papermill
-
-    if not notebook.is_file():
-        raise ConfigError(f"run notebook {notebook} does not exist; run privrad from the project folder or pass --notebook.")
-    return set(papermill.inspect_notebook(str(notebook)))
-
-
-def _resolve(path: str) -> Path:
-    return Path(os.path.expanduser(os.path.expandvars(path)))
+# ----------------------------------------------------------------------------- data and run ids
 
 
 def _is_simulated(path: Path) -> bool:
-    try:
-        from privrad.data.simulate import MARKER
-    except ImportError:  # pragma: no cover
-        return False
+    from privrad.data.simulate import MARKER
+
     return (path / MARKER).is_file()
 
 
 def prepare_data(profile: Profile, *, log: "Log | None" = None) -> None:
     """Every data folder must exist before the first run; simulated ones are made if missing."""
     for entry in profile.datasets:
-        path = _resolve(entry.data_dir)
+        path = resolve_path(entry.data_dir)
         if path.exists() and not (entry.simulate and _is_simulated(path)):
             continue
         if entry.simulate:  # missing, or simulator output: simulate() returns at once if it matches
@@ -485,7 +84,10 @@ def prepare_data(profile: Profile, *, log: "Log | None" = None) -> None:
             if not path.exists():
                 print(f"privrad: simulating {kind} (n={n}, seed={seed}) into {path} …", file=sys.stderr)
             t0 = time.time()
-            simulate(kind, path, n=n, seed=seed)
+            try:
+                simulate(kind, path, n=n, seed=seed)
+            except ConfigError as exc:  # another simulation is already there: never overwritten
+                raise ConfigError(f"dataset {entry.name}: {exc} To keep both, pass --set {entry.name}.data_dir=<another folder>.") from None
             if log:
                 log.event("simulated", dataset=entry.name, kind=kind, n=n, seed=seed, path=str(path), seconds=round(time.time() - t0, 2))
             continue
@@ -495,66 +97,72 @@ def prepare_data(profile: Profile, *, log: "Log | None" = None) -> None:
         )
 
 
-def _run_ids(points: list[Point], profile: Profile, results_dir: Path) -> dict[str, Any]:
-    """Load each dataset once, compute every point's run id and check its folder's state."""
+def _assign_run_ids(points: list[Point], profile: Profile, results_dir: Path) -> None:
+    """Load each dataset once, validate what needs the data, give every point its run id and state."""
     from privrad.data import load_dataset
     from privrad.runs import run_id
 
     datasets: dict[str, Any] = {}
     for entry in profile.datasets:
-        if not any(p.entry is entry for p in points):
-            continue
-        datasets[entry.name] = load_dataset(entry.dataset, str(_resolve(entry.data_dir)), **entry.dataset_options)
+        if any(p.entry is entry for p in points):
+            datasets[entry.name] = load_dataset(entry.dataset, str(resolve_path(entry.data_dir)), **entry.dataset_options)
     ids: dict[str, Point] = {}
     for p in points:
         ds = datasets[p.entry.name]
-        n_train = int((ds.splits == "train").sum())
-        if p.config.delta is not None and not p.config.delta < 1 / max(n_train, 1):
-            raise ConfigError(f"{p.label}: delta = {p.config.delta} must be < 1/n_train = {1 / n_train:.3g} for {n_train} training reports.")
+        p.config = validate_config(p.config, n_train=int((ds.splits == "train").sum()), where=p.label)
         p.run_id = run_id(p.config, ds.fingerprint)
         if p.run_id in ids:
             raise ConfigError(f"{p.label} and {ids[p.run_id].label} map to the same run id {p.run_id}; make the points differ.")
         ids[p.run_id] = p
         p.run_dir = results_dir / p.run_id
-        p.state = folder_state(p)
-    return datasets
+        p.state, p.problem = point_state(p.run_dir, p.run_id, results_dir)
+        _refuse_foreign(p)
 
 
-def _stored_config(run_dir: Path) -> dict[str, Any]:
-    try:
-        stored = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise ConfigError(f"run folder {run_dir} has no readable config.json; it is not a privrad run folder — move or delete it.") from None
-    return stored
+def point_state(run_dir: Path, rid: str, results_dir: Path) -> tuple[str, str | None]:
+    """A point's state (one of :data:`RUN_STATES`) and, unless complete, why, naming the file:
+    complete = a complete run folder (:func:`run_state`) with its executed notebook."""
+    if not run_dir.exists():
+        failed = results_dir / "failed" / f"{rid}.ipynb"
+        if failed.is_file():
+            return "failed", f"the last attempt failed; its notebook is {failed}"
+        return "missing", None
+    state = run_state(run_dir)
+    if not state.complete:
+        return "incomplete", state.problem
+    if not state.notebook:
+        return "incomplete", f"{run_dir}: run.ipynb is missing (the study runner had not placed it)"
+    return "complete", None
 
 
-def folder_state(p: Point) -> str:
-    """``new`` (no folder), ``partial`` (run folder written, notebook not yet placed) or
-    ``complete``; a folder of another config or privrad version is refused."""
+def _refuse_foreign(p: Point) -> None:
+    """A folder of this run id written by another config or privrad version is never mixed in."""
     import privrad
 
-    if not p.run_dir.exists():
-        return "new"
-    stored = _stored_config(p.run_dir)
-    cfg = stored.get("config", stored)
+    info = run_state(p.run_dir).info if p.run_dir.exists() else None
+    if info is None:
+        return
+    stored = info.get("config") if isinstance(info.get("config"), dict) else {}
     expected = p.config.to_dict()
-    mismatched = sorted(k for k in expected if k != "data_dir" and _norm(cfg.get(k, "<missing>")) != _norm(expected[k]))
-    if mismatched or stored.get("run_id", p.run_id) != p.run_id:
+    mismatched = sorted(k for k in expected if k != "data_dir" and _norm(stored.get(k, "<missing>")) != _norm(expected[k]))
+    if mismatched or info.get("run_id", p.run_id) != p.run_id:
         raise ConfigError(
             f"run folder {p.run_dir} was written by a different config (differs in {', '.join(mismatched) or 'run_id'}); "
-            "refusing to mix results: delete that folder or use another --results folder."
+            "refusing to mix results: delete that folder or use another --results-dir."
         )
-    version = stored.get("version", stored.get("privrad_version"))
-    if version is not None and version != privrad.__version__:
+    version = info.get("privrad_version")
+    if version != privrad.__version__:
         raise ConfigError(
             f"run folder {p.run_dir} was written by privrad {version}, this is privrad {privrad.__version__}; "
-            "refusing to mix versions: delete that folder or use another --results folder."
+            "refusing to mix versions: delete that folder or use another --results-dir."
         )
-    return "complete" if (p.run_dir / "run.ipynb").is_file() else "partial"
 
 
 def _norm(v: Any) -> Any:
     return json.loads(json.dumps(v, sort_keys=True, default=str))
+
+
+# ----------------------------------------------------------------------------- the plan
 
 
 @dataclass
@@ -576,15 +184,14 @@ class Plan:
 
 def plan(profile: Profile, *, notebook: Path | None = None, log: "Log | None" = None, root: Path | None = None) -> Plan:
     """Validate everything a sweep needs, in order of cost, before any run starts:
-    profile keys and types → values → the notebook's parameters → data paths (simulating
-    missing simulated data) → datasets loaded once each → run ids → existing run folders."""
+    profile keys, types and values (:func:`expand`) → the notebook's parameters → data paths
+    (simulating missing simulated data) → datasets loaded once each, checks that need them, run
+    ids → existing run folders."""
     root = root or project_root()
     notebook = notebook or root / RUN_NOTEBOOK
     points = expand(profile)
     if not points:
         raise ConfigError(f"study profile {profile.name} expands to no runs; check its grid.")
-    for p in points:
-        check_values(p.config, where=p.label)
     declared = notebook_parameters(notebook)
     missing = sorted((set(FIELDS) | set(NOTEBOOK_EXTRA_PARAMETERS)) - declared)
     if missing:
@@ -592,195 +199,11 @@ def plan(profile: Profile, *, notebook: Path | None = None, log: "Log | None" = 
             f"run notebook {notebook} has no parameter(s) {', '.join(missing)} in its `parameters` cell, so papermill cannot pass them; add them there."
         )
     prepare_data(profile, log=log)
-    _run_ids(points, profile, profile.results_dir)
-    kernel = profile.kernel or _default_kernel()
-    return Plan(profile, points, notebook, kernel, Path.cwd())
+    _assign_run_ids(points, profile, profile.results_dir)
+    return Plan(profile, points, notebook, profile.kernel or default_kernel(), Path.cwd())
 
 
-def _default_kernel() -> str:
-    """The ``privrad`` kernel (installed by ``make setup``) if present, else ``python3``."""
-    try:
-        from jupyter_client.kernelspec import find_kernel_specs
-
-        return "privrad" if "privrad" in find_kernel_specs() else "python3"
-    except Exception:  # pragma: no cover - jupyter_client always exists with papermill
-        return "python3"
-
-
-# --------------------------------------------------------------------------------------
-# Execution
-# --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Task:
-    """Everything needed to execute one point anywhere the results folder is visible."""
-
-    run_id: str
-    label: str
-    notebook: str
-    parameters: dict[str, Any]
-    run_dir: str
-    staging: str  # <results>/<profile>/.notebooks/<run_id>.ipynb
-    failed: str  # <results>/<profile>/failed/<run_id>.ipynb
-    kernel: str
-    cwd: str
-    timeout_s: float | None = None
-
-
-@dataclass
-class Outcome:
-    run_id: str
-    status: str  # ok | failed
-    seconds: float
-    error: str | None = None
-    job: str | None = None  # the Slurm job id (Slurm executor)
-    log: str | None = None  # the Slurm job's log file
-
-
-def _pdeathsig(slurm_job: bool = False) -> None:  # pragma: no cover - runs in the child
-    """Linux: the papermill child dies with its parent, so SIGKILL of a sweep stops its runs
-    (their kernels exit on their own when papermill is gone).
-
-    In a Slurm job, Slurm signals every process of the job: SIGTERM before it cancels, preempts
-    or requeues the job (then SIGKILL), SIGUSR2 before its time limit. Only the job's own process
-    acts on them (submitit requeues the job); the notebook and its kernel ignore them, so that a
-    stopped job never reports a half-run notebook as a failed run."""
-    if slurm_job:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def _notebook_error(path: Path) -> str | None:
-    """``ename: evalue`` of the first error output in an executed notebook."""
-    try:
-        nb = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    for cell in nb.get("cells", []):
-        for out in cell.get("outputs", []) or []:
-            if out.get("output_type") == "error":
-                return f"{out.get('ename')}: {out.get('evalue')}".strip()
-    return None
-
-
-_PAPERMILL_DRIVER = """
-import json, logging, sys
-import papermill
-logging.getLogger("papermill").setLevel(logging.WARNING)
-nb, out, params, kernel, cwd, timeout = sys.argv[1:7]
-papermill.execute_notebook(nb, out, parameters=json.load(open(params)), kernel_name=kernel, cwd=cwd,
-                           progress_bar=False, execution_timeout=float(timeout) if timeout else None)
-"""
-
-
-def execute_task(task: Task, env: dict[str, str] | None = None, *, slurm_job: bool = False) -> Outcome:
-    """Execute one run notebook with papermill in a subprocess and place the result.
-
-    Success: the executed notebook is renamed to ``run_dir/run.ipynb`` (after the training
-    core has written the run folder atomically). Failure: it is kept as ``failed/<run_id>.ipynb``
-    with its error. Executors call this function (locally, or on a cluster node)."""
-    t0 = time.time()
-    staging, failed, run_dir = Path(task.staging), Path(task.failed), Path(task.run_dir)
-    staging.parent.mkdir(parents=True, exist_ok=True)
-    params_file = staging.with_suffix(".params.json")
-    atomic_write_json(params_file, task.parameters)
-    # papermill's own CLI reads parameters as YAML 1.1 (``1e-05`` would arrive as a string): pass JSON.
-    cmd = [sys.executable, "-c", _PAPERMILL_DRIVER, task.notebook, str(staging), str(params_file), task.kernel,
-           task.cwd, str(task.timeout_s or "")]
-    proc = subprocess.run(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, preexec_fn=(lambda: _pdeathsig(slurm_job)) if sys.platform.startswith("linux") else None)
-    params_file.unlink(missing_ok=True)
-    seconds = round(time.time() - t0, 2)
-    error = None
-    if proc.returncode != 0:
-        killed = f"the notebook process was killed by {signal.Signals(-proc.returncode).name}" if proc.returncode < 0 else None
-        error = _notebook_error(staging) or killed or _last_line(proc.stdout) or f"papermill exited with status {proc.returncode}"
-    elif not (run_dir / "config.json").is_file():
-        error = f"the notebook finished but wrote no run folder at {run_dir}"
-    else:
-        stored = _stored_config(run_dir)
-        if stored.get("run_id", task.run_id) != task.run_id:
-            error = f"the run folder records run id {stored.get('run_id')}, expected {task.run_id} (did the data change during the sweep?)"
-    if error is None:
-        os.replace(staging, run_dir / "run.ipynb")
-        failed.unlink(missing_ok=True)
-        return Outcome(task.run_id, "ok", seconds)
-    failed.parent.mkdir(parents=True, exist_ok=True)
-    if staging.exists():
-        os.replace(staging, failed)
-    else:
-        atomic_write_text(failed.with_suffix(".log"), proc.stdout[-20000:])
-    return Outcome(task.run_id, "failed", seconds, error)
-
-
-def _last_line(text: str) -> str | None:
-    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
-    return lines[-1][:500] if lines else None
-
-
-class Executor:
-    """The seam between a sweep and where its runs execute: ``run(tasks)`` yields one
-    :class:`Outcome` per task as they finish. A Slurm executor would submit
-    :func:`execute_task` with submitit (one job per task or a job array) and yield the
-    outcomes of ``job.result()`` as jobs complete."""
-
-    def run(self, tasks: Sequence[Task]) -> Iterator[Outcome]:  # pragma: no cover - interface
-        raise NotImplementedError
-
-
-def visible_gpus() -> list[str]:
-    """GPU indices this process may use (empty on CPU machines)."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return [g for g in env.split(",") if g.strip() and g.strip() != "-1"]
-    try:
-        import torch
-
-        return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
-    except Exception:  # pragma: no cover
-        return []
-
-
-class LocalExecutor(Executor):
-    """``jobs`` papermill subprocesses at once; job slot ``i`` sees GPU ``gpus[i % len(gpus)]``
-    through ``CUDA_VISIBLE_DEVICES`` (one GPU per job) and, on CPU, an even share of the cores
-    for torch's threads so that parallel jobs do not oversubscribe the machine."""
-
-    def __init__(self, jobs: int = 1, gpus: Sequence[str] | None = None):
-        self.jobs = max(1, int(jobs))
-        self.gpus = list(visible_gpus() if gpus is None else gpus)
-
-    def _env(self, slot: int) -> dict[str, str]:
-        if self.gpus:
-            return {"CUDA_VISIBLE_DEVICES": self.gpus[slot % len(self.gpus)]}
-        threads = max(1, (os.cpu_count() or 1) // self.jobs)
-        return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-
-    def run(self, tasks: Sequence[Task]) -> Iterator[Outcome]:
-        slots: list[int] = list(range(self.jobs))
-        lock = threading.Lock()
-
-        def work(task: Task) -> Outcome:
-            with lock:
-                slot = slots.pop(0)
-            try:
-                return execute_task(task, self._env(slot))
-            finally:
-                with lock:
-                    slots.append(slot)
-
-        with cf.ThreadPoolExecutor(max_workers=self.jobs) as pool:
-            futures = [pool.submit(work, t) for t in tasks]
-            for fut in cf.as_completed(futures):
-                yield fut.result()
-
-
-# --------------------------------------------------------------------------------------
-# The sweep
-# --------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------- the sweep
 
 
 class Log:
@@ -815,7 +238,7 @@ def _sweep_lock(results_dir: Path) -> Iterator[None]:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         fh.close()
-        raise ConfigError(f"another sweep is running on {results_dir}; wait for it to finish or use another --results folder.") from None
+        raise ConfigError(f"another sweep is running on {results_dir}; wait for it to finish or use another --results-dir.") from None
     try:
         yield
     finally:
@@ -825,170 +248,196 @@ def _sweep_lock(results_dir: Path) -> Iterator[None]:
 
 def _clean_stale(results_dir: Path, keep: Iterable[str] = ()) -> None:
     """Remove what a killed sweep left half-done: temporary run folders and staged notebooks
-    (never trusted, always redone), except the staged notebooks of runs in ``keep`` (Slurm jobs
-    of an earlier sweep that are still running)."""
+    (never trusted, always redone) — except the staged notebooks of the runs in ``keep``, whose
+    Slurm jobs (of an earlier sweep) are still running."""
     keep = set(keep)
     for tmp in results_dir.glob(".*.tmp"):
         shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
     staged = results_dir / ".notebooks"
-    if not keep:
-        shutil.rmtree(staged, ignore_errors=True)
-        return
-    for f in staged.glob("*") if staged.is_dir() else ():
+    for f in staged.iterdir() if staged.is_dir() else ():
         if f.name.split(".", 1)[0] not in keep:
             shutil.rmtree(f, ignore_errors=True) if f.is_dir() else f.unlink(missing_ok=True)
 
 
 def _live_jobs(pl: Plan) -> dict[str, str]:
-    """Slurm jobs that an earlier sweep submitted for runs still to do and that are still queued
-    or running: run id → job id (read from the last manifest; Slurm is asked only if there are any)."""
-    manifest = pl.results_dir / "study.json"
-    if not manifest.is_file():
-        return {}
-    todo = {p.run_id for p in pl.todo}
-    try:
-        rows = json.loads(manifest.read_text(encoding="utf-8"))["points"]
-    except (OSError, ValueError, KeyError):
-        return {}
-    jobs = {r["run_id"]: r["job"] for r in rows if r.get("job") and r.get("run_id") in todo and r.get("status") != "failed"}
-    if not jobs:
-        return {}
-    from privrad.slurm import LIVE_STATES, job_states
+    """Slurm jobs of an earlier sweep (from the last manifest) for runs still to do that are
+    still queued or running: run id → job id."""
+    with contextlib.suppress(ConfigError):
+        todo = {p.run_id for p in pl.todo}
+        jobs = {r["run_id"]: r["job"] for r in (read_manifest(pl.results_dir) or {}).get("points", [])
+                if r.get("job") and r.get("run_id") in todo}
+        if jobs:
+            from privrad.slurm import live
 
-    states = job_states(jobs.values()) or {}
-    return {rid: jid for rid, jid in jobs.items() if states.get(jid) in LIVE_STATES}
+            return live(jobs)
+    return {}
+
+
+def _set_aside(p: Point, results_dir: Path, log: Log) -> None:
+    """An incomplete run folder (a file missing or unreadable) is moved to ``incomplete/`` so
+    that the run executes again; a folder whose files are complete but lacks only its notebook
+    stays (the notebook then reuses its training)."""
+    if not p.run_dir.exists() or run_state(p.run_dir).complete:
+        return
+    dest = results_dir / "incomplete" / p.run_id
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(p.run_dir, dest)
+    print(f"privrad: {p.problem}; set aside in {dest} and running it again", file=sys.stderr)
+    log.event("run_set_aside", **p.row(), problem=p.problem, moved_to=str(dest))
 
 
 def _task(p: Point, pl: Plan) -> Task:
-    params = {**p.config.to_dict(), "run_dir": str(p.run_dir)}
-    return Task(
-        run_id=p.run_id,
-        label=p.label,
-        notebook=str(pl.notebook.resolve()),
-        parameters=params,
-        run_dir=str(p.run_dir),
-        staging=str(pl.results_dir / ".notebooks" / f"{p.run_id}.ipynb"),
-        failed=str(pl.results_dir / "failed" / f"{p.run_id}.ipynb"),
-        kernel=pl.kernel,
-        cwd=str(pl.cwd),
-    )
-
-
-EXECUTORS = ("local", "slurm")
+    return Task(run_id=p.run_id, label=p.label, notebook=str(pl.notebook.resolve()),
+                parameters={**p.config.to_dict(), "run_dir": str(p.run_dir)}, run_dir=str(p.run_dir),
+                staging=str(pl.results_dir / ".notebooks" / f"{p.run_id}.ipynb"),
+                failed=str(pl.results_dir / "failed" / f"{p.run_id}.ipynb"), kernel=pl.kernel, cwd=str(pl.cwd))
 
 
 def run_study(profile: Profile, *, jobs: int | None = None, executor: Executor | str | None = None,
               notebook: Path | None = None, progress: bool = True, out=sys.stdout) -> int:
     """Validate, then execute every point not yet complete. Returns 0, or 1 if a run failed.
 
-    ``executor``: ``"local"`` (default; ``jobs`` processes at once), ``"slurm"`` (one Slurm job
-    per run, the profile's ``slurm:`` options; the cluster is asked before anything is written
-    or submitted), or an :class:`Executor` instance."""
+    ``executor``: ``"local"`` (the default: ``jobs`` processes at once, 1 unless given),
+    ``"slurm"`` (one Slurm job per run, with the profile's ``slurm:`` options; the cluster is
+    asked before anything is written or submitted), or an :class:`Executor`."""
     results_dir = profile.results_dir
-    name = executor if isinstance(executor, str) or executor is None else type(executor).__name__
-    slurm = None
-    if name == "slurm":
-        if jobs is not None:
-            raise ConfigError("--jobs sets how many local processes run at once; with --executor slurm set "
-                              "slurm.array_parallelism instead (--set slurm.array_parallelism=N).")
-        from privrad.slurm import SlurmExecutor
-
-        slurm = SlurmExecutor(profile.slurm_config(), results_dir / "slurm", job_name=f"privrad-{profile.name}")
-        slurm.check(len(expand(profile)))  # nothing is written or submitted before the cluster says yes
-    elif isinstance(executor, str) and executor != "local":
-        raise ConfigError(f"unknown executor {executor!r}; known executors are: {', '.join(EXECUTORS)}.")
-    jobs = 1 if jobs is None else jobs
+    executor = _executor(profile, executor, jobs)
     with _sweep_lock(results_dir):
         log = Log(results_dir / "study.jsonl")
         try:
-            t0 = time.time()
-            pl = plan(profile, notebook=notebook, log=log)
-            live = _live_jobs(pl)
-            if live and slurm is None:
-                rid, jid = next(iter(live.items()))
-                raise ConfigError(f"{len(live)} run(s) of this study are still queued or running on Slurm (e.g. {rid} as job {jid}); "
-                                  "wait for them with --executor slurm, or scancel them first.")
-            _clean_stale(results_dir, keep=live)
-            todo = pl.todo
-            log.event("sweep_start", profile=profile.name, points=len(pl.points), todo=len(todo), jobs=jobs,
-                      executor=name or "local")
-            status: dict[str, dict[str, Any]] = {}
-            for p in pl.points:
-                if p.state == "complete":
-                    status[p.run_id] = {**p.row(), "status": "cached", "seconds": 0.0, "error": None}
-                    log.event("cached", **p.row())
-            _write_manifest(pl, status)
-            by_id = {p.run_id: p for p in todo}
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(todo), desc=f"study {profile.name}", unit="run", disable=not progress or not todo, file=sys.stderr)
-            if slurm is not None:
-                def notify(event: str, rid: str, **fields: Any) -> None:
-                    log.event(f"run_{event}", **by_id[rid].row(), **fields)
-                    if event in ("submitted", "adopted"):
-                        status[rid] = {**by_id[rid].row(), "status": "submitted", "seconds": None, "error": None, **fields}
-                        _write_manifest(pl, status)
-
-                def on_status(counts: dict[str, int], array: str) -> None:
-                    bar.set_postfix_str(" · ".join(f"{k} {v}" for k, v in counts.items()) + f" · Slurm job {array}", refresh=True)
-
-                slurm.adopt, slurm.notify, slurm.on_status = live, notify, on_status
-                executor = slurm
-            else:
-                executor = executor if isinstance(executor, Executor) else LocalExecutor(jobs)
-            for p in todo:
-                log.event("run_start", **p.row(), run_dir=str(p.run_dir))
-            outcomes = executor.run([_task(p, pl) for p in todo])
-            with contextlib.ExitStack() as stack:
-                if slurm is not None:  # an interrupted sweep (Ctrl-C, an error) cancels its Slurm jobs
-                    stack.callback(outcomes.close)
-                for oc in outcomes:
-                    p = by_id[oc.run_id]
-                    where = {"job": oc.job, "log": oc.log} if oc.job else {}
-                    status[oc.run_id] = {**p.row(), "status": oc.status, "seconds": oc.seconds, "error": oc.error, **where}
-                    log.event(f"run_{oc.status}", **p.row(), seconds=oc.seconds, error=oc.error, **where)
-                    _write_manifest(pl, status)
-                    bar.update(1)
-                    if oc.status == "failed":
-                        bar.write(f"privrad: run failed: {p.label} ({oc.run_id}): {oc.error}" + (f" (log: {oc.log})" if oc.log else ""))
-            bar.close()
-            with contextlib.suppress(OSError):
-                (results_dir / ".notebooks").rmdir()  # only if empty
-            counts = {s: sum(1 for r in status.values() if r["status"] == s) for s in ("ok", "failed", "cached")}
-            wall = round(time.time() - t0, 1)
-            log.event("sweep_end", profile=profile.name, seconds=wall, **counts)
-            print(summary_table(pl, status), file=out)
-            print(f"{profile.name}: {counts['ok']} ok, {counts['failed']} failed, {counts['cached']} cached "
-                  f"in {wall:.1f} s — results in {results_dir}", file=out)
-            if counts["failed"]:
-                print(f"the executed notebooks of the failed runs, with their errors, are in {results_dir / 'failed'}", file=out)
-            return 1 if counts["failed"] else 0
+            return _sweep(profile, jobs=jobs, executor=executor, notebook=notebook, progress=progress, out=out, log=log)
         finally:
             log.close()
 
 
-def _write_manifest(pl: Plan, status: dict[str, dict[str, Any]]) -> None:
-    rows = []
+def _executor(profile: Profile, executor: Executor | str | None, jobs: int | None) -> Executor:
+    if isinstance(executor, Executor) or executor in (None, "local"):
+        return executor or LocalExecutor(1 if jobs is None else jobs)
+    if executor != "slurm":
+        raise ConfigError(f"unknown executor {executor!r}; known executors are: {', '.join(EXECUTORS)}.")
+    if jobs is not None:
+        raise ConfigError("--jobs sets how many local processes run at once; with --executor slurm set "
+                          "slurm.array_parallelism instead (--set slurm.array_parallelism=N).")
+    slurm = SlurmExecutor(profile.slurm_config(), profile.results_dir / "slurm", job_name=f"privrad-{profile.name}")
+    slurm.check(len(expand(profile)))  # nothing is written or submitted before the cluster says yes
+    return slurm
+
+
+def _sweep(profile: Profile, *, jobs, executor: Executor, notebook, progress, out, log: Log) -> int:
+    from tqdm.auto import tqdm
+
+    results_dir = profile.results_dir
+    t0 = time.time()
+    pl = plan(profile, notebook=notebook, log=log)
+    slurm = executor if isinstance(executor, SlurmExecutor) else None
+    live = _live_jobs(pl)
+    if live and slurm is None:
+        rid, jid = next(iter(live.items()))
+        raise ConfigError(f"{len(live)} run(s) of this study are still queued or running on Slurm (e.g. {rid} as job {jid}); "
+                          "wait for them with --executor slurm, or scancel them first.")
+    _clean_stale(results_dir, keep=live)
+    todo = pl.todo
+    log.event("sweep_start", profile=profile.name, points=len(pl.points), todo=len(todo), jobs=jobs,
+              executor="slurm" if slurm else "local")
+    status: dict[str, dict[str, Any]] = {}
     for p in pl.points:
-        r = status.get(p.run_id, {**p.row(), "status": "pending", "seconds": None, "error": None})
-        rows.append({**r, "run_dir": str(p.run_dir), "config": p.config.to_dict()})
-    atomic_write_json(pl.results_dir / "study.json", {"profile": pl.profile.name, "points": rows})
+        cached = p.state == "complete"
+        status[p.run_id] = {**p.row(), "state": p.state, "cached": cached, "seconds": 0.0 if cached else None,
+                            "error": None, "problem": p.problem}
+        if cached:
+            log.event("run_cached", **p.row())
+    write_manifest(pl, status)
+    for p in todo:
+        if p.run_id not in live:  # a running job may be writing it
+            _set_aside(p, results_dir, log)
+    by_id = {p.run_id: p for p in todo}
+    bar = tqdm(total=len(todo), desc=f"study {profile.name}", unit="run", disable=not progress or not todo, file=sys.stderr)
+    if slurm is not None:
+        def notify(event: str, rid: str, **fields: Any) -> None:
+            log.event(f"run_{event}", **by_id[rid].row(), **fields)
+            if event in ("submitted", "adopted"):  # the manifest says where each run went
+                status[rid] = {**status[rid], "job": fields["job"], "log": fields["log"]}
+                write_manifest(pl, status)
+
+        def on_status(counts: dict[str, int], arrays: str) -> None:
+            bar.set_postfix_str(" · ".join(f"{k} {v}" for k, v in counts.items()) + f" · Slurm job {arrays}", refresh=True)
+
+        slurm.adopt, slurm.notify, slurm.on_status = live, notify, on_status
+    for p in todo:
+        log.event("run_start", **p.row(), run_dir=str(p.run_dir))
+    outcomes = executor.run([_task(p, pl) for p in todo])
+    with contextlib.ExitStack() as stack:
+        if slurm is not None:  # an interrupted sweep (Ctrl-C, an error) cancels its Slurm jobs
+            stack.callback(outcomes.close)
+        for oc in outcomes:
+            p = by_id[oc.run_id]
+            where = {"job": oc.job, "log": oc.log} if oc.job else {}
+            status[oc.run_id] = {**p.row(), "state": oc.state, "cached": False, "seconds": oc.seconds, "error": oc.error,
+                                 "problem": None, **where}
+            log.event(f"run_{oc.state}", **p.row(), seconds=oc.seconds, error=oc.error, **where)
+            write_manifest(pl, status)
+            bar.update(1)
+            if oc.state == "failed":
+                bar.write(f"privrad: run failed: {p.label} ({oc.run_id}): {oc.error}" + (f" (log: {oc.log})" if oc.log else ""))
+    bar.close()
+    with contextlib.suppress(OSError):
+        (results_dir / ".notebooks").rmdir()  # only if empty
+    rows = list(status.values())
+    ran = sum(r["state"] == "complete" and not r["cached"] for r in rows)
+    cached = sum(r["cached"] for r in rows)
+    failed = sum(r["state"] == "failed" for r in rows)
+    wall = round(time.time() - t0, 1)
+    log.event("sweep_end", profile=profile.name, seconds=wall, ran=ran, cached=cached, failed=failed)
+    print(summary_table(rows), file=out)
+    print(f"{profile.name}: {ran + cached} complete ({ran} run now, {cached} cached), {failed} failed "
+          f"in {wall:.1f} s — results in {results_dir}", file=out)
+    if failed:
+        print(f"the executed notebooks of the failed runs, with their errors, are in {results_dir / 'failed'}", file=out)
+    return 1 if failed else 0
 
 
-def summary_table(pl: Plan, status: dict[str, dict[str, Any]]) -> str:
+def write_manifest(pl: Plan, status: dict[str, dict[str, Any]]) -> None:
+    """``study.json``: what this sweep ran — the profile as run (after ``--set``), its datasets,
+    book settings and kernel, and every point with its config and state. The book and ``study
+    status`` read this, never the profile."""
+    rows = [{**status[p.run_id], "run_dir": str(p.run_dir), "config": p.config.to_dict()} for p in pl.points]
+    used = {p.entry.name for p in pl.points}
+    datasets = [{"name": d.name, "dataset": d.dataset, "data_dir": str(resolve_path(d.data_dir).absolute()),
+                 "dataset_options": d.dataset_options} for d in pl.profile.datasets if d.name in used]
+    atomic_write_json(pl.results_dir / MANIFEST, {"profile": pl.profile.name, "datasets": datasets,
+                                                  "book": pl.profile.book, "kernel": pl.kernel, "points": rows})
+
+
+def read_manifest(results_dir: Path) -> dict | None:
+    """The last sweep's ``study.json`` (None when no sweep has started); unreadable → one sentence."""
+    path = results_dir / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(doc.get("points"), list):
+            raise ValueError("no points")
+    except (OSError, ValueError, AttributeError):
+        raise ConfigError(f"{path} cannot be read (truncated or edited); run the study again to rewrite it.") from None
+    return doc
+
+
+def summary_table(rows: list[dict[str, Any]]) -> str:
     import pandas as pd
 
-    rows = [status[p.run_id] for p in pl.points if p.run_id in status]
     if not rows:
         return "(no runs)"
-    columns = ["status", "run_id", "dataset", "model", "method", "epsilon", "seed", "seconds", "error"]
-    if any(r.get("job") for r in rows):
+    df = pd.DataFrame(rows)
+    df["state"] = [("cached" if c else s) if s == "complete" else s for s, c in zip(df["state"], df["cached"])]
+    columns = ["state", "run_id", "dataset", "model", "method", "epsilon", "seed", "seconds", "error"]
+    if "job" in df and df["job"].notna().any():  # Slurm: each run's job id and log, beside its error
         columns[-1:-1] = ["job", "log"]
-    df = pd.DataFrame(rows).reindex(columns=columns)
+    df = df.reindex(columns=columns)
     df["run_id"] = df["run_id"].map(_short_id)
-    df = df.fillna("")
-    order = {"failed": 0, "ok": 1, "cached": 2}
-    df = df.sort_values("status", key=lambda s: s.map(order), kind="stable")
+    df[columns[-3:]] = df[columns[-3:]].fillna("")
+    order = {"failed": 0, "incomplete": 1, "missing": 2, "complete": 3, "cached": 4}
+    df = df.sort_values("state", key=lambda s: s.map(order), kind="stable")
     with pd.option_context("display.width", 200, "display.max_colwidth", 80, "display.max_rows", 1000):
         return df.to_string(index=False)
 
@@ -998,172 +447,56 @@ def _short_id(run_id: str) -> str:
     return run_id.rsplit("__", 1)[-1][:12]
 
 
-def study_status(profile: Profile, out=sys.stdout) -> int:
-    """What the last sweep of a profile recorded, checked against the run folders on disk."""
+def study_status(results_dir: Path, profile_name: str, out=sys.stdout) -> int:
+    """What the last sweep recorded, checked against the run folders on disk now: each point's
+    state, and for an incomplete one the folder and the file at fault."""
     import pandas as pd
 
-    manifest = profile.results_dir / "study.json"
-    if not manifest.is_file():
-        print(f"no sweep has been started for profile {profile.name} in {profile.results_dir}; run `privrad study run --profile {profile.name}`.", file=out)
+    manifest = read_manifest(results_dir)
+    if manifest is None:
+        print(f"no sweep has been started for profile {profile_name} in {results_dir}; run `privrad study run --profile {profile_name}`.", file=out)
         return 0
-    rows = json.loads(manifest.read_text(encoding="utf-8"))["points"]
+    rows = manifest["points"]
     for r in rows:
-        rd = Path(r["run_dir"])
-        r["complete"] = (rd / "run.ipynb").is_file() and (rd / "config.json").is_file()
-    # runs submitted to Slurm that are not complete: what Slurm says of their jobs
-    jobs = {r["job"] for r in rows if r.get("job") and not r["complete"]}
-    states: dict[str, str] | None = {}
-    if jobs:
-        from privrad.slurm import LIVE_STATES, QUEUED_STATES, job_states
+        r["state"], r["problem"] = point_state(results_dir / r["run_id"], r["run_id"], results_dir)
+    columns = ["state", "run_id", "dataset", "model", "method", "epsilon", "seed"]
+    jobs = {r["job"] for r in rows if r.get("job") and r["state"] != "complete"}
+    if jobs:  # runs submitted to Slurm that are not complete: what Slurm says of their jobs
+        from privrad.slurm import describe
 
-        states = job_states(jobs)
-    for r in rows:
-        job = r.get("job") if not r["complete"] else None
-        state = (states or {}).get(job) if job else None
-        r["slurm"] = f"{job} {state or ('(Slurm not reachable)' if states is None else 'ENDED')}" if job else ""
-        if r["complete"]:
-            r["status"] = "complete"
-        elif state in LIVE_STATES if job else False:
-            r["status"] = "queued" if state in QUEUED_STATES else "running"
-        elif (profile.results_dir / "failed" / f"{r['run_id']}.ipynb").is_file():
-            r["status"] = "failed"
-        else:
-            r["status"] = "missing"
-    columns = ["status", "run_id", "dataset", "model", "method", "epsilon", "seed"] + (["slurm"] if jobs else [])
+        said = describe(jobs)
+        for r in rows:
+            r["slurm"] = said.get(r.get("job"), "") if r["state"] != "complete" else ""
+        columns.append("slurm")
     df = pd.DataFrame(rows)[columns]
     df["run_id"] = df["run_id"].map(_short_id)
-    print(df.to_string(index=False), file=out)
-    print(", ".join(f"{k}: {v}" for k, v in df["status"].value_counts().items()), file=out)
+    with pd.option_context("display.width", 200, "display.max_rows", 1000):
+        print(df.to_string(index=False), file=out)
+    for r in rows:
+        if r["state"] == "incomplete":
+            print(f"incomplete: {r['problem']}", file=out)
+    counts = df["state"].value_counts()
+    print(", ".join(f"{s}: {counts[s]}" for s in RUN_STATES if s in counts), file=out)
     return 0
 
 
-# --------------------------------------------------------------------------------------
-# The book
-# --------------------------------------------------------------------------------------
-
-GENERATED = Path("book") / "generated"
-
-
-def completed_runs(results_dir: Path) -> list[Path]:
-    """The complete run folders (``config.json`` and the executed ``run.ipynb``) of the last
-    sweep of this results folder, as listed in its ``study.json``: folders left over from an
-    earlier grid or configuration are not mixed into the book's tables. Without a manifest,
-    every complete folder."""
-    if not results_dir.is_dir():
-        return []
-    complete = lambda d: (d / "run.ipynb").is_file() and (d / "config.json").is_file()  # noqa: E731
-    manifest = results_dir / "study.json"
-    if manifest.is_file():
-        ids = [r["run_id"] for r in json.loads(manifest.read_text(encoding="utf-8"))["points"]]
-        return sorted(results_dir / i for i in ids if complete(results_dir / i))
-    return sorted(d for d in results_dir.iterdir() if d.is_dir() and not d.name.startswith(".") and complete(d))
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
-
-
-def _titled_copy(src: Path, dst: Path, title: str) -> None:
-    """Copy an executed notebook, giving it a page title (its first heading) so the appendix
-    pages are distinguishable; cells and outputs are untouched."""
-    nb = json.loads(src.read_text(encoding="utf-8"))
-    for cell in nb.get("cells", []):
-        if cell.get("cell_type") == "markdown":
-            text = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
-            if text.lstrip().startswith("# "):
-                first, _, rest = text.lstrip().partition("\n")
-                cell["source"] = f"# {title}\n{rest}"
-                break
-    atomic_write_text(dst, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
-
-
-def _execute_for_book(papermill, src: Path, dst: Path, parameters: dict[str, Any], kernel: str) -> None:
-    try:
-        papermill.execute_notebook(str(src), str(dst), parameters=parameters, kernel_name=kernel,
-                                   cwd=str(Path.cwd()), progress_bar=False)
-    except papermill.PapermillExecutionError as exc:
-        raise PrivradError(f"{src} failed ({exc.ename}: {exc.evalue}); the executed notebook with the error is {dst}, and no book was built.") from None
-
-
-def build_book(profile: Profile, *, root: Path | None = None, out=sys.stdout) -> int:
-    """Collect the executed notebooks into ``book/generated/`` and build the book offline.
-
-    Executes (with papermill) only the analysis notebook over the run folders and the data
-    notebook over the profile's datasets; Jupyter Book itself executes nothing
-    (``execute_notebooks: off``) and treats every warning as an error."""
-    import papermill
-
-    root = (root or Path.cwd()).resolve()
-    results_dir = profile.results_dir if profile.results_dir.is_absolute() else Path.cwd() / profile.results_dir
-    runs = completed_runs(results_dir)
-    if not runs:
-        raise ConfigError(
-            f"no completed run in {profile.results_dir}, so there is nothing to put in the book; "
-            f"run `privrad study run --profile {profile.name}` first."
-        )
-    for required in ("_config.yml", "_toc.yml"):
-        if not (root / required).is_file():
-            raise ConfigError(f"{root / required} does not exist; run `privrad book build` from the project folder.")
-    kernel = profile.kernel or _default_kernel()
-    t0 = time.time()
-    staging = root / "book" / ".generated.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "runs").mkdir(parents=True)
-    # the appendix: every executed run notebook, titled by its point
-    for rd in runs:
-        cfg = _stored_config(rd)
-        c = cfg.get("config", cfg)
-        title = f"{c['dataset']} · {c['model']} · {c['method']} · ε = {epsilon_label(c.get('epsilon'))} · seed {c['seed']}"
-        _titled_copy(rd / "run.ipynb", staging / "runs" / f"{_slug(rd.name)}.ipynb", title)
-    # results and statistics: the analysis notebook over the run folders
-    print(f"privrad: executing the analysis notebook over {len(runs)} runs …", file=sys.stderr)
-    _execute_for_book(papermill, root / "notebooks" / "analysis.ipynb", staging / "analysis.ipynb",
-                      {"results_dir": str(results_dir), "run_dirs": [str(rd) for rd in runs], "profile": profile.name}, kernel)
-    # data: the datasets helper's notebook, over this profile's datasets
-    data_nb = root / "notebooks" / "data.ipynb"
-    if data_nb.is_file():
-        print("privrad: executing the data notebook …", file=sys.stderr)
-        datasets = [[d.dataset, str(_resolve(d.data_dir))] for d in profile.datasets]
-        tokenizer = profile.book.get("tokenizer") or (profile.grid.get("model") or [RunConfig().model])[0]
-        options = {d.dataset: d.dataset_options for d in profile.datasets if d.dataset_options}
-        _execute_for_book(papermill, data_nb, staging / "data.ipynb",
-                          {"datasets": datasets, "dataset_options": options, "tokenizer": tokenizer}, kernel)
-    else:
-        atomic_write_text(staging / "data.md", "# The datasets, described\n\nThe data notebook (`notebooks/data.ipynb`) is not present in this checkout.\n")
-    generated = root / GENERATED
-    shutil.rmtree(generated, ignore_errors=True)
-    os.replace(staging, generated)
-    shutil.rmtree(root / "_build", ignore_errors=True)  # no page of an earlier build survives
-    print("privrad: building the book …", file=sys.stderr)
-    cmd = [sys.executable, "-c", "import sys; from jupyter_book.cli.main import main; sys.argv[0] = 'jupyter-book'; main()",
-           "build", str(root), "--warningiserror", "--nitpick", "--keep-going", "--all"]
-    proc = subprocess.run(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    index = root / "_build" / "html" / "index.html"
-    if proc.returncode != 0 or not index.is_file():
-        tail = "\n".join(proc.stdout.splitlines()[-40:])
-        print(tail, file=sys.stderr)
-        raise PrivradError(f"the book build failed (jupyter-book exit status {proc.returncode}; warnings are errors): see the messages above.")
-    print(f"book: {len(runs)} runs, built in {time.time() - t0:.1f} s → {index}", file=out)
-    return 0
-
-
-# --------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------- CLI
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    profile = load_profile(args.profile, sets=args.set or (), results=args.results)
+    profile = load_profile(args.profile, sets=args.set or (), results_dir=args.results_dir)
     return run_study(profile, jobs=args.jobs, executor=args.executor, notebook=Path(args.notebook) if args.notebook else None,
-                     progress=not args.no_progress)
+                     progress=not args.quiet)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    return study_status(load_profile(args.profile, sets=args.set or (), results=args.results))
+    profile = load_profile(args.profile, results_dir=args.results_dir)
+    return study_status(profile.results_dir, profile.name)
 
 
-def _cmd_book(args: argparse.Namespace) -> int:
-    return build_book(load_profile(args.profile, results=args.results))
+def add_results_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results-dir", help="results root (default: the profile's, usually results/); "
+                                              "a profile's runs are in RESULTS_DIR/PROFILE/RUN_ID")
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -1173,24 +506,19 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     run = ssub.add_parser("run", help="execute every run of a profile that is not complete yet")
     run.add_argument("--profile", default="default", help="a profile in studies/ (default: default) or a .yml path")
     run.add_argument("--executor", choices=EXECUTORS, default="local",
-                     help="where runs execute: local processes (default) or one Slurm job per run (options: the profile's slurm: block, --set slurm.KEY=VALUE)")
-    run.add_argument("--jobs", type=int, default=None, help="runs executed at once by the local executor (default 1; one process, and one GPU where there are GPUs, per job)")
+                     help="where runs execute: local processes (default), or one Slurm job per run with the profile's "
+                          "slurm: options (--set slurm.KEY=VALUE overrides them)")
+    run.add_argument("--jobs", type=int, default=None,
+                     help="local executor: runs executed at once (default 1; one process, and one GPU where there are GPUs, per job)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override the profile: a grid axis (epsilon=[1,null]), a parameter (lr=1e-3) or a dataset path (mimic-cxr.data_dir=/data/mimic)")
-    run.add_argument("--results", help="results root (default: the profile's, usually results/); runs go to RESULTS/PROFILE/RUN_ID")
+    add_results_dir(run)
     run.add_argument("--notebook", help=argparse.SUPPRESS)
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=_cmd_run)
 
-    st = ssub.add_parser("status", help="which runs of a profile are complete, failed or missing")
+    st = ssub.add_parser("status", help="the state of every run of the last sweep: complete, incomplete (naming the file), failed "
+                                        "or missing, and the Slurm state of submitted runs that are not complete")
     st.add_argument("--profile", default="default")
-    st.add_argument("--set", action="append", metavar="KEY=VALUE")
-    st.add_argument("--results")
+    add_results_dir(st)
     st.set_defaults(func=_cmd_status)
-
-    book = subparsers.add_parser("book", help="build the Jupyter Book from a study's executed notebooks")
-    bsub = book.add_subparsers(dest="book_command", metavar="SUBCOMMAND", required=True)
-    build = bsub.add_parser("build", help="collect executed notebooks and build _build/html/index.html (offline, warnings as errors)")
-    build.add_argument("--profile", default="default")
-    build.add_argument("--results")
-    build.set_defaults(func=_cmd_book)

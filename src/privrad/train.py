@@ -188,8 +188,8 @@ def train(model, data: EncodedDataset, cfg: RunConfig, *, delta: float | None = 
         row = {"step": step, "loss": loss_sum / max(1, len(indices)), "lr": scheduler.get_last_lr()[0],
                "batch_size": len(indices)}
         if cfg.private and step in checkpoints:
-            row["epsilon"] = epsilon_from_history(history, delta, accountant="pld", pld_interval=cfg.epsilon / 200)
-            bar.set_postfix(loss=f"{row['loss']:.3f}", eps=f"{row['epsilon']:.3g}")
+            row["epsilon_spent"] = epsilon_from_history(history, delta, accountant="pld", pld_interval=cfg.epsilon / 200)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", eps=f"{row['epsilon_spent']:.3g}")
         elif step % 10 == 0 or step == total:
             bar.set_postfix(loss=f"{row['loss']:.3f}")
         curve.append(row)

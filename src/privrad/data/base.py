@@ -26,7 +26,7 @@ class ReportDataset:
     """Reports with multi-label targets, split assignment and provenance.
 
     Attributes:
-        name: registry name of the dataset family (e.g. ``"mimic-cxr"``).
+        name: registry name of the dataset (e.g. ``"mimic-cxr"``).
         label_names: the label columns, in order.
         ids: one id per example (unique).
         patient_ids: one patient id per example; no patient appears in two splits.
@@ -143,7 +143,7 @@ def check_patient_disjoint(patient_ids: Sequence[str], splits: Sequence[str], *,
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A registered dataset family."""
+    """A registered dataset: its loader and what it declares (labels, credentialed)."""
 
     name: str
     loader: Callable[..., ReportDataset]

@@ -1,32 +1,14 @@
 """``privrad data …``: simulate a download, describe a dataset, list the known datasets.
 
-    privrad data simulate mimic-cxr --out data/simulated/mimic-cxr --n 4000 --seed 0
-    privrad data simulate ct-rate --out data/simulated/ct-rate
-    privrad data describe openi ../shared/data/openi --option test_list=true --tokenizer minilm-l6
+    privrad data simulate mimic-cxr --out data/simulated/mimic-cxr-4k --n 4000 --seed 0
+    privrad data simulate ct-rate --out data/simulated/ct-rate-2k --n 2000
+    privrad data describe openi ../shared/data/openi --dataset-option test_list=true --tokenizer minilm-l6
     privrad data list
 """
 
 from __future__ import annotations
 
 import warnings
-
-import yaml
-
-from privrad.errors import ConfigError
-
-
-def parse_options(items: list[str] | None) -> dict:
-    """``["max_reports=100", "uncertain=positive"]`` → dict; values are read as YAML scalars/lists."""
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"dataset option {item!r} is not KEY=VALUE; write e.g. --option max_reports=1000.")
-        try:
-            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError:
-            raise ConfigError(f"dataset option {item!r} has a value that cannot be read; quote it or simplify it.") from None
-    return out
 
 
 def _simulate(args) -> int:
@@ -42,10 +24,11 @@ def _describe(args) -> int:
     from privrad.data.common import DataWarning
     from privrad.data.describe import describe, format_description
     from privrad.io import atomic_write_json
+    from privrad.profiles import parse_assignments
 
     with warnings.catch_warnings():  # the loader's summary line is printed below, once
         warnings.simplefilter("ignore", DataWarning)
-        ds = load_dataset(args.dataset, args.path, **parse_options(args.option))
+        ds = load_dataset(args.dataset, args.path, **parse_assignments(args.dataset_options, flag="--dataset-option"))
     tok = None if args.tokenizer in (None, "", "none") else args.tokenizer
     d = describe(ds, tokenizer=tok)
     print(format_description(d))
@@ -71,7 +54,7 @@ def register_cli(subparsers) -> None:
 
     s = sub.add_parser("simulate", help="write a simulated, layout-exact MIMIC-CXR or CT-RATE download")
     s.add_argument("kind", choices=["mimic-cxr", "ct-rate"])
-    s.add_argument("--out", required=True, help="output folder (by convention data/simulated/<kind>)")
+    s.add_argument("--out", required=True, help="output folder, e.g. data/simulated/<kind>-4k (data/simulated/<kind> is where the default profile simulates its own data)")
     s.add_argument("--n", type=int, default=None, help="number of reports (default: 4000 MIMIC-CXR, 2000 CT-RATE)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--label-noise", type=float, default=0.05, dest="label_noise",
@@ -82,8 +65,8 @@ def register_cli(subparsers) -> None:
     d = sub.add_parser("describe", help="counts, prevalence and lengths of a dataset (never its text)")
     d.add_argument("dataset", help="registry name, e.g. mimic-cxr, ct-rate, openi, csv, simulated-mimic-cxr")
     d.add_argument("path", help="the download folder (or the file, for csv)")
-    d.add_argument("-o", "--option", action="append", metavar="KEY=VALUE",
-                   help="loader option, repeatable (e.g. uncertain=positive, max_reports=1000, text_column=report)")
+    d.add_argument("-o", "--dataset-option", action="append", dest="dataset_options", metavar="KEY=VALUE",
+                   help="one entry of the loader's dataset_options, repeatable (e.g. uncertain=positive, max_reports=1000, text_column=report)")
     d.add_argument("--tokenizer", default="minilm-l6", help="tokenizer for token lengths ('none' to skip); default minilm-l6")
     d.add_argument("--json", default=None, help="also write the tables to this JSON file")
     d.set_defaults(func=_describe)

@@ -101,9 +101,9 @@ def describe(dataset: ReportDataset, tokenizer=None) -> dict[str, Any]:
     }
 
 
-def prevalence_long(dataset: ReportDataset) -> pd.DataFrame:
-    """Prevalence in long form (label, split, prevalence) for plotting with seaborn."""
-    p = describe(dataset)["prevalence"].drop(columns="all")
+def prevalence_long(description: dict[str, Any]) -> pd.DataFrame:
+    """A :func:`describe` result's prevalence in long form (label, split, prevalence), for seaborn."""
+    p = description["prevalence"].drop(columns="all")
     return p.reset_index().melt(id_vars="label", var_name="split", value_name="prevalence")
 
 

@@ -1,4 +1,4 @@
-"""Label names of every dataset family, and the policies that turn raw label values into targets.
+"""Label names of every dataset, and the policies that turn raw label values into targets.
 
 The order of each tuple is the order of the label columns everywhere in privrad (the
 ``labels`` array, metrics tables, the book).

@@ -144,9 +144,11 @@ def simulate(
         if existing == marker:
             return out
         if not overwrite:
+            held = (f"simulated {existing.get('kind')} with n={existing.get('n')}, seed={existing.get('seed')}, "
+                    f"label_noise={existing.get('label_noise')}" if isinstance(existing, dict) else "something else")
             raise ConfigError(
-                f"output folder {str(out)!r} already exists and holds something else; "
-                "choose another folder or pass overwrite=True (--overwrite)."
+                f"output folder {str(out)!r} already exists and holds {held}, not {kind} with n={n}, seed={seed}, "
+                f"label_noise={label_noise:g}; choose another folder or pass overwrite=True (--overwrite)."
             )
     files = (_simulate_mimic if kind == "mimic-cxr" else _simulate_ct)(int(n), int(seed), float(label_noise))
     files[MARKER] = (json.dumps(marker, indent=2, sort_keys=True) + "\n").encode()

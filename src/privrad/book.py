@@ -1,0 +1,225 @@
+"""The book, built from what the last sweep ran — its manifest ``study.json`` — never from the profile.
+
+``privrad book build`` reads ``<results>/<profile>/study.json`` (written by the sweep: every
+point's config and state, the datasets as the sweep used them after ``--set``, the book
+settings and the kernel), and
+
+1. copies each complete run's executed notebook into ``book/generated/runs/`` (the appendix);
+2. executes ``notebooks/analysis.ipynb`` over those run folders and ``notebooks/data.ipynb``
+   over the manifest's datasets (papermill);
+3. builds the Jupyter Book offline, warnings as errors (Jupyter Book itself executes nothing).
+
+A run folder that is not complete (:func:`privrad.runs.run_state`: a file missing, truncated
+or unreadable) is left out with one line naming the folder and the file; it never stops the
+build with a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from privrad.config import epsilon_label
+from privrad.errors import ConfigError, PrivradError
+from privrad.executors import default_kernel
+from privrad.io import atomic_write_text
+from privrad.profiles import load_profile
+from privrad.runs import run_state
+from privrad.study import read_manifest
+
+GENERATED = Path("book") / "generated"
+
+
+def completed_runs(results_dir: Path, manifest: dict, *, out=sys.stderr) -> list[Path]:
+    """The complete run folders of the manifest's points that hold their executed notebook;
+    the others are named (with the file at fault) and left out. Folders are looked up by run id
+    in ``results_dir``, so a results folder copied elsewhere builds the same book."""
+    runs = []
+    for point in manifest["points"]:
+        rd = results_dir / point["run_id"]
+        if not rd.exists():
+            continue  # never run, or failed: `privrad study status` lists these
+        state = run_state(rd, run_id=point["run_id"])
+        if not state.complete:
+            print(f"privrad: left out of the book: {state.problem}", file=out)
+        elif not state.notebook:
+            print(f"privrad: left out of the book: {rd}: run.ipynb is missing (re-run the study to place it)", file=out)
+        else:
+            runs.append(rd)
+    return sorted(runs)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
+
+
+def _titled_copy(src: Path, dst: Path, title: str) -> None:
+    """Copy an executed notebook, giving it a page title (its first heading) so the appendix
+    pages are distinguishable; cells and outputs are untouched."""
+    nb = json.loads(src.read_text(encoding="utf-8"))
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") == "markdown":
+            text = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+            if text.lstrip().startswith("# "):
+                first, _, rest = text.lstrip().partition("\n")
+                cell["source"] = f"# {title}\n{rest}"
+                break
+    atomic_write_text(dst, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+
+
+# ----------------------------------------------------------------------------- generated facts
+# Chapters include these snippets (```{include} generated/<name>.md```): a fact the code or
+# the runs hold is never typed into the prose.
+
+
+_PAPER_WORDS = {"paper: moderate DP": "DP-LoRA at a moderate privacy budget", "paper: ∞": "non-private LoRA",
+                "paper: full": "full fine-tuning"}
+
+
+def paper_numbers_md() -> str:
+    """The paper's reported weighted F1, from :data:`privrad.stats.PAPER` (the one copy)."""
+    from privrad.stats import PAPER
+
+    parts = []
+    for dataset, numbers in PAPER.items():
+        said = [f"{v:.2f} for {_PAPER_WORDS[k]}" for k, v in numbers.items() if v is not None]
+        parts.append(f"on {dataset}, " + (", ".join(said[:-1]) + " and " + said[-1] if len(said) > 1 else said[0]))
+    return "The paper reports a weighted F1 " + "; ".join(parts) + ".\n"
+
+
+def stand_ins_md() -> str:
+    """The stand-in table, from the model registry (:mod:`privrad.models`)."""
+    from privrad.models import get_model_spec, known_models
+
+    rows = ["| paper's model | offline stand-in | what the stand-in is |", "|---|---|---|"]
+    for name in known_models():
+        spec = get_model_spec(name)
+        if spec.stands_in_for:
+            paper = get_model_spec(spec.stands_in_for)
+            rows.append(f"| `{paper.name}`: {paper.description} (`{paper.source}`) | `{spec.name}` | {spec.description} |")
+    return "\n".join(rows) + "\n"
+
+
+def study_md(manifest: dict, runs: list[Path]) -> str:
+    """What the last sweep ran, per dataset, read from its run folders (sizes, steps, lengths)."""
+    from privrad.runs import read_run
+
+    by_dataset: dict[str, list] = {}
+    for rd in runs:
+        res = read_run(rd)
+        by_dataset.setdefault(res.config.dataset, []).append(res)
+
+    def values(results, get) -> str:
+        vs = sorted({get(r) for r in results}, key=lambda v: (v is None, str(v)))
+        return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in vs) or "—"
+
+    rows = [f"Profile `{manifest['profile']}`: {len(runs)} complete runs.", "",
+            "| dataset | reports (train / validation / test) | max_length | batch_size | num_epochs | steps | lr (DP) | lr (non-private) |",
+            "|---|---|---|---|---|---|---|---|"]
+    for dataset, results in sorted(by_dataset.items()):
+        sizes = results[0].info.get("split_sizes", {})
+        private = [r for r in results if r.config.epsilon is not None]
+        public = [r for r in results if r.config.epsilon is None]
+        rows.append(f"| {dataset} | {' / '.join(str(sizes.get(s, '?')) for s in ('train', 'validation', 'test'))} | "
+                    f"{values(results, lambda r: r.config.max_length)} | {values(results, lambda r: r.config.batch_size)} | "
+                    f"{values(results, lambda r: r.config.num_epochs)} | {values(results, lambda r: r.privacy['steps'])} | "
+                    f"{values(private, lambda r: r.config.lr)} | {values(public, lambda r: r.config.lr)} |")
+    return "\n".join(rows) + "\n"
+
+
+def write_facts(folder: Path, manifest: dict, runs: list[Path]) -> None:
+    for name, text in (("paper-numbers.md", paper_numbers_md()), ("stand-ins.md", stand_ins_md()),
+                       ("study.md", study_md(manifest, runs))):
+        atomic_write_text(folder / name, text)
+
+
+def _execute(papermill, src: Path, dst: Path, parameters: dict[str, Any], kernel: str) -> None:
+    try:
+        papermill.execute_notebook(str(src), str(dst), parameters=parameters, kernel_name=kernel,
+                                   cwd=str(Path.cwd()), progress_bar=False)
+    except papermill.PapermillExecutionError as exc:
+        raise PrivradError(f"{src} failed ({exc.ename}: {exc.evalue}); the executed notebook with the error is {dst}, and no book was built.") from None
+
+
+def build_book(results_dir: Path, *, profile_name: str, root: Path | None = None, out=sys.stdout) -> int:
+    """Collect the executed notebooks of the last sweep in ``results_dir`` into
+    ``book/generated/`` and build the book offline."""
+    import papermill
+
+    root = (root or Path.cwd()).resolve()
+    results_dir = results_dir if results_dir.is_absolute() else Path.cwd() / results_dir
+    manifest = read_manifest(results_dir)
+    runs = completed_runs(results_dir, manifest) if manifest else []
+    if not runs:
+        raise ConfigError(f"no completed run in {results_dir}, so there is nothing to put in the book; "
+                          f"run `privrad study run --profile {profile_name}` first.")
+    for required in ("_config.yml", "_toc.yml"):
+        if not (root / required).is_file():
+            raise ConfigError(f"{root / required} does not exist; run `privrad book build` from the project folder.")
+    kernel = manifest.get("kernel") or default_kernel()
+    t0 = time.time()
+    staging = root / "book" / ".generated.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "runs").mkdir(parents=True)
+    configs = {p["run_id"]: p["config"] for p in manifest["points"]}
+    for rd in runs:  # the appendix: every executed run notebook, titled by its point
+        c = configs[rd.name]
+        title = f"{c['dataset']} · {c['model']} · {c['method']} · ε = {epsilon_label(c.get('epsilon'))} · seed {c['seed']}"
+        _titled_copy(rd / "run.ipynb", staging / "runs" / f"{_slug(rd.name)}.ipynb", title)
+    print(f"privrad: executing the analysis notebook over {len(runs)} runs …", file=sys.stderr)
+    _execute(papermill, root / "notebooks" / "analysis.ipynb", staging / "analysis.ipynb",
+             {"run_dirs": [str(rd) for rd in runs], "profile": manifest["profile"]}, kernel)
+    print("privrad: executing the data notebook …", file=sys.stderr)
+    used = {configs[rd.name]["dataset"] for rd in runs}
+    datasets = [[d["dataset"], d["data_dir"]] for d in manifest["datasets"] if d["dataset"] in used]
+    options = {d["dataset"]: d["dataset_options"] for d in manifest["datasets"] if d["dataset_options"] and d["dataset"] in used}
+    book = manifest.get("book") or {}
+    tokenizer = book.get("tokenizer") or configs[runs[0].name]["model"]
+    _execute(papermill, root / "notebooks" / "data.ipynb", staging / "data.ipynb",
+             {"datasets": datasets, "dataset_options": options, "tokenizer": tokenizer}, kernel)
+    write_facts(staging, manifest, runs)
+    generated = root / GENERATED
+    shutil.rmtree(generated, ignore_errors=True)
+    os.replace(staging, generated)
+    shutil.rmtree(root / "_build", ignore_errors=True)  # no page of an earlier build survives
+    print("privrad: building the book …", file=sys.stderr)
+    cmd = [sys.executable, "-c", "import sys; from jupyter_book.cli.main import main; sys.argv[0] = 'jupyter-book'; main()",
+           "build", str(root), "--warningiserror", "--nitpick", "--keep-going", "--all"]
+    proc = subprocess.run(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    index = root / "_build" / "html" / "index.html"
+    if proc.returncode != 0 or not index.is_file():
+        tail = "\n".join(proc.stdout.splitlines()[-40:])
+        print(tail, file=sys.stderr)
+        raise PrivradError(f"the book build failed (jupyter-book exit status {proc.returncode}; warnings are errors): see the messages above.")
+    print(f"book: {len(runs)} runs, built in {time.time() - t0:.1f} s → {index}", file=out)
+    return 0
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    if args.results_dir:
+        from privrad.profiles import profile_path
+
+        name = Path(profile_path(args.profile)).stem
+        return build_book(Path(args.results_dir) / name, profile_name=name)
+    profile = load_profile(args.profile)  # only to find its results folder
+    return build_book(profile.results_dir, profile_name=profile.name)
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    from privrad.study import add_results_dir
+
+    book = subparsers.add_parser("book", help="build the Jupyter Book from the last sweep of a study")
+    bsub = book.add_subparsers(dest="book_command", metavar="SUBCOMMAND", required=True)
+    build = bsub.add_parser("build", help="collect the last sweep's executed notebooks and build _build/html/index.html "
+                                          "(offline, warnings as errors)")
+    build.add_argument("--profile", default="default", help="the study whose last sweep (study.json) the book shows")
+    add_results_dir(build)
+    build.set_defaults(func=_cmd_build)

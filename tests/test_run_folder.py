@@ -1,0 +1,118 @@
+"""The run-folder contract (privrad.runs): one writer, one reader, one rule of completeness,
+and what the sweep, `study status`, the statistics and the book make of an incomplete folder."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from privrad import book, profiles, stats, study
+from privrad.errors import DataError
+from privrad.runs import REQUIRED, RUN_FILES, RUN_FORMAT, read_run, run_state, write_run
+from study_helpers import fabricate_run
+
+ROOT = Path(__file__).resolve().parents[1]
+DAMAGES = [(name, how) for name in ("config.json", "metrics.json", "privacy.json") for how in ("truncated", "missing")]
+
+
+def damage(run_dir: Path, name: str, how: str) -> None:
+    if how == "missing":
+        (run_dir / name).unlink()
+    else:
+        text = (run_dir / name).read_text()
+        (run_dir / name).write_text(text[: len(text) // 2])
+
+
+def test_a_written_folder_is_complete_and_reads_back(tmp_path):
+    rd = fabricate_run(tmp_path, epsilon=1.0)
+    state = run_state(rd)
+    assert state.complete and state.problem is None and not state.notebook
+    res = read_run(rd)
+    assert res.info["run_format"] == RUN_FORMAT and res.privacy["epsilon"] == 1.0 and res.privacy["epsilon_spent"] < 1.0
+    row = res.row()
+    assert row["weighted_f1_ci95_low"] < row["weighted_f1"] < row["weighted_f1_ci95_high"]
+    assert set(RUN_FILES) <= {p.name for p in rd.iterdir()}
+
+
+def test_the_writer_refuses_a_file_without_its_required_fields(tmp_path):
+    rd = fabricate_run(tmp_path)
+    res = read_run(rd)
+    privacy = {k: v for k, v in res.privacy.items() if k != "epsilon_spent"}
+    privacy["spent_epsilon"] = 0.9  # another spelling of the same field
+    with pytest.raises(ValueError, match="privacy.json lacks epsilon_spent"):
+        write_run(tmp_path / "other", info=res.info, metrics=res.metrics, privacy=privacy, curve=res.curve,
+                  predictions=res.predictions())
+    assert not (tmp_path / "other").exists()
+    assert "epsilon_spent" in REQUIRED["privacy.json"] and "weighted_f1" in REQUIRED["metrics.json"]
+
+
+@pytest.mark.parametrize("name, how", DAMAGES)
+def test_a_truncated_or_missing_file_is_not_complete_and_is_named(tmp_path, name, how):
+    rd = fabricate_run(tmp_path)
+    damage(rd, name, how)
+    state = run_state(rd)
+    assert not state.complete
+    assert state.problem.startswith(f"{rd}: {name} ") and ("is missing" if how == "missing" else "cannot be read") in state.problem
+    with pytest.raises(DataError, match=f"^{rd}: {name} .*; it is not a complete run folder.$"):
+        read_run(rd)
+    # the statistics read complete folders only
+    other = fabricate_run(tmp_path, epsilon=None)
+    assert stats.run_folders(tmp_path) == [other]
+    assert list(stats.load_runs(tmp_path)["run_dir"]) == [str(other)]
+
+
+def test_a_folder_of_the_previous_format_is_refused_in_one_sentence(tmp_path):
+    rd = fabricate_run(tmp_path)
+    info = json.loads((rd / "config.json").read_text())
+    del info["run_format"]
+    info["privrad_version"] = "0.1.0"
+    (rd / "config.json").write_text(json.dumps(info))
+    with pytest.raises(DataError, match=rf"^{rd}: config.json is in the run-folder format of privrad 0.1.0, not format {RUN_FORMAT}; "
+                                        r"run it again with this privrad \(delete the folder first\); it is not a complete run folder.$"):
+        read_run(rd)
+
+
+def _manifest_with(tmp_path: Path, run_dirs: list[Path]) -> Path:
+    """A study.json written by the sweep's own writer for fabricated run folders."""
+    profile = profiles.load_profile("smoke", root=ROOT, results_dir=str(tmp_path / "results"))
+    points = []
+    for rd in run_dirs:
+        res = read_run(rd)
+        entry = next(d for d in profile.datasets if d.dataset == "mimic-cxr")
+        p = profiles.Point(entry, res.config, run_id=rd.name, run_dir=rd, state="complete")
+        points.append(p)
+    pl = study.Plan(profile, points, ROOT / profiles.RUN_NOTEBOOK, "python3", ROOT)
+    study.write_manifest(pl, {p.run_id: {**p.row(), "state": "complete", "cached": True, "seconds": 0.0, "error": None,
+                                         "problem": None} for p in points})
+    return profile.results_dir
+
+
+@pytest.mark.parametrize("name, how", DAMAGES)
+def test_status_and_the_book_name_the_folder_and_the_file(tmp_path, name, how):
+    results = tmp_path / "results" / "smoke"
+    good = fabricate_run(results, epsilon=None)
+    bad = fabricate_run(results, epsilon=1.0)
+    for rd in (good, bad):
+        (rd / "run.ipynb").write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    _manifest_with(tmp_path, [good, bad])
+    damage(bad, name, how)
+    out = io.StringIO()
+    assert study.study_status(results, "smoke", out=out) == 0
+    text = out.getvalue()
+    assert f"incomplete: {bad}: {name} " in text and text.splitlines()[-1] == "incomplete: 1, complete: 1"
+    err = io.StringIO()
+    assert book.completed_runs(results, study.read_manifest(results), out=err) == [good]
+    assert err.getvalue().startswith(f"privrad: left out of the book: {bad}: {name} ")
+
+
+def test_the_books_study_facts_come_from_the_run_folders(tmp_path):
+    results = tmp_path / "results" / "smoke"
+    runs = [fabricate_run(results, epsilon=e) for e in (1.0, None)]
+    _manifest_with(tmp_path, runs)
+    text = book.study_md(study.read_manifest(results), runs)
+    assert text.startswith("Profile `smoke`: 2 complete runs.")
+    row = next(line for line in text.splitlines() if line.startswith("| simulated-mimic-cxr |"))
+    assert f"| {read_run(runs[0]).config.max_length} |" in row and "| 100 |" in row  # max_length, steps
