@@ -11,8 +11,9 @@ CPU per run, two runs at once) — the same parallelism and the same threads per
 interleaved so that a change in the machine's load hits both executors alike.
 
 Prints, per sweep, the wall time of ``privrad study run`` and the sum of the runs' own seconds
-(papermill, measured inside the job), and the Slurm overhead: the wall-time difference per
-sweep and per run. Never asserts a time.
+(papermill, measured inside the job); for Slurm also each job's wall time (Slurm's StartTime to
+EndTime, 1 s resolution) minus its run's own seconds — submitit's start and result; and the Slurm
+overhead: the wall-time difference per sweep and per run. Never asserts a time.
 """
 
 from __future__ import annotations
@@ -41,7 +42,19 @@ def sweep(results: Path, data: Path, executor: str, env: dict[str, str]) -> dict
     if proc.returncode != 0:
         raise SystemExit(f"{executor} sweep failed:\n{proc.stdout}\n{proc.stderr[-3000:]}")
     rows = json.loads((results / "smoke" / "study.json").read_text())["points"]
-    return {"executor": executor, "wall_s": wall, "runs": len(rows), "run_s": sum(r["seconds"] for r in rows)}
+    out = {"executor": executor, "wall_s": wall, "runs": len(rows), "run_s": sum(r["seconds"] for r in rows)}
+    if executor == "slurm":  # inside each job: its wall time (Slurm's StartTime → EndTime) minus the run's own
+        out["job_overhead_s"] = [job_seconds(r["job"], env) - r["seconds"] for r in rows]
+    return out
+
+
+def job_seconds(job: str, env: dict[str, str]) -> float:
+    from datetime import datetime
+
+    text = subprocess.run(["scontrol", "show", "job", "-o", job], env=env, capture_output=True, text=True).stdout
+    fields = dict(f.split("=", 1) for f in text.split() if "=" in f)
+    start, end = (datetime.fromisoformat(fields[k]) for k in ("StartTime", "EndTime"))
+    return (end - start).total_seconds()
 
 
 def main() -> None:
@@ -70,8 +83,10 @@ def main() -> None:
                     res = sweep(tmp / f"{executor}-{r}", data, executor, env)
                     res["load"] = os.getloadavg()[0]
                     out.append(res)
+                    extra = (f", per job: Slurm wall − run's own time median {statistics.median(res['job_overhead_s']):.1f} s"
+                             if "job_overhead_s" in res else "")
                     print(f"round {r}: {executor:5s} wall {res['wall_s']:6.1f} s, runs' own time {res['run_s']:6.1f} s "
-                          f"({res['runs']} runs), load {res['load']:.1f}", flush=True)
+                          f"({res['runs']} runs), load {res['load']:.1f}{extra}", flush=True)
         finally:
             cluster.stop()
     local = [o["wall_s"] for o in out if o["executor"] == "local"]

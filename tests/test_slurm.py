@@ -190,7 +190,8 @@ def test_scancel_then_rerun_completes_only_the_missing_runs(slurm_smoke, smoke, 
     try:
         running = wait_for(lambda: [j for j, s in live_jobs(slurm_cluster).items() if s == "RUNNING"], 120, "a running job", sweep)
         status = run_privrad("study", "status", "--profile", "smoke", "--results-dir", str(results), env=slurm_cluster.env)
-        assert status.returncode == 0 and f"{running[0]} RUNNING" in status.stdout and "running" in status.stdout, status.stdout
+        row = next(line for line in status.stdout.splitlines() if line.rstrip().endswith(f"{running[0]} RUNNING"))
+        assert status.returncode == 0 and row.split()[0] == "missing", status.stdout  # on disk: not there yet
         slurm_cluster.run("scancel", running[0])
         out, _ = sweep.communicate(timeout=600)
     finally:
@@ -202,7 +203,8 @@ def test_scancel_then_rerun_completes_only_the_missing_runs(slurm_smoke, smoke, 
     assert len(failed) == 1 and running[0] in failed[0] and "CANCELLED" in failed[0]
     assert len(run_dirs(results)) == 7
     status = run_privrad("study", "status", "--profile", "smoke", "--results-dir", str(results), env=slurm_cluster.env)
-    assert "complete: 7" in status.stdout and f"{running[0]} CANCELLED" in status.stdout
+    row = next(line for line in status.stdout.splitlines() if line.rstrip().endswith(f"{running[0]} CANCELLED"))
+    assert row.split()[0] == "failed" and "failed: 1, complete: 7" in status.stdout, status.stdout
     again = run_privrad("study", "run", "--profile", "smoke", "--executor", "slurm", "--results-dir", str(results), *smoke["sets"],
                         env=slurm_cluster.env)
     assert again.returncode == 0 and "8 complete (1 run now, 7 cached), 0 failed" in again.stdout, again.stdout + again.stderr[-3000:]

@@ -135,9 +135,23 @@ def study_md(manifest: dict, runs: list[Path]) -> str:
     return "\n".join(rows) + "\n"
 
 
+def slurm_options_md() -> str:
+    """The keys of a profile's ``slurm:`` block, their defaults and meaning, from :class:`SlurmConfig`."""
+    import dataclasses
+
+    from privrad.config import SlurmConfig
+
+    rows = ["| key | default | what it sets |", "|---|---|---|"]
+    for f in dataclasses.fields(SlurmConfig):
+        if "help" in f.metadata:
+            default = "null" if f.default is None else ("[]" if f.default == () else f"`{f.default}`")
+            rows.append(f"| `{f.name}` | {default} | {f.metadata['help']} |")
+    return "\n".join(rows) + "\n"
+
+
 def write_facts(folder: Path, manifest: dict, runs: list[Path]) -> None:
     for name, text in (("paper-numbers.md", paper_numbers_md()), ("stand-ins.md", stand_ins_md()),
-                       ("study.md", study_md(manifest, runs))):
+                       ("study.md", study_md(manifest, runs)), ("slurm-options.md", slurm_options_md())):
         atomic_write_text(folder / name, text)
 
 

@@ -226,8 +226,6 @@ def _check_values(cfg: RunConfig) -> None:
 
 # ----------------------------------------------------------------------------- Slurm options
 
-SLURM_KEYS = ("partition", "account", "gpus_per_node", "cpus_per_task", "mem_gb", "time", "min_run_time",
-              "array_parallelism", "sbatch_args", "setup")
 _TIME = re.compile(r"^(?:(?P<d>\d+)-(?P<dh>\d+)(?::(?P<dm>\d+)(?::(?P<ds>\d+))?)?|(?P<a>\d+)(?::(?P<b>\d+)(?::(?P<c>\d+))?)?)$")
 
 
@@ -251,6 +249,11 @@ def minutes(value: Any, *, key: str) -> int:
     return math.ceil(seconds / 60)
 
 
+def _opt(default: Any, help: str) -> Any:
+    """A Slurm option with what it means (the book's table of options is generated from these)."""
+    return field(default=default, metadata={"help": help})
+
+
 def _hms(total_minutes: int) -> str:
     return f"{total_minutes // 60}:{total_minutes % 60:02d}:00"
 
@@ -262,16 +265,16 @@ class SlurmConfig:
     ``--gpus-per-node``, ``--cpus-per-task``, ``--time``) or submitit's (``mem_gb``,
     ``array_parallelism``)."""
 
-    partition: str | None = None  # None: the cluster's default partition
-    account: str | None = None
-    gpus_per_node: int = 0  # GPUs per run; 0 = a CPU job (the run does not see any GPU)
-    cpus_per_task: int = 1  # CPU cores per run (torch uses this many threads)
-    mem_gb: float | None = None  # memory per run; None = the partition's default
-    time: str = "1:00:00"  # time limit of one run
-    min_run_time: str | None = None  # how long the profile's shortest run takes (a `time` below it is refused)
-    array_parallelism: int = 32  # runs at once (the job array's %N)
-    sbatch_args: tuple[str, ...] = ()  # more sbatch options, long form: ["--qos=high", "--constraint=a100"]
-    setup: tuple[str, ...] = ()  # shell lines run before each run (e.g. "module load cuda/12.4")
+    partition: str | None = _opt(None, "the partition (`sbatch --partition`); null: the cluster's default")
+    account: str | None = _opt(None, "the account charged (`sbatch --account`)")
+    gpus_per_node: int = _opt(0, "GPUs per run (`--gpus-per-node`); 0: a CPU job, in which the run sees no GPU")
+    cpus_per_task: int = _opt(1, "CPU cores per run (`--cpus-per-task`); torch uses this many threads")
+    mem_gb: float | None = _opt(None, "memory per run in GB (`--mem`); null: the partition's default")
+    time: str = _opt("1:00:00", "time limit of one run (`--time`): minutes or \"H:MM:SS\"")
+    min_run_time: str | None = _opt(None, "how long the profile's shortest run takes; a `time` below it is refused")
+    array_parallelism: int = _opt(32, "runs at once (the job array's `%N`)")
+    sbatch_args: tuple[str, ...] = _opt((), "more sbatch options, long form: `[--qos=high, --constraint=a100]`")
+    setup: tuple[str, ...] = _opt((), "shell lines run before each run, e.g. `module load cuda/12.4`")
     gpu_profile: bool = field(default=False, compare=False)  # the profile file itself asks for GPUs
 
     @classmethod
@@ -300,7 +303,7 @@ class SlurmConfig:
             if not re.match(r"^--[a-z][a-z0-9-]*(=.+)?$", arg):
                 raise ConfigError(f"{where}: slurm.sbatch_args entry {arg!r} is not a long sbatch option; write it as --name=value (e.g. --constraint=a100).")
             if arg.split("=", 1)[0][2:].replace("-", "_") in SLURM_KEYS + ("array", "output", "error", "signal", "time", "mem", "gpus", "gres"):
-                raise ConfigError(f"{where}: slurm.sbatch_args entry {arg!r} sets what privrad sets itself; use the slurm key for it instead ({', '.join(SLURM_KEYS[:7])}).")
+                raise ConfigError(f"{where}: slurm.sbatch_args entry {arg!r} sets what privrad sets itself; use the slurm key for it instead (partition, account, gpus_per_node, cpus_per_task, mem_gb, time).")
         cfg = cls(**{k: (str(v) if k in ("time", "min_run_time") and v is not None else v) for k, v in raw.items()},
                   gpu_profile=gpu_profile)
         time_min = minutes(cfg.time, key="time")
@@ -358,3 +361,6 @@ class SlurmConfig:
             parts.append(f"{self.mem_gb:g} GB")
         parts += [f"time {_hms(self.time_min)}", f"{self.array_parallelism} at once"]
         return ", ".join(parts)
+
+
+SLURM_KEYS = tuple(f.name for f in dataclasses.fields(SlurmConfig) if "help" in f.metadata)  # the slurm: block's keys

@@ -312,8 +312,10 @@ def run_study(profile: Profile, *, jobs: int | None = None, executor: Executor |
 
 
 def _executor(profile: Profile, executor: Executor | str | None, jobs: int | None) -> Executor:
-    if isinstance(executor, Executor) or executor in (None, "local"):
-        return executor or LocalExecutor(1 if jobs is None else jobs)
+    if isinstance(executor, Executor):
+        return executor
+    if executor in (None, "local"):
+        return LocalExecutor(1 if jobs is None else jobs)
     if executor != "slurm":
         raise ConfigError(f"unknown executor {executor!r}; known executors are: {', '.join(EXECUTORS)}.")
     if jobs is not None:
