@@ -19,10 +19,10 @@ For each model, five methods are timed on identical batches (random token ids of
 =================  =============================================================================
 
 One step is exactly the body of ``privrad.train.train``'s loop for one logical batch: the model
-comes from ``privrad.models.build_model``, the private ones are wrapped with the same Opacus
-calls (``wrap_model(..., batch_first=True, loss_reduction="mean")``, the flat ``DPOptimizer``
-over AdamW, ``signal_skip_step`` per physical chunk), and the loss is
-``privrad.train.example_losses``. Noise is drawn as in a real run (σ = 1).
+comes from ``privrad.models.build_model``, its forward pass is ``privrad.features.Classifier``'s,
+the private ones are made private by the same ``privrad.privacy.make_private`` call (Opacus'
+``GradSampleModule``, the flat ``DPOptimizer`` over AdamW, ``signal_skip_step`` per physical
+chunk), and the loss is ``privrad.train.example_losses``. Noise is drawn as in a real run (σ = 1).
 
 Each (model, method) runs in a fresh process so its peak RSS is its own; on a GPU the peak is
 ``torch.cuda.max_memory_allocated``. Time = median over ``--repeats`` steps after ``--warmup``.
@@ -72,74 +72,71 @@ def synthetic_data(n: int, length: int, seed: int = 0):
     return EncodedDataset(Encoded(ids, np.full(n, length), length, 0), labels, np.ones((n, N_LABELS), bool))
 
 
+class HFForward:
+    """The forward pass privrad used before :class:`privrad.features.Classifier`: the model's own
+    ``transformers`` forward over every token of every layer (for before → after comparisons)."""
+
+    def __new__(cls, model, *, full_private: bool = False):
+        import torch
+
+        class _HF(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.model = model
+
+            def forward(self, input_ids=None, attention_mask=None, features=None):
+                kw = {}
+                if full_private:  # Opacus needs one row of position ids per report to split their gradient
+                    b, t = input_ids.shape
+                    kw["position_ids"] = torch.arange(t, device=input_ids.device).expand(b, t)
+                return self.model(input_ids=input_ids, attention_mask=attention_mask, **kw).logits
+
+        return _HF()
+
+
 class Stepper:
-    """One logical DP-SGD / SGD step exactly as ``privrad.train.train`` does it (see module doc)."""
+    """One logical DP-SGD / SGD step exactly as ``privrad.train.train`` does it (see module doc).
+
+    ``forward``: ``"fast"`` (privrad's :class:`~privrad.features.Classifier`: [CLS]-only top layer,
+    frozen-layer features when ``data`` carries them) or ``"hf"`` (the model's own forward).
+    """
 
     def __init__(self, model, method: str, *, batch: int, physical: int, device: str, lr: float = 1e-4,
-                 noise_multiplier: float = 1.0):
+                 noise_multiplier: float = 1.0, forward: str = "fast"):
         import torch
+
+        from privrad.features import Classifier
+        from privrad.privacy import make_private
+        from privrad.train import _NonPrivate
 
         spec = METHODS[method]
         self.private, self.mode, self.device = spec["private"], spec["mode"], device
         self.batch, self.physical, self.model = batch, physical, model
-        # DP full fine-tuning trains the position embeddings, whose input (position_ids) has batch
-        # size 1 unless given explicitly, and Opacus then fails ("stack expects each tensor to be
-        # equal size"): like privrad.train._forward, pass one row of position ids per report.
-        self.full_private = self.private and spec["method"] == "full"
-        params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=lr)
-        self.net = model
+        net = Classifier(model) if forward == "fast" else HFForward(model, full_private=self.private and spec["method"] == "full")
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
         if self.private:
-            from opacus.grad_sample.utils import wrap_model
-            from opacus.optimizers import get_optimizer_class
-
-            if self.mode == "ghost":
-                self.net = wrap_model(model, grad_sample_mode="ghost", batch_first=True, loss_reduction="mean",
-                                      max_grad_norm=1.0, use_ghost_clipping=True)
-            else:
-                self.net = wrap_model(model, grad_sample_mode=self.mode, batch_first=True, loss_reduction="mean")
-                self.net.forbid_grad_accumulation()
-            gen = torch.Generator(device=device).manual_seed(1)
-            self.optimizer = get_optimizer_class("flat", False, self.mode)(
-                self.optimizer, noise_multiplier=noise_multiplier, max_grad_norm=1.0, expected_batch_size=batch,
-                loss_reduction="mean", generator=gen)
+            self.trainer = make_private(
+                module=net, optimizer=optimizer, num_samples=batch, batch_size=batch, steps=1, max_grad_norm=1.0,
+                noise_multiplier=noise_multiplier, grad_sample_mode=self.mode,
+                noise_generator=torch.Generator(device=device).manual_seed(1))
+        else:
+            self.trainer = _NonPrivate(net, optimizer, None)
 
     def detach(self) -> None:
         """Remove Opacus' hooks (as ``privrad.train`` does after training)."""
         if self.private:
-            self.net.remove_hooks()
+            self.trainer.close()
 
     def step(self, data, indices) -> float:
-        import torch
-
-        from privrad.train import _batch, _chunks, example_losses
+        from privrad.train import _batch, _chunks, _inputs, example_losses
 
         chunks = _chunks(indices, data, self.physical)
         loss_sum = 0.0
         for k, chunk in enumerate(chunks):
             batch = {key: v.to(self.device) for key, v in _batch(data, chunk).items()}
-            extra = {}
-            if self.full_private:  # see Stepper.__init__: per-sample position-embedding gradients need a batch dim
-                b, t = batch["input_ids"].shape
-                extra["position_ids"] = torch.arange(t, device=self.device).expand(b, t)
-            logits = self.net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra).logits
-            losses = example_losses(logits, batch)
+            losses = example_losses(self.trainer.module(**_inputs(batch)), batch)
             loss_sum += float(losses.detach().sum())
-            if self.private:
-                self.optimizer.signal_skip_step(do_skip=k < len(chunks) - 1)
-                if self.mode == "ghost":  # what DPLossFastGradientClipping returns: two backward passes
-                    from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
-
-                    DPTensorFastGradientClipping(self.net, self.optimizer, losses, "mean").backward()
-                else:
-                    losses.mean().backward()
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-            else:
-                (losses.sum() / len(indices)).backward()
-        if not self.private:
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            self.trainer.backward(losses, last=k == len(chunks) - 1)
         return loss_sum
 
 

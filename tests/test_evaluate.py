@@ -86,3 +86,21 @@ def test_bootstrap_resamples_are_weighted_f1_of_resampled_reports():
     for row, b in zip(counts, boots):
         idx = np.repeat(np.arange(len(y)), row.astype(int))
         assert b == pytest.approx(weighted_f1(y[idx], d[idx], mask[idx]), abs=1e-12)
+
+
+def test_learned_nothing_is_the_best_text_blind_classifier_under_the_threshold_policy():
+    """Training prevalence as every report's score: with tuned thresholds each label is 'all
+    positive' where that beats 'none' on validation, which is weighted F1 of 2p/(1+p) per label."""
+    from privrad.evaluate import learned_nothing
+
+    rng = np.random.default_rng(0)
+    prev = np.array([0.4, 0.2, 0.05])
+    draw = lambda n: (rng.random((n, 3)) < prev).astype(np.float32)  # noqa: E731
+    tr, va, te = draw(400), draw(200), draw(300)
+    ones = lambda y: np.ones_like(y, bool)  # noqa: E731
+    tuned = learned_nothing(tr, ones(tr), va, ones(va), te, ones(te))
+    assert tuned == pytest.approx(weighted_f1(te, np.ones_like(te, bool), ones(te)))
+    assert 0.2 < tuned < 0.6
+    assert learned_nothing(tr, ones(tr), va, ones(va), te, ones(te), threshold="fixed") == 0.0  # all below 0.5
+    # a model that ranks perfectly beats it; the tuned policy may pick "every report positive" for a model too
+    assert tune_thresholds(np.full((4, 1), 0.3), np.array([[1.0], [0], [1], [1]]), np.ones((4, 1), bool))[0] == 0.3

@@ -40,7 +40,7 @@ def test_load_runs_and_paper_table(tmp_path):
         pr = stats.load_predictions(r.run_dir)
         assert weighted_f1(pr["labels"], pr["decisions"], pr["label_mask"]) == pytest.approx(r.weighted_f1, abs=1e-9)
     table = stats.paper_table(runs)
-    assert list(table.columns) == ["dataset", "model", "ε=0.01", "ε=0.1", "ε=1", "ε=10", "ε=∞", "full",
+    assert list(table.columns) == ["dataset", "model", "ε=0.01", "ε=0.1", "ε=1", "ε=10", "ε=∞", "full", "learned nothing",
                                    "paper: moderate DP", "paper: ∞", "paper: full"]
     assert (table["paper: ∞"] == "0.90").all() and (table["paper: full"] == "0.96").all()
     assert table["ε=1"].str.match(r"^0\.\d{3} \[0\.\d\d, 0\.\d\d\]$").all()  # one seed: mean [CI]

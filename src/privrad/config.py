@@ -50,6 +50,8 @@ class RunConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     lora_targets: tuple[str, ...] | None = None  # None = the model family's default (query, value)
+    lora_layers: int | None = None  # LoRA in the top lora_layers layers only (BERT family); None = every layer
+    train_pooler: bool = True  # under LoRA, train the pooler with the classifier (the head), or keep it frozen
     # evaluation
     threshold: str = "tuned"  # "fixed" (0.5) | "tuned" (per label, on the validation split)
     n_bootstrap: int = 1000
@@ -222,6 +224,12 @@ def _check_values(cfg: RunConfig) -> None:
     spec = get_model_spec(cfg.model)
     if cfg.max_length > spec.max_length:
         raise ConfigError(f"max_length = {cfg.max_length} exceeds model {cfg.model!r}'s limit of {spec.max_length}; lower it.")
+    if cfg.lora_layers is not None:
+        if isinstance(cfg.lora_layers, bool) or not isinstance(cfg.lora_layers, int) or cfg.lora_layers < 1:
+            raise ConfigError(f"lora_layers = {cfg.lora_layers!r} is invalid; give a positive number of top layers, or null for every layer.")
+        if spec.family == "albert":
+            raise ConfigError(f"lora_layers = {cfg.lora_layers} cannot apply to {cfg.model!r}: ALBERT adapts its one shared "
+                              "layer at every use; leave lora_layers unset (null) for ALBERT models.")
 
 
 # ----------------------------------------------------------------------------- Slurm options

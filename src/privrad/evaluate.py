@@ -29,8 +29,9 @@ THRESHOLDS = ("fixed", "tuned")
 def tune_thresholds(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Per-label threshold maximising that label's F1 on (validation) data; 0.5 where undefined.
 
-    Candidates are the midpoints between consecutive distinct probabilities, so the choice does
-    not depend on a grid resolution; ties go to the threshold closest to 0.5.
+    Candidates are 0.5, the midpoints between consecutive distinct probabilities (so the choice
+    does not depend on a grid resolution) and the lowest probability (every report positive);
+    ties go to the threshold closest to 0.5.
     """
     th = np.full(labels.shape[1], 0.5)
     for j in range(labels.shape[1]):
@@ -39,7 +40,7 @@ def tune_thresholds(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> 
         if y.sum() == 0 or y.sum() == len(y):
             continue
         u = np.unique(p)
-        cands = np.concatenate([[0.5], (u[1:] + u[:-1]) / 2 if len(u) > 1 else []])
+        cands = np.concatenate([[0.5], (u[1:] + u[:-1]) / 2 if len(u) > 1 else [], u[:1]])
         f1s = [float(weighted_f1(y[:, None], (p >= c)[:, None])) for c in cands]  # one label: its F1
         best = max(f1s)
         th[j] = min((c for c, f in zip(cands, f1s) if f == best), key=lambda c: abs(c - 0.5))
@@ -133,6 +134,23 @@ def evaluate(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray, label_name
         out["weighted_f1_ci95"] = [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]
         out["n_bootstrap"] = int(n_bootstrap)
     return out
+
+
+def learned_nothing(train_labels: np.ndarray, train_mask: np.ndarray, val_labels: np.ndarray, val_mask: np.ndarray,
+                    test_labels: np.ndarray, test_mask: np.ndarray, *, threshold: str = "tuned") -> float:
+    """Weighted F1 of a classifier that ignores the report text: the "learned nothing" reference.
+
+    It scores every report with the training split's prevalence of each label and decides with
+    the same threshold policy as the models (``tuned``: per label on the validation split, which
+    for a constant score means "every report positive" or "none"; ``fixed``: 0.5). A model whose
+    weighted F1 is not above it has learned nothing from the text.
+    """
+    train_mask = np.asarray(train_mask, bool)
+    prevalence = (np.asarray(train_labels) * train_mask).sum(0) / np.maximum(train_mask.sum(0), 1)
+    val_probs = np.broadcast_to(prevalence, np.shape(val_labels)).astype(float)
+    th = thresholds_for(threshold, val_probs, np.asarray(val_labels), np.asarray(val_mask, bool))
+    test_probs = np.broadcast_to(prevalence, np.shape(test_labels))
+    return weighted_f1(np.asarray(test_labels), decide(test_probs, th), np.asarray(test_mask, bool))
 
 
 def thresholds_for(mode: str, val_probs: np.ndarray, val_labels: np.ndarray, val_mask: np.ndarray) -> np.ndarray:

@@ -107,3 +107,12 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def privrad_cache(kind: str) -> Path | None:
+    """``$PRIVRAD_CACHE_DIR/<kind>`` (default ``~/.cache/privrad/<kind>``), or None where
+    ``PRIVRAD_CACHE_DIR=off`` disables privrad's caches (calibrations, frozen-layer features)."""
+    root = os.environ.get("PRIVRAD_CACHE_DIR", "~/.cache/privrad")
+    if str(root).strip().lower() in ("", "off", "0", "none"):
+        return None
+    return Path(root).expanduser() / kind

@@ -67,10 +67,9 @@ class ModelSpec:
             (ALBERT reuses one layer, so per-sample gradients are summed over its uses).
         lora_targets: default LoRA target modules (attention query and value, as in the paper).
         head_modules: modules trained in full under LoRA (peft ``modules_to_save``): the
-            classification head, i.e. the classifier *and* the pooler in front of it. MiniLM's
-            pooler was never trained (see :func:`_identity_pooler`); with it frozen the LoRA
-            model barely learns in a short run (test AUROC 0.50 vs 0.86 after 35 steps on the
-            synthetic reports), so the pooler is treated as part of the head for every model.
+            classifier, and the pooler in front of it when ``train_pooler`` (a RunConfig
+            option) says so. MiniLM's pooler was never trained; the stand-ins set it to the
+            identity (see :func:`_identity_pooler`), so a frozen pooler passes ``tanh(h_CLS)`` on.
         max_length: maximum sequence length the position embeddings allow.
         pretrained: whether the weights are pretrained (False: random init from a config).
         stands_in_for: the paper model an offline stand-in replaces, if any.
@@ -123,7 +122,7 @@ def _identity_pooler(dense) -> None:
     of std 0.009), so ``tanh(W · h_CLS)`` is nearly constant across reports and a classifier on
     top of it learns almost nothing in a short fine-tuning. With ``W = I`` the pooler passes
     ``tanh(h_CLS)`` on; a linear probe on MiniLM's [CLS] state reaches AUROC ≈ 0.9 on simulated
-    reports. The pooler stays frozen under LoRA, as in the paper's setup.
+    reports. Whether the pooler is then trained under LoRA is the RunConfig option ``train_pooler``.
     """
     import torch
 
@@ -303,14 +302,17 @@ def build_model(
     lora_alpha: int = 16,
     lora_dropout: float = 0.0,
     lora_targets: tuple[str, ...] | None = None,
+    lora_layers: int | None = None,
+    train_pooler: bool = True,
     device: str = "cpu",
     seed: int | None = None,
 ):
     """Build a multi-label classifier ready for training (``.train()`` mode, on ``device``).
 
-    ``method="lora"``: peft LoRA on ``lora_targets`` (the family's query/value by default); the
-    classification head (pooler + classifier, ``ModelSpec.head_modules``) is trainable (peft
-    ``modules_to_save``); every other weight is frozen.
+    ``method="lora"``: peft LoRA on ``lora_targets`` (the family's query/value by default) in
+    every layer, or in the top ``lora_layers`` layers only (BERT family; ALBERT's one shared layer
+    is adapted at every use); the classifier, and the pooler when ``train_pooler``, are trainable
+    (peft ``modules_to_save``); every other weight is frozen.
     ``method="full"``: every weight is trainable.
 
     The model is moved to ``device`` *before* peft wraps it and put in train mode (models from
@@ -351,9 +353,19 @@ def build_model(
                 f"LoRA target module(s) {', '.join(missing)} do not exist in model {name!r}; "
                 f"use module names of this model, e.g. {', '.join(spec.lora_targets)}."
             )
-        head = [m for m in spec.head_modules if m in names]
+        head = [m for m in spec.head_modules if m in names and (train_pooler or m != "pooler")]
+        layers = {}
+        if lora_layers is not None:
+            n_layers = int(model.config.num_hidden_layers)
+            if spec.family == "albert" or model.config.model_type == "albert":
+                raise ConfigError(f"lora_layers = {lora_layers} cannot apply to {name!r}: ALBERT adapts its one shared layer "
+                                  "at every use; leave lora_layers unset (null) for ALBERT models.")
+            if not 1 <= lora_layers <= n_layers:
+                raise ConfigError(f"lora_layers = {lora_layers} is out of range for {name!r}, which has {n_layers} layers; "
+                                  f"give 1 to {n_layers}, or null for every layer.")
+            layers = {"layers_to_transform": list(range(n_layers - lora_layers, n_layers)), "layers_pattern": "layer"}
         cfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=lora_r, lora_alpha=lora_alpha,
-                         lora_dropout=lora_dropout, target_modules=targets, modules_to_save=head)
+                         lora_dropout=lora_dropout, target_modules=targets, modules_to_save=head, **layers)
         model = get_peft_model(model, cfg)
     model.train()
     return model

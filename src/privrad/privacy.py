@@ -266,18 +266,21 @@ def cached_noise_multiplier(target_epsilon: float, delta: float, sample_rate: fl
     """
     import hashlib
     import json
-    import os
     from pathlib import Path
 
-    root = cache_dir if cache_dir is not None else os.environ.get("PRIVRAD_CACHE_DIR", "~/.cache/privrad")
-    if str(root).lower() in ("", "off", "0", "none"):
-        return calibrate_noise_multiplier(target_epsilon, delta, sample_rate, steps, accountant=accountant)
     from privrad import __version__
-    from privrad.io import atomic_write_json
+    from privrad.io import atomic_write_json, privrad_cache
+
+    if cache_dir is None:
+        folder = privrad_cache("calibration")
+    else:
+        folder = None if str(cache_dir).strip().lower() in ("", "off", "0", "none") else Path(cache_dir).expanduser() / "calibration"
+    if folder is None:
+        return calibrate_noise_multiplier(target_epsilon, delta, sample_rate, steps, accountant=accountant)
 
     key = json.dumps([repr(float(target_epsilon)), repr(float(delta)), repr(float(sample_rate)), int(steps), accountant,
                       CALIBRATION_RTOL, __version__])
-    path = Path(root).expanduser() / "calibration" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+    path = folder / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
     try:
         sigma = float(json.loads(path.read_text())["noise_multiplier"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -294,3 +297,123 @@ def cached_noise_multiplier(target_epsilon: float, delta: float, sample_rate: fl
     except OSError:  # a read-only home: calibrate every time, as before
         pass
     return sigma
+
+
+# ------------------------------------------------------------------------------------ DP-SGD
+
+#: Units a DP guarantee can protect. Today one report; issue 8 adds "patient" (one clipped
+#: contribution per patient) through the same ``make_private`` call.
+SAMPLING_UNITS = ("report",)
+
+
+class PrivateTraining:
+    """DP-SGD for one training run, as :func:`make_private` assembled it.
+
+    The training loop needs four things from it and nothing else:
+
+    * ``batches``: the logical batches, one list of example indices per step (Poisson sampling:
+      each unit is in a batch independently with probability ``sample_rate``; a batch may be empty);
+    * ``module``: the model wrapped for per-sample gradients (call it like the model);
+    * ``backward(losses, last=...)``: per-example losses of one physical chunk → per-sample
+      gradients; on the logical batch's last chunk also clip, sum, noise and step;
+    * ``close()``: remove the hooks, check the accountant saw every step, return the history.
+    """
+
+    def __init__(self, *, module, optimizer, batches, accountant, noise_multiplier: float, sample_rate: float,
+                 steps: int, grad_sample_mode: str):
+        self.module, self.optimizer, self.batches = module, optimizer, batches
+        self.accountant, self.noise_multiplier, self.sample_rate = accountant, noise_multiplier, sample_rate
+        self.steps, self.grad_sample_mode = steps, grad_sample_mode
+
+    @property
+    def history(self) -> list[tuple[float, float, int]]:
+        """The accountant's (noise multiplier, sample rate, steps) segments, grown by every real step."""
+        return self.accountant.history
+
+    @property
+    def steps_taken(self) -> int:
+        return int(sum(t for _, _, t in self.accountant.history))
+
+    def backward(self, losses, *, last: bool) -> None:
+        """Backward one physical chunk's per-example ``losses``; step on the logical batch's ``last`` chunk.
+
+        The loss is the chunk mean; Opacus rescales the per-sample gradients it collects and
+        divides the noisy sum by the expected batch size (``loss_reduction="mean"``).
+        """
+        self.optimizer.signal_skip_step(do_skip=not last)
+        with warnings.catch_warnings():  # Opacus' hooks on modules after frozen embeddings: harmless
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            if self.grad_sample_mode == "ghost":  # norms first, then a second backward with clipped losses
+                from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
+
+                DPTensorFastGradientClipping(self.module, self.optimizer, losses, "mean").backward()
+            else:
+                losses.mean().backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def close(self) -> list[tuple[float, float, int]]:
+        self.module.remove_hooks()
+        return [tuple(h) for h in self.accountant.history]
+
+
+def make_private(*, module, optimizer, num_samples: int, batch_size: int, steps: int, max_grad_norm: float,
+                 noise_multiplier: float | None = None, target_epsilon: float | None = None,
+                 delta: float | None = None, accountant: str = "prv", grad_sample_mode: str = "hooks",
+                 sample_generator=None, noise_generator=None, sampling_unit: str = "report") -> PrivateTraining:
+    """Make a model and optimizer private: Poisson batches, per-sample gradients, clipping, noise, accounting.
+
+    The one place privrad wires Opacus (the spirit of ``PrivacyEngine.make_private``, with every
+    quantity the guarantee depends on passed explicitly):
+
+    * **Poisson sampling** at ``sample_rate = batch_size / num_samples`` for exactly ``steps``
+      logical steps (Opacus' ``UniformWithReplacementSampler``; ``PrivacyEngine`` would use
+      ``1 / len(loader)``, which differs when ``num_samples`` is not a multiple of ``batch_size``);
+    * **per-sample gradients** by Opacus' ``GradSampleModule`` (``hooks``: exact for LoRA on BERT
+      and ALBERT, whose reused layer gets its per-use gradients summed; ``ghost``: ghost clipping,
+      for benchmarks), never accumulated across two logical batches;
+    * **clipping and noise** by the flat ``DPOptimizer`` wrapped around ``optimizer``: each
+      example's gradient clipped to ``max_grad_norm``, Gaussian noise of std ``noise_multiplier ×
+      max_grad_norm`` added to the sum, divided by the expected ``batch_size``;
+    * **accounting**: an Opacus accountant (``prv`` or ``rdp``) hooked on the optimizer records every
+      real step, empty batches included.
+
+    Give ``noise_multiplier``, or ``target_epsilon`` and ``delta`` (calibrated with
+    :func:`cached_noise_multiplier`). DP randomness comes from two generators: ``sample_generator``
+    (which examples form each batch) and ``noise_generator`` (the Gaussian noise, on the
+    parameters' device). ``None`` leaves each to torch's global generator; passing them decides
+    whether a run's DP randomness is reproducible (seeded) or secret (seeded from OS entropy),
+    which is the caller's policy. ``sampling_unit`` names what one Poisson draw and one clipped
+    contribution are: ``"report"`` today (the privacy unit of the guarantee).
+    """
+    from opacus.accountants import create_accountant
+    from opacus.grad_sample.utils import wrap_model
+    from opacus.optimizers import get_optimizer_class
+    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
+    if sampling_unit not in SAMPLING_UNITS:
+        raise PrivacyError(f"sampling_unit {sampling_unit!r} is not supported; use one of {', '.join(SAMPLING_UNITS)}.")
+    if not (1 <= batch_size <= num_samples) or steps < 1 or not max_grad_norm > 0:
+        raise PrivacyError(f"DP-SGD needs 1 ≤ batch_size ≤ num_samples, steps ≥ 1 and max_grad_norm > 0 "
+                           f"(got batch_size {batch_size}, num_samples {num_samples}, steps {steps}, max_grad_norm {max_grad_norm}).")
+    if (noise_multiplier is None) == (target_epsilon is None):
+        raise PrivacyError("give make_private either noise_multiplier or target_epsilon (with delta), not both or neither.")
+    sample_rate = batch_size / num_samples
+    if noise_multiplier is None:
+        noise_multiplier = cached_noise_multiplier(target_epsilon, delta, sample_rate, steps, accountant=accountant)
+    if grad_sample_mode == "ghost":
+        net = wrap_model(module, grad_sample_mode="ghost", batch_first=True, loss_reduction="mean",
+                         max_grad_norm=max_grad_norm, use_ghost_clipping=True)
+    else:
+        net = wrap_model(module, grad_sample_mode=grad_sample_mode, batch_first=True, loss_reduction="mean")
+        net.forbid_grad_accumulation()  # Poisson sampling: per-sample grads of two batches must never mix
+    dp_optimizer = get_optimizer_class("flat", False, grad_sample_mode)(
+        optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, expected_batch_size=batch_size,
+        loss_reduction="mean", generator=noise_generator)
+    acc = create_accountant(accountant)
+    dp_optimizer.attach_step_hook(acc.get_optimizer_hook_fn(sample_rate=sample_rate))
+    batches = UniformWithReplacementSampler(num_samples=num_samples, sample_rate=sample_rate,
+                                            generator=sample_generator, steps=steps)
+    return PrivateTraining(module=net, optimizer=dp_optimizer, batches=batches, accountant=acc,
+                           noise_multiplier=float(noise_multiplier), sample_rate=sample_rate, steps=steps,
+                           grad_sample_mode=grad_sample_mode)

@@ -12,7 +12,9 @@ and its one rule of completeness (:func:`run_state`); nothing else opens these f
 ``metrics.json``    ``weighted_f1`` (the paper's metric) and ``weighted_f1_ci95 = [low, high]``
                     (bootstrap over test reports; absent when ``n_bootstrap = 0``), ``macro_f1``,
                     ``micro_f1``, ``macro_auroc``, ``per_label`` (label, P/R/F1, support,
-                    AUROC, threshold), ``threshold``, ``weighted_f1_at_0.5``
+                    AUROC, threshold), ``threshold``, ``weighted_f1_at_0.5``, and the learned-
+                    nothing reference ``learned_nothing_weighted_f1`` (:func:`privrad.evaluate.
+                    learned_nothing`: the text ignored, every report scored with the training prevalence)
 ``privacy.json``    ``epsilon`` (the target; null = non-private) and ``epsilon_spent``, ``delta``,
                     ``noise_multiplier``, ``sample_rate``, ``steps``, ``epochs``, ``n_train``,
                     ``accountant``, the PLD ``cross_check`` and ``rdp_epsilon`` (see
@@ -183,9 +185,10 @@ class RunResult:
         return {"run_id": self.run_id, "run_dir": str(self.run_dir), "dataset": c.dataset, "model": c.model,
                 "method": c.method, "epsilon": c.epsilon, "seed": c.seed, "weighted_f1": m["weighted_f1"],
                 "weighted_f1_ci95_low": lo, "weighted_f1_ci95_high": hi, "macro_f1": m["macro_f1"],
-                "micro_f1": m["micro_f1"], "macro_auroc": m.get("macro_auroc"), "epsilon_spent": p["epsilon_spent"],
-                "delta": p["delta"], "noise_multiplier": p["noise_multiplier"], "sample_rate": p["sample_rate"],
-                "steps": p["steps"]}
+                "micro_f1": m["micro_f1"], "macro_auroc": m.get("macro_auroc"),
+                "learned_nothing_weighted_f1": m.get("learned_nothing_weighted_f1"), "n_train": p.get("n_train"),
+                "epsilon_spent": p["epsilon_spent"], "delta": p["delta"], "noise_multiplier": p["noise_multiplier"],
+                "sample_rate": p["sample_rate"], "steps": p["steps"]}
 
     def summary(self):
         """One row: what was run, what it achieved and what it spent (ε shown as a label)."""
@@ -277,14 +280,17 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
 
     ``dataset``: an already-loaded ReportDataset (its name must equal ``config.dataset``);
     otherwise ``load_dataset(config.dataset, config.data_dir, **config.dataset_options)``.
-    ``run_dir`` defaults to ``results_dir/<run_id>``. ``cache_dir`` caches tokenized reports.
+    ``run_dir`` defaults to ``results_dir/<run_id>``. ``cache_dir`` caches tokenized reports and
+    frozen-layer features (default for the features: ``$PRIVRAD_CACHE_DIR/features``).
     ``device``: where to train (``"cuda"``, ``"cuda:1"``, ``"cpu"``); ``None`` takes the first GPU
     when there is one. The device is not part of the run id (it says where, not what); it is
     recorded in ``config.json``.
     """
     from privrad.data import load_dataset
     from privrad.data.tokenize import EncodedDataset, tokenize_dataset
-    from privrad.evaluate import evaluate, thresholds_for
+    from privrad.evaluate import evaluate, learned_nothing, thresholds_for
+    from privrad.features import Classifier, frozen_features
+    from privrad.io import privrad_cache
     from privrad.models import build_model, count_parameters, get_model_spec, load_tokenizer, quiet_transformers
     from privrad.privacy import default_delta, privacy_report
     from privrad.train import predict_proba, train
@@ -309,13 +315,18 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
     enc = {s: EncodedDataset(tokenize_dataset(d, tok, max_length=cfg.max_length, cache_dir=cache_dir), d.labels, d.label_mask)
            for s, d in splits.items()}
     model = build_model(cfg.model, dataset.n_labels, method=cfg.method, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                        lora_dropout=cfg.lora_dropout, lora_targets=cfg.lora_targets, seed=cfg.seed,
-                        device=device)
+                        lora_dropout=cfg.lora_dropout, lora_targets=cfg.lora_targets, lora_layers=cfg.lora_layers,
+                        train_pooler=cfg.train_pooler, seed=cfg.seed, device=device)
+    net = Classifier(model)
+    if net.frozen_layers:  # LoRA in the top layers only: the frozen layers run once per report, cached
+        where = cache_dir if cache_dir is not None else privrad_cache("features")
+        for e in enc.values():
+            e.features = frozen_features(net, e.encoded, cache_dir=where)
     t_prep = time.perf_counter() - t0
-    result = train(model, enc["train"], cfg, delta=delta, progress=progress)
+    result = train(net, enc["train"], cfg, delta=delta, progress=progress)
     t1 = time.perf_counter()
-    val_probs = predict_proba(result.model, enc["validation"])
-    test_probs = predict_proba(result.model, enc["test"])
+    val_probs = predict_proba(net, enc["validation"])
+    test_probs = predict_proba(net, enc["test"])
     test, val = splits["test"], splits["validation"]
     th = thresholds_for(cfg.threshold, val_probs, val.labels, val.label_mask)
     metrics = evaluate(test_probs, test.labels, test.label_mask, dataset.label_names, thresholds=th,
@@ -323,6 +334,10 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
     metrics["weighted_f1_at_0.5"] = evaluate(test_probs, test.labels, test.label_mask, dataset.label_names,
                                              thresholds=0.5, n_bootstrap=0)["weighted_f1"]
     metrics["threshold"] = cfg.threshold
+    train_split = splits["train"]
+    metrics["learned_nothing_weighted_f1"] = learned_nothing(train_split.labels, train_split.label_mask, val.labels,
+                                                             val.label_mask, test.labels, test.label_mask,
+                                                             threshold=cfg.threshold)
     privacy = privacy_report(target_epsilon=cfg.epsilon, delta=delta, noise_multiplier=result.noise_multiplier,
                              sample_rate=result.sample_rate, history=result.history, n_train=n_train,
                              planned_steps=result.planned_steps, batch_size=cfg.batch_size,

@@ -84,8 +84,8 @@ def run_folders(results: str | Path | Iterable[str | Path]) -> list[Path]:
 
 
 COLUMNS = ["run_id", "run_dir", "dataset", "paper_dataset", "model", "method", "epsilon", "epsilon_label", "seed",
-           "weighted_f1", "weighted_f1_ci95_low", "weighted_f1_ci95_high", "macro_f1", "micro_f1", "epsilon_spent",
-           "delta", "noise_multiplier", "sample_rate", "steps"]
+           "weighted_f1", "weighted_f1_ci95_low", "weighted_f1_ci95_high", "macro_f1", "micro_f1",
+           "learned_nothing_weighted_f1", "n_train", "epsilon_spent", "delta", "noise_multiplier", "sample_rate", "steps"]
 
 
 def load_runs(results: str | Path | Iterable[str | Path]) -> pd.DataFrame:
@@ -143,10 +143,19 @@ def _cell(mean: float, sd: float, lo: float, hi: float) -> str:
     return f"{mean:.3f}"
 
 
+def learned_nothing(runs: pd.DataFrame) -> pd.Series:
+    """Per dataset, the weighted F1 of the text-blind reference (``evaluate.learned_nothing``;
+    the mean over seeds where the splits differ): a cell not above it learned nothing."""
+    values = pd.to_numeric(runs["learned_nothing_weighted_f1"], errors="coerce")
+    return values.groupby(runs["dataset"], sort=True).mean()
+
+
 def paper_table(runs: pd.DataFrame, *, formatted: bool = True) -> pd.DataFrame:
     """The paper's layout: rows dataset × model, columns ε = 0.01, 0.1, 1, 10, ∞ (LoRA) and
-    full fine-tuning (non-private), then the paper's reported numbers for the paper's dataset it stands for.
+    full fine-tuning (non-private), the learned-nothing reference of the dataset, then the paper's
+    reported numbers for the paper's dataset it stands for.
     Cells are ``mean ± sd`` over seeds, or ``mean [bootstrap CI]`` with one seed."""
+    reference = learned_nothing(runs)
     s = summarize(runs)
     rows = []
     for (dataset, model), sub in s.groupby(["dataset", "model"], sort=True):
@@ -167,6 +176,8 @@ def paper_table(runs: pd.DataFrame, *, formatted: bool = True) -> pd.DataFrame:
         else:
             h = full.iloc[0]
             row["full"] = _cell(h["mean"], h["sd"], h["weighted_f1_ci95_low"], h["weighted_f1_ci95_high"]) if formatted else h["mean"]
+        ref = reference.get(dataset, math.nan)
+        row["learned nothing"] = ("" if math.isnan(ref) else f"{ref:.3f}") if formatted else ref
         for k, v in PAPER.get(paper_dataset(dataset), {}).items():
             row[k] = ("" if v is None else f"{v:.2f}") if formatted else (math.nan if v is None else v)
         rows.append(row)
@@ -342,3 +353,65 @@ def seeds_note(runs: pd.DataFrame) -> str:
     return ("One seed: cells show the weighted F1 with its bootstrap 95 % interval over test reports; "
             "the spread over seeds (training randomness) is not estimated — add seeds with `--set seed=[0,1,2]`.")
 
+
+
+def findings(runs: pd.DataFrame) -> str:
+    """What the runs show, in sentences (Markdown), computed from the run folders.
+
+    Per dataset: the learned-nothing reference, and per model the gap of DP-LoRA to non-private
+    LoRA at each ε with whether the bootstrap interval lies above the reference. Used by the
+    analysis notebook so that the results chapter's prose about a study can never drift from it.
+    """
+    s = summarize(runs)
+    ref = learned_nothing(runs)
+    out = []
+    for dataset, sub in s[s["method"] == "lora"].groupby("dataset", sort=True):
+        r = ref.get(dataset, math.nan)
+        n_train = runs.loc[runs["dataset"] == dataset, "n_train"].dropna()
+        size = f" ({int(n_train.iloc[0]):,} training reports)" if len(n_train) else ""
+        lines = [f"**{dataset}**{size}: {recipe(runs[runs['dataset'] == dataset])} A classifier that ignores "
+                 f"the text (learned nothing) scores {r:.3f}." if not math.isnan(r) else f"**{dataset}**{size}:"]
+        below = []
+        for model, g in sub.groupby("model", sort=True):
+            g = g.set_index("epsilon")
+            if INF not in g.index:
+                continue
+            top = g.loc[INF, "mean"]
+            parts = []
+            for e in sorted(x for x in g.index if x != INF):
+                h = g.loc[e]
+                above = not math.isnan(r) and h["weighted_f1_ci95_low"] > r
+                if not above and not math.isnan(r):
+                    below.append(f"{model} at ε = {epsilon_label(e)}")
+                parts.append(f"{h['mean']:.3f} at ε = {epsilon_label(e)} (gap {top - h['mean']:+.3f})")
+            lines.append(f"- {model}: non-private {top:.3f}; DP-LoRA " + ", ".join(parts) + ".")
+        if not math.isnan(r):
+            lines.append("- Bootstrap interval not above the learned-nothing reference: "
+                         + ("; ".join(below) if below else "none — every private cell learned something") + ".")
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
+
+
+def recipe(runs: pd.DataFrame) -> str:
+    """One sentence on how the LoRA runs among ``runs`` were trained, read from their configs."""
+    cfgs = {}
+    for r in runs[runs["method"] == "lora"].itertuples():
+        c = read_run(r.run_dir).config.to_dict()
+        cfgs.setdefault("dp" if c.get("epsilon") is not None else "np", c)
+    c = cfgs.get("dp") or cfgs.get("np")
+    if not c:
+        return ""
+    layers = c.get("lora_layers")
+    where = "every layer" if layers is None else ("the top layer" if layers == 1 else f"the top {layers} layers")
+    targets = " and ".join(c.get("lora_targets") or ["query", "value"])
+    head = "classifier and pooler" if c.get("train_pooler", True) else "classifier (pooler frozen)"
+    lrs = []
+    for key, what in (("dp", "DP-SGD"), ("np", "non-private")):
+        if key in cfgs:
+            lrs.append(f"{cfgs[key]['lr']:g} ({what})")
+    text = (f"LoRA of rank {c['lora_r']} on the attention {targets} of {where}, with the {head} trained; "
+            f"{c['num_epochs']:g} epochs of batches of {c['batch_size']} reports (Poisson-sampled under DP), "
+            f"reports cut at {c['max_length']} tokens, learning rate {' and '.join(lrs)}")
+    if "dp" in cfgs:
+        text += f", clipping norm {cfgs['dp']['max_grad_norm']:g}"
+    return text + "."

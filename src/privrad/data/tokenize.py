@@ -100,10 +100,12 @@ def tokenize_dataset(dataset, tokenizer, *, max_length: int, cache_dir: str | Pa
 
 
 def collate(rows, pad_token_id: int = 0):
-    """Pad a list of ``(input_ids, labels, label_mask, weight)`` rows to the longest in the batch.
+    """Pad a list of ``(input_ids, labels, label_mask, weight[, features])`` rows to the longest in the batch.
 
     Returns a dict of tensors: ``input_ids``, ``attention_mask``, ``labels``, ``label_mask``,
-    ``weight``. An empty list gives an empty batch (Poisson sampling can draw one).
+    ``weight``, and ``features`` (``(batch, width, hidden)``, zero-padded) when the rows carry
+    frozen-layer features (:mod:`privrad.features`). An empty list gives an empty batch (Poisson
+    sampling can draw one).
     """
     import torch
 
@@ -116,26 +118,34 @@ def collate(rows, pad_token_id: int = 0):
     for i, r in enumerate(rows):
         ids[i, : len(r[0])] = torch.as_tensor(r[0], dtype=torch.long)
         att[i, : len(r[0])] = 1
-    return {
+    out = {
         "input_ids": ids,
         "attention_mask": att,
         "labels": torch.as_tensor(np.stack([r[1] for r in rows]), dtype=torch.float32),
         "label_mask": torch.as_tensor(np.stack([r[2] for r in rows]), dtype=torch.bool),
         "weight": torch.as_tensor([r[3] for r in rows], dtype=torch.float32),
     }
+    if len(rows[0]) > 4:
+        feats = np.zeros((len(rows), width, rows[0][4].shape[1]), dtype=np.float32)
+        for i, r in enumerate(rows):
+            feats[i, : len(r[4])] = r[4]
+        out["features"] = torch.from_numpy(feats)
+    return out
 
 
 class EncodedDataset:
-    """A torch-style map dataset over encoded reports: row ``i`` = (ids, labels, mask, weight=1)."""
+    """A torch-style map dataset over encoded reports: row ``i`` = (ids, labels, mask, weight=1),
+    plus the report's frozen-layer features when ``features`` is set (:mod:`privrad.features`)."""
 
-    def __init__(self, encoded: Encoded, labels: np.ndarray, label_mask: np.ndarray):
-        self.encoded, self.labels, self.label_mask = encoded, labels, label_mask
+    def __init__(self, encoded: Encoded, labels: np.ndarray, label_mask: np.ndarray, features=None):
+        self.encoded, self.labels, self.label_mask, self.features = encoded, labels, label_mask, features
 
     def __len__(self) -> int:
         return len(self.encoded)
 
     def __getitem__(self, i: int):
-        return self.encoded.input_ids[i], self.labels[i], self.label_mask[i], 1.0
+        row = (self.encoded.input_ids[i], self.labels[i], self.label_mask[i], 1.0)
+        return row if self.features is None else (*row, self.features[i])
 
     def length_sorted_batches(self, batch_size: int) -> list[list[int]]:
         """Index batches of similar length (for evaluation: less padding, same results)."""
