@@ -13,9 +13,10 @@ export TOKENIZERS_PARALLELISM := false
 export PYTHONHASHSEED := 0
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 # Debian packages the tests use, installed by `make system-deps` (run by `make test`) where apt-get
-# works as root: Debian's chromium for the book's offline browser test. One list for every test
-# that needs a system package; where they cannot be installed, those tests are skipped and say why.
-DEBIAN_PACKAGES := chromium
+# works as root: Debian's chromium for the book's offline browser test, Slurm and munge for a one-node
+# cluster (tests/slurm_cluster.py). One list for every test that needs a system package; where they
+# cannot be installed, those tests are skipped and say why.
+DEBIAN_PACKAGES := chromium slurm-wlm munge
 LAB_PORT ?= 8888
 LAB_ARGS ?=
 

@@ -1,6 +1,7 @@
 """End to end: the smoke study executed with papermill and real training, then the book.
 
-One uninterrupted sweep (module fixture) is shared: re-running it, adding an ε, a forced
+One uninterrupted sweep (the session fixture ``smoke`` in ``conftest.py``, shared with the Slurm
+tests) is shared: re-running it, adding an ε, a forced
 failure, a SIGKILL-and-resume sweep compared with it, a refusal to mix configs or versions, and
 a book build scanned for the text of the credentialed dataset.
 """
@@ -22,17 +23,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import documented, documented_simulate, fresh_project
+from conftest import run_privrad as privrad
 from privrad.runs import read_run
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def privrad(*args: str, cwd: Path = ROOT, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.run([sys.executable, "-m", "privrad", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def run_dirs(results: Path) -> dict[str, Path]:
@@ -47,49 +44,6 @@ def events(results: Path) -> list[dict]:
 
 def metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
-
-
-def fresh_project(dest: Path) -> Path:
-    """What a fresh clone gives a user besides the package: the book's sources, the notebooks and
-    the profiles (no data, no results, no built book)."""
-    dest.mkdir(parents=True)
-    for name in ("_config.yml", "_toc.yml", "README.md"):
-        shutil.copy(ROOT / name, dest / name)
-    for name in ("book", "notebooks", "studies"):
-        shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("generated", ".generated.tmp"))
-    return dest
-
-
-def documented(target: str, profile: str = "smoke", jobs: int = 2) -> list[str]:
-    """The privrad command of a Makefile target (`make study`, `make book`), as argv for PROFILE/JOBS."""
-    recipe = re.search(rf"^{target}:.*\n\t(\$\(VENV\)/bin/privrad .*)$", (ROOT / "Makefile").read_text(), flags=re.M).group(1)
-    return shlex.split(recipe.replace("$(VENV)/bin/privrad ", "").replace("$(PROFILE)", profile).replace("$(JOBS)", str(jobs)))
-
-
-def documented_simulate() -> list[str]:
-    """The `privrad data simulate …` command the data chapter shows (book/data.md)."""
-    return shlex.split(re.search(r"`privrad (data simulate [^`]+)`", (ROOT / "book" / "data.md").read_text()).group(1))
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    """The documented sequence on a fresh project, with the smoke profile for `make book`'s
-    default: the data chapter's `privrad data simulate …` command first (it must not fill a folder
-    a profile simulates into), then `make study PROFILE=smoke JOBS=2`'s command (the sweep
-    simulates the profile's own data); the book test runs `make book`'s last command."""
-    base = tmp_path_factory.mktemp("smoke")
-    project = fresh_project(base / "project")
-    sim = privrad(*documented_simulate(), cwd=project)
-    assert sim.returncode == 0, sim.stderr
-    t0 = time.time()
-    proc = privrad(*documented("study"), cwd=project)
-    seconds = time.time() - t0
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    print(f"\nsmoke study: {seconds:.1f} s\n{proc.stdout}")
-    data = project / "data" / "simulated" / "smoke"
-    sets = ["--set", f"mimic-cxr.data_dir={data}/mimic-cxr", "--set", f"simulated-ct-rate.data_dir={data}/ct-rate"]
-    return {"base": base, "project": project, "data": data, "sets": sets, "results": project / "results",
-            "stdout": proc.stdout, "stderr": proc.stderr, "seconds": seconds}
 
 
 def test_smoke_study_writes_complete_run_folders(smoke):

@@ -195,6 +195,20 @@ def tests_md(table, n_bootstrap: int = 2000) -> str:
     return "\n".join(f"- {s}" for s in said.values()) + "\n" if said else "No test could be run on these runs.\n"
 
 
+def slurm_options_md() -> str:
+    """The keys of a profile's ``slurm:`` block, their defaults and meaning, from :class:`SlurmConfig`."""
+    import dataclasses
+
+    from privrad.config import SlurmConfig
+
+    rows = ["| key | default | what it sets |", "|---|---|---|"]
+    for f in dataclasses.fields(SlurmConfig):
+        if "help" in f.metadata:
+            default = "null" if f.default is None else ("[]" if f.default == () else f"`{f.default}`")
+            rows.append(f"| `{f.name}` | {default} | {f.metadata['help']} |")
+    return "\n".join(rows) + "\n"
+
+
 def write_facts(folder: Path, manifest: dict, runs: list[Path]) -> None:
     from privrad import stats
 
@@ -202,7 +216,7 @@ def write_facts(folder: Path, manifest: dict, runs: list[Path]) -> None:
     answer, short = answer_md(folder, table)
     for name, text in (("paper-numbers.md", paper_numbers_md()), ("stand-ins.md", stand_ins_md()),
                        ("study.md", study_md(manifest, runs)), ("answer.md", answer), ("answer-short.md", short),
-                       ("tests-summary.md", tests_md(table))):
+                       ("tests-summary.md", tests_md(table)), ("slurm-options.md", slurm_options_md())):
         atomic_write_text(folder / name, text)
 
 
