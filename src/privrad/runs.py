@@ -267,10 +267,58 @@ def _device(device: str | None) -> str:
     import torch
 
     if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} was asked for but torch sees no GPU; use device 'cpu' or install a CUDA build of torch.")
+    if str(device).startswith("cuda"):
+        gpu_memory_cap(device)
     return str(device)
+
+
+def gpu_memory_cap(device: str) -> float | None:
+    """This process's share of its GPU in GB, from ``PRIVRAD_GPU_MEMORY_GB`` (set by the
+    executor when several runs share a GPU, see :class:`privrad.executors.LocalExecutor`), made
+    binding with ``torch.cuda.set_per_process_memory_fraction``: a run that outgrows its share
+    fails with an out-of-memory error instead of starving its neighbours. None without a share."""
+    import os
+
+    import torch
+
+    text = os.environ.get("PRIVRAD_GPU_MEMORY_GB")
+    if not text:
+        return None
+    try:
+        share = float(text)
+    except ValueError:
+        raise ConfigError(f"PRIVRAD_GPU_MEMORY_GB = {text!r} is not a number of gigabytes; unset it or give e.g. 20.") from None
+    dev = torch.device(device)
+    total = torch.cuda.get_device_properties(dev).total_memory / 2**30
+    torch.cuda.set_per_process_memory_fraction(min(1.0, share / total), dev)
+    return share
+
+
+#: What a kernel started ahead of its run executes first (:class:`privrad.executors.WarmKernel`).
+WARM_UP = "import privrad.runs as _privrad_runs; _privrad_runs.warm_up(); del _privrad_runs"
+
+
+def warm_up() -> None:
+    """Import what the run notebook needs and start CUDA when there is a GPU: the fixed cost a
+    run would otherwise pay first, done while the slot's previous run still trains."""
+    import matplotlib.pyplot  # noqa: F401
+    import opacus  # noqa: F401
+    import pandas  # noqa: F401
+    import peft  # noqa: F401
+    import torch
+    import transformers  # noqa: F401
+
+    import privrad.data.describe  # noqa: F401
+    import privrad.evaluate  # noqa: F401
+    import privrad.features  # noqa: F401
+    import privrad.privacy  # noqa: F401
+    import privrad.train  # noqa: F401
+
+    if torch.cuda.is_available():
+        torch.zeros(1, device="cuda")  # the CUDA context and torch's kernels
 
 
 def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_dir: str | Path = "results",

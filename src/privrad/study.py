@@ -269,16 +269,27 @@ def _task(p: Point, pl: Plan) -> Task:
                 failed=str(pl.results_dir / "failed" / f"{p.run_id}.ipynb"), kernel=pl.kernel, cwd=str(pl.cwd))
 
 
-def run_study(profile: Profile, *, jobs: int = 1, executor: Executor | None = None, notebook: Path | None = None,
-              progress: bool = True, out=sys.stdout) -> int:
+def run_study(profile: Profile, *, jobs: int | None = None, executor: Executor | None = None, notebook: Path | None = None,
+              progress: bool = True, out=sys.stdout, runs_per_gpu: int | None = None) -> int:
     """Validate, then execute every point not yet complete. Returns 0, or 1 if a run failed."""
     results_dir = profile.results_dir
     with _sweep_lock(results_dir):
         log = Log(results_dir / "study.jsonl")
         try:
+            if executor is None:
+                executor = local_executor(profile, jobs=jobs, runs_per_gpu=runs_per_gpu)
             return _sweep(profile, jobs=jobs, executor=executor, notebook=notebook, progress=progress, out=out, log=log)
         finally:
             log.close()
+
+
+def local_executor(profile: Profile, *, jobs: int | None = None, runs_per_gpu: int | None = None) -> LocalExecutor:
+    """This machine's executor for ``profile``: its ``gpu:`` block (runs per GPU, memory per run),
+    ``--runs-per-gpu`` overriding it, and kernels warmed up with the run notebook's imports."""
+    from privrad.runs import WARM_UP
+
+    rpg = runs_per_gpu if runs_per_gpu is not None else profile.gpu.get("runs_per_gpu", 1)
+    return LocalExecutor(jobs, runs_per_gpu=rpg, gpu_memory_gb=profile.gpu.get("memory_gb"), warm_up=WARM_UP)
 
 
 def _sweep(profile: Profile, *, jobs, executor, notebook, progress, out, log: Log) -> int:
@@ -289,7 +300,10 @@ def _sweep(profile: Profile, *, jobs, executor, notebook, progress, out, log: Lo
     pl = plan(profile, notebook=notebook, log=log)
     _clean_stale(results_dir)
     todo = pl.todo
-    log.event("sweep_start", profile=profile.name, points=len(pl.points), todo=len(todo), jobs=jobs)
+    if todo and hasattr(executor, "check_memory"):
+        executor.check_memory()  # a GPU too full for its runs is refused before anything starts
+    log.event("sweep_start", profile=profile.name, points=len(pl.points), todo=len(todo), jobs=getattr(executor, "jobs", jobs),
+              runs_per_gpu=getattr(executor, "runs_per_gpu", None), gpu_memory_share_gb=getattr(executor, "memory_share_gb", None))
     status: dict[str, dict[str, Any]] = {}
     for p in pl.points:
         cached = p.state == "complete"
@@ -300,7 +314,9 @@ def _sweep(profile: Profile, *, jobs, executor, notebook, progress, out, log: Lo
     write_manifest(pl, status)
     for p in todo:
         _set_aside(p, results_dir, log)
-    executor = executor or LocalExecutor(jobs)
+    for note in getattr(executor, "notes", []):
+        print(f"privrad: {note}", file=sys.stderr)
+        log.event("executor_note", note=note)
     by_id = {p.run_id: p for p in todo}
     bar = tqdm(total=len(todo), desc=f"study {profile.name}", unit="run", disable=not progress or not todo, file=sys.stderr)
     for p in todo:
@@ -408,7 +424,7 @@ def study_status(results_dir: Path, profile_name: str, out=sys.stdout) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile, sets=args.set or (), results_dir=args.results_dir)
     return run_study(profile, jobs=args.jobs, notebook=Path(args.notebook) if args.notebook else None,
-                     progress=not args.quiet)
+                     progress=not args.quiet, runs_per_gpu=args.runs_per_gpu)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -427,7 +443,10 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 
     run = ssub.add_parser("run", help="execute every run of a profile that is not complete yet")
     run.add_argument("--profile", default="default", help="a profile in studies/ (default: default) or a .yml path")
-    run.add_argument("--jobs", type=int, default=1, help="runs executed at once (one process, and one GPU where there are GPUs, per job)")
+    run.add_argument("--jobs", type=int, help="runs executed at once, one process each (default: 1 on a CPU; on GPUs, "
+                                              "every slot: GPUs × runs per GPU)")
+    run.add_argument("--runs-per-gpu", type=int, help="runs placed on one GPU at once, each with an equal share of its "
+                                                      "memory (default: the profile's gpu.runs_per_gpu, else 1; no effect without a GPU)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override the profile: a grid axis (epsilon=[1,null]), a parameter (lr=1e-3) or a dataset path (mimic-cxr.data_dir=/data/mimic)")
     add_results_dir(run)
