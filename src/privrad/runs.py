@@ -8,7 +8,10 @@ and its one rule of completeness (:func:`run_state`); nothing else opens these f
 ``config.json``     ``run_format``, ``run_id``, ``config`` (the full RunConfig), ``config_hash``,
                     ``dataset_fingerprint``, ``label_names``, ``split_sizes``, ``credentialed``,
                     ``model`` (name, source, family, stands_in_for, pretrained, parameters),
-                    ``n_truncated``, ``privrad_version``, ``versions``, ``device``, ``runtime``
+                    ``n_truncated``, ``privrad_version``, ``versions``, ``device``,
+                    ``precision`` and ``physical_batch_size`` as used (``auto`` resolved; with
+                    ``physical_batch_source``), ``runtime`` (seconds: prepare, train, of which
+                    calibrate, evaluate)
 ``metrics.json``    ``weighted_f1`` (the paper's metric) and ``weighted_f1_ci95 = [low, high]``
                     (bootstrap over test reports; absent when ``n_bootstrap = 0``), ``macro_f1``,
                     ``micro_f1``, ``macro_auroc``, ``per_label`` (label, P/R/F1, support,
@@ -329,7 +332,8 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
     ``dataset``: an already-loaded ReportDataset (its name must equal ``config.dataset``);
     otherwise ``load_dataset(config.dataset, config.data_dir, **config.dataset_options)``.
     ``run_dir`` defaults to ``results_dir/<run_id>``. ``cache_dir`` caches tokenized reports and
-    frozen-layer features (default for the features: ``$PRIVRAD_CACHE_DIR/features``).
+    frozen-layer features (default: ``$PRIVRAD_CACHE_DIR/tokens`` and ``…/features``, so the runs
+    of a study tokenize each dataset once).
     ``device``: where to train (``"cuda"``, ``"cuda:1"``, ``"cpu"``); ``None`` takes the first GPU
     when there is one. The device is not part of the run id (it says where, not what); it is
     recorded in ``config.json``.
@@ -360,7 +364,8 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
 
     t0 = time.perf_counter()
     tok = load_tokenizer(cfg.model)
-    enc = {s: EncodedDataset(tokenize_dataset(d, tok, max_length=cfg.max_length, cache_dir=cache_dir), d.labels, d.label_mask)
+    token_cache = cache_dir if cache_dir is not None else privrad_cache("tokens")  # shared by the runs of a dataset
+    enc = {s: EncodedDataset(tokenize_dataset(d, tok, max_length=cfg.max_length, cache_dir=token_cache), d.labels, d.label_mask)
            for s, d in splits.items()}
     model = build_model(cfg.model, dataset.n_labels, method=cfg.method, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                         lora_dropout=cfg.lora_dropout, lora_targets=cfg.lora_targets, lora_layers=cfg.lora_layers,
@@ -373,8 +378,9 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
     t_prep = time.perf_counter() - t0
     result = train(net, enc["train"], cfg, delta=delta, progress=progress)
     t1 = time.perf_counter()
-    val_probs = predict_proba(net, enc["validation"])
-    test_probs = predict_proba(net, enc["test"])
+    precision = result.info["precision"]
+    val_probs = predict_proba(net, enc["validation"], precision=precision)
+    test_probs = predict_proba(net, enc["test"], precision=precision)
     test, val = splits["test"], splits["validation"]
     th = thresholds_for(cfg.threshold, val_probs, val.labels, val.label_mask)
     metrics = evaluate(test_probs, test.labels, test.label_mask, dataset.label_names, thresholds=th,
@@ -402,7 +408,10 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
                   "parameters": count_parameters(result.model)},
         "n_truncated": {s: e.encoded.n_truncated for s, e in enc.items()},
         "versions": library_versions(), "device": device,
-        "runtime": {"prepare_s": t_prep, "train_s": result.seconds, "evaluate_s": time.perf_counter() - t1,
+        "precision": precision, "physical_batch_size": result.info["physical_batch_size"],
+        "physical_batch_source": result.info["physical_batch_source"],
+        "runtime": {"prepare_s": t_prep, "train_s": result.seconds, "calibrate_s": result.info["calibrate_s"],
+                    "evaluate_s": time.perf_counter() - t1,
                     "train_steps_per_s": len(result.curve) / max(result.seconds, 1e-9)},
     }
     predictions = {"ids": np.asarray(test.ids, dtype=str), "probabilities": test_probs, "labels": test.labels,
