@@ -205,7 +205,10 @@ def execute_task(task: Task, env: dict[str, str] | None = None, *, kernel: WarmK
     staging.parent.mkdir(parents=True, exist_ok=True)
     params_file = staging.with_suffix(".params.json")
     atomic_write_json(params_file, task.parameters)
-    if kernel is not None:
+    if kernel is not None and not kernel.wait_ready().get("ready"):  # its kernel did not start: start one here
+        kernel.close()
+        kernel = None
+    if kernel is not None:  # a run's seconds include any wait for its kernel to be ready
         returncode, stdout = kernel.run(task, params_file)
     else:
         # papermill's own CLI reads parameters as YAML 1.1 (``1e-05`` would arrive as a string): pass JSON.
@@ -429,9 +432,6 @@ class LocalExecutor(Executor):
             if more:  # the slot's next kernel starts now, beside this run
                 with lock:
                     warm[slot] = WarmKernel(task.kernel, task.cwd, self.warm_up, self._env(slot))
-            if not k.wait_ready().get("ready"):  # the driver could not start its kernel: start cold instead
-                k.close()
-                return None
             return k
 
         def work(task: Task) -> Outcome:

@@ -411,7 +411,7 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
         "precision": precision, "physical_batch_size": result.info["physical_batch_size"],
         "physical_batch_source": result.info["physical_batch_source"],
         "runtime": {"prepare_s": t_prep, "train_s": result.seconds, "calibrate_s": result.info["calibrate_s"],
-                    "evaluate_s": time.perf_counter() - t1,
+                    "evaluate_s": time.perf_counter() - t1, "gpu_peak_gb": _gpu_peak_gb(device),
                     "train_steps_per_s": len(result.curve) / max(result.seconds, 1e-9)},
     }
     predictions = {"ids": np.asarray(test.ids, dtype=str), "probabilities": test_probs, "labels": test.labels,
@@ -423,6 +423,13 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
 
     return write_run(run_dir, info=info, metrics=metrics, privacy=privacy, curve=result.curve,
                      predictions=predictions, save_model=save_model)
+
+
+def _gpu_peak_gb(device: str) -> float | None:
+    """Peak GPU memory this process allocated (GB), on a GPU; None on a CPU."""
+    import torch
+
+    return torch.cuda.max_memory_allocated(torch.device(device)) / 2**30 if str(device).startswith("cuda") else None
 
 
 def _reuse(run_dir: Path, rid: str) -> RunResult:

@@ -213,8 +213,10 @@ def auto_physical_batch_size(net, data: EncodedDataset, cfg: RunConfig, precisio
     budget = AUTO_MEMORY_SHARE * limit - torch.cuda.memory_allocated(device) - fixed
     n = int(budget // per_report)
     size = max(1, min(cap, n if n < 16 else n - n % 8))
+    need_gb = (torch.cuda.memory_allocated(device) + fixed + 8 * per_report) / AUTO_MEMORY_SHARE / 2**30
     return size, (f"auto: {AUTO_MEMORY_SHARE:.0%} of {limit / 2**30:.1f} GB ({'share' if share else 'free'}), "
-                  f"{per_report / 2**20:.1f} MB per report at {width} tokens, {fixed / 2**20:.0f} MB fixed; logical cap {cap}")
+                  f"{per_report / 2**20:.1f} MB per report at {width} tokens, {fixed / 2**20:.0f} MB fixed; "
+                  f"logical cap {cap}; a chunk of 8 needs {need_gb:.2f} GB")
 
 
 #: How far bf16 per-sample gradients may lie from float32 ones (tests/test_precision.py,
