@@ -258,6 +258,57 @@ def steps_part(shapes, device, *, batch, length, repeats, warmup, dry) -> dict:
     return {"rows": rows, "bf16_check": checks}
 
 
+def diagnostics(shape: str, device: str, *, batch: int, length: int, repeats: int, warmup: int) -> dict:
+    """Where the bf16 DP step's extra time goes: DP-LoRA ÷ LoRA with privrad's float32 per-sample
+    gradients against Opacus' own (bf16) Linear sampler, and the profiler's top operations."""
+    import statistics
+
+    import torch
+    from opacus.grad_sample.linear import compute_linear_grad_sample
+
+    import privrad.privacy as pp
+
+    res = {}
+    ours = pp._linear_grad_sample_float32
+    for name, fn in (("float32 sampler", ours), ("opacus bf16 sampler", compute_linear_grad_sample)):
+        pp._linear_grad_sample_float32 = fn
+        try:
+            t = step.measure_interleaved(shape, ["lora", "dp-lora"], batch=batch, length=length, repeats=repeats,
+                                         warmup=warmup, device=device, precision="bf16", lora_r=PAPER["lora_r"])
+        finally:
+            pp._linear_grad_sample_float32 = ours
+        res[name] = {"lora_s": statistics.median(t["lora"]), "dp_s": statistics.median(t["dp-lora"]),
+                     "ratio": statistics.median(a / b for a, b in zip(t["dp-lora"], t["lora"]))}
+        print(f"  diagnostics {shape} bf16, {name}: LoRA {res[name]['lora_s'] * 1000:.1f} ms, DP-LoRA "
+              f"{res[name]['dp_s'] * 1000:.1f} ms, ×{res[name]['ratio']:.3f}", flush=True)
+        _free(device)
+    try:  # the profiler's view of a DP-LoRA bf16 step
+        from privrad.models import build_model
+
+        model = build_model(common.shaped_model_dir(shape), step.N_LABELS, method="lora", device=device, seed=0,
+                            lora_r=PAPER["lora_r"], lora_alpha=PAPER["lora_alpha"])
+        s = step.Stepper(model, "dp-lora", batch=batch, physical=batch, device=device, precision="bf16")
+        data, idx = step.synthetic_data(batch, length), list(range(batch))
+        for _ in range(3):
+            s.step(data, idx)
+        acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else [])
+        with torch.profiler.profile(activities=acts) as prof:
+            for _ in range(3):
+                s.step(data, idx)
+            if device == "cuda":
+                torch.cuda.synchronize()
+        key = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+        table = prof.key_averages().table(sort_by=key, row_limit=14, max_name_column_width=48)
+        print(table, flush=True)
+        res["profile"] = table
+        res["profile_cpu"] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10, max_name_column_width=48)
+        print(res["profile_cpu"], flush=True)
+    except Exception as exc:  # noqa: BLE001 - diagnostics only
+        res["profile_error"] = f"{type(exc).__name__}: {exc}"[:300]
+    _free(device)
+    return res
+
+
 # ----------------------------------------------------------------------------- 2. kernel start
 
 def kernel_part(tmp: Path) -> dict:
@@ -573,6 +624,9 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--out", default=str(common.OUT_DIR / "gpu"))
     ap.add_argument("--calibration-child", help=argparse.SUPPRESS)
+    ap.add_argument("--reuse", help="a gpu.json of an earlier call on the same machine kind: its parts 1-3 are "
+                                    "taken from it (say so when reporting) and only part 4 runs")
+    ap.add_argument("--after-epochs", type=float, help="epochs per run of part 4 (default: chosen from part 1)")
     args = ap.parse_args(argv)
     if args.calibration_child:
         calibration_child(json.loads(args.calibration_child))
@@ -611,27 +665,36 @@ def main(argv=None) -> int:
     for shape in models.values():
         common.shaped_model_dir(shape)
 
-    print(f"[1/4] steps on {device}: LoRA vs DP-LoRA interleaved, old and new settings; bf16 per-sample gradients", flush=True)
     batch, length = (8, 16) if dry else (PAPER["batch_size"], 128)
     rep, wu = (1, 0) if dry else (args.repeats, args.warmup)
-    out["steps"] = steps_part(list(models.values()), device, batch=batch, length=length, repeats=rep, warmup=wu, dry=dry)
-    save()
+    if args.reuse:
+        prev = json.loads(Path(args.reuse).read_text())
+        out.update(steps=prev["steps"], kernel=prev["kernel"], before=prev["before"],
+                   reused={"from": args.reuse, "machine": prev["machine"], "parts": "1-3"})
+        print(f"[1-3/4] steps, kernel start and 'before' taken from {args.reuse} ({prev['machine'].get('gpu')}, "
+              f"{prev['machine'].get('date')})", flush=True)
+        out["diagnostics"] = diagnostics(list(models.values())[0], device, batch=batch, length=length, repeats=rep, warmup=wu)
+    else:
+        print(f"[1/4] steps on {device}: LoRA vs DP-LoRA interleaved, old and new settings; bf16 per-sample gradients", flush=True)
+        out["steps"] = steps_part(list(models.values()), device, batch=batch, length=length, repeats=rep, warmup=wu, dry=dry)
+        save()
 
-    print("\n[2/4] kernel start: papermill, a cold kernel vs one warmed up ahead", flush=True)
-    try:
-        out["kernel"] = kernel_part(tmp)
-    except Exception as exc:  # noqa: BLE001
-        out["kernel"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
-        print(f"  {out['kernel']['error']}", flush=True)
-        if dry:
-            raise
+        print("\n[2/4] kernel start: papermill, a cold kernel vs one warmed up ahead", flush=True)
+        try:
+            out["kernel"] = kernel_part(tmp)
+        except Exception as exc:  # noqa: BLE001
+            out["kernel"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+            print(f"  {out['kernel']['error']}", flush=True)
+            if dry:
+                raise
     save()
     for p in sims:
         p.wait()
 
-    print(f"\n[3/4] before: one run at a time, physical 64, fp32; {args.old_epochs:g} epoch per model and dataset", flush=True)
     old_runs = []
-    for kind, L in lengths.items():
+    if not args.reuse:
+        print(f"\n[3/4] before: one run at a time, physical 64, fp32; {args.old_epochs:g} epoch per model and dataset", flush=True)
+    for kind, L in ({} if args.reuse else lengths).items():
         for model, shape in models.items():
             if time.perf_counter() > t_start + 0.45 * args.budget_s and old_runs:
                 print(f"  skipped {model}/{kind} (budget)", flush=True)
@@ -647,10 +710,11 @@ def main(argv=None) -> int:
                     raise
             finally:
                 _free(device)
-    old_steps = [{**r, "model": r["model"]} for r in out["steps"]["rows"] if r["group"] == "old"]
-    kernel_cold = out["kernel"].get("cold_s", 12.0)
-    out["before"] = {"runs": old_runs, "grid": estimate_grid(old_steps, old_runs, kernel_start_s=kernel_cold, dry=dry)}
-    save()
+    if not args.reuse:
+        old_steps = [{**r, "model": r["model"]} for r in out["steps"]["rows"] if r["group"] == "old"]
+        kernel_cold = out["kernel"].get("cold_s", 12.0)
+        out["before"] = {"runs": old_runs, "grid": estimate_grid(old_steps, old_runs, kernel_start_s=kernel_cold, dry=dry)}
+        save()
 
     n_train = {}
     from privrad.data import load_dataset
@@ -660,7 +724,7 @@ def main(argv=None) -> int:
     from privrad import profiles, study
 
     slots = study.local_executor(profiles.load_profile("paper", root=ROOT), runs_per_gpu=args.runs_per_gpu).jobs
-    epochs = choose_epochs(out["steps"]["rows"], n_train, deadline - time.perf_counter() - 30, slots, dry)
+    epochs = args.after_epochs or choose_epochs(out["steps"]["rows"], n_train, deadline - time.perf_counter() - 30, slots, dry)
     print(f"\n[4/4] after: the paper profile's sweep, one seed, {epochs:g} epoch(s) per run (scaled to 5)", flush=True)
     _free(device)
     out["after"] = after_part(tmp, models, data_dirs, epochs=epochs, deadline=deadline, dry=dry, runs_per_gpu=args.runs_per_gpu)

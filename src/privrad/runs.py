@@ -295,6 +295,8 @@ def gpu_memory_cap(device: str) -> float | None:
     except ValueError:
         raise ConfigError(f"PRIVRAD_GPU_MEMORY_GB = {text!r} is not a number of gigabytes; unset it or give e.g. 20.") from None
     dev = torch.device(device)
+    if dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
     total = torch.cuda.get_device_properties(dev).total_memory / 2**30
     torch.cuda.set_per_process_memory_fraction(min(1.0, share / total), dev)
     return share
