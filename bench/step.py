@@ -102,7 +102,7 @@ class Stepper:
     """
 
     def __init__(self, model, method: str, *, batch_size: int, physical_batch_size: int, device: str, lr: float = 1e-4,
-                 noise_multiplier: float = 1.0, forward: str = "fast"):
+                 noise_multiplier: float = 1.0, forward: str = "fast", precision: str = "fp32"):
         import torch
 
         from privrad.features import Classifier
@@ -111,7 +111,7 @@ class Stepper:
 
         spec = METHODS[method]
         self.private, self.mode, self.device = spec["private"], spec["mode"], device
-        self.batch_size, self.physical_batch_size, self.model = batch_size, physical_batch_size, model
+        self.batch_size, self.physical_batch_size, self.model, self.precision = batch_size, physical_batch_size, model, precision
         net = Classifier(model) if forward == "fast" else HFForward(model, full_private=self.private and spec["method"] == "full")
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
         if self.private:
@@ -128,20 +128,23 @@ class Stepper:
             self.trainer.close()
 
     def step(self, data, indices) -> float:
-        from privrad.train import _batch, _chunks, _inputs, example_losses
+        from privrad.train import _batch, _chunks, _inputs, autocast, example_losses
 
         chunks = _chunks(indices, data, self.physical_batch_size)
         loss_sum = 0.0
         for k, chunk in enumerate(chunks):
             batch = {key: v.to(self.device) for key, v in _batch(data, chunk).items()}
-            losses = example_losses(self.trainer.module(**_inputs(batch)), batch)
+            with autocast(self.precision, self.device):
+                logits = self.trainer.module(**_inputs(batch))
+            losses = example_losses(logits.float(), batch)
             loss_sum += float(losses.detach().sum())
             self.trainer.backward(losses, last=k == len(chunks) - 1)
         return loss_sum
 
 
 def measure(model_name: str, method: str, *, batch_size: int, max_length: int, repeats: int, warmup: int,
-            device: str = "cpu", physical_batch_size: int | None = None, models_root: str | None = None) -> dict:
+            device: str = "cpu", physical_batch_size: int | None = None, models_root: str | None = None,
+            precision: str = "fp32", lora_r: int = 8) -> dict:
     """Time one (model, method) in this process; returns a JSON-able dict."""
     import torch
 
@@ -154,13 +157,14 @@ def measure(model_name: str, method: str, *, batch_size: int, max_length: int, r
     physical_batch_size = physical_batch_size or batch_size
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    model = build_model(path, N_LABELS, method=spec["method"], device=device, seed=0)
+    model = build_model(path, N_LABELS, method=spec["method"], device=device, seed=0, lora_r=lora_r, lora_alpha=2 * lora_r)
     params = count_parameters(model)
     out = {"model": model_name, "method": method, "batch_size": batch_size, "max_length": max_length,
-           "physical_batch_size": physical_batch_size,
-           "device": device, "trainable": params["trainable"], "total": params["total"]}
+           "physical_batch_size": physical_batch_size, "device": device, "trainable": params["trainable"],
+           "total": params["total"], "precision": precision, "lora_r": lora_r}
     try:
-        stepper = Stepper(model, method, batch_size=batch_size, physical_batch_size=physical_batch_size, device=device)
+        stepper = Stepper(model, method, batch_size=batch_size, physical_batch_size=physical_batch_size, device=device,
+                          precision=precision)
         base = torch.cuda.memory_allocated() / 2**20 if cuda else common.rss_mb()
         if cuda:
             torch.cuda.reset_peak_memory_stats()
@@ -182,7 +186,8 @@ def measure(model_name: str, method: str, *, batch_size: int, max_length: int, r
 
 
 def measure_interleaved(model_name: str, methods, *, batch_size: int, max_length: int, repeats: int, warmup: int,
-                        device: str = "cpu", models_root: str | None = None) -> dict[str, list[float]]:
+                        device: str = "cpu", models_root: str | None = None, physical_batch_size: int | None = None,
+                        precision: str = "fp32", lora_r: int = 8, data=None) -> dict[str, list[float]]:
     """Step times of several methods on one model, steps alternating A B C A B C … in one process.
 
     On a shared machine the load drifts over minutes; alternating steps exposes every method to
@@ -194,12 +199,15 @@ def measure_interleaved(model_name: str, methods, *, batch_size: int, max_length
     from privrad.models import build_model
 
     path = common.resolve_model(model_name, models_root)
-    data, idx = synthetic_data(batch_size, max_length), list(range(batch_size))
+    data = synthetic_data(batch_size, max_length) if data is None else data
+    idx = list(range(min(batch_size, len(data))))
     steppers = {}
     for method in methods:
-        model = build_model(path, N_LABELS, method=METHODS[method]["method"], device=device, seed=0)
+        model = build_model(path, N_LABELS, method=METHODS[method]["method"], device=device, seed=0, lora_r=lora_r,
+                            lora_alpha=2 * lora_r)
         try:
-            stepper = Stepper(model, method, batch_size=batch_size, physical_batch_size=batch_size, device=device)
+            stepper = Stepper(model, method, batch_size=batch_size, physical_batch_size=physical_batch_size or batch_size,
+                              device=device, precision=precision)
             stepper.step(data, idx)  # probe: ghost on a tied layer raises here
         except NotImplementedError:
             continue

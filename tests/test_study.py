@@ -136,13 +136,6 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
     assert not (tmp_path / "empty").exists()
 
 
-def test_local_executor_gives_each_job_its_gpu_or_its_share_of_cores():
-    gpu = executors.LocalExecutor(jobs=3, gpus=["0", "1"])
-    assert [gpu._env(i)["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["0", "1", "0"]
-    cpu = executors.LocalExecutor(jobs=2, gpus=[])
-    assert "CUDA_VISIBLE_DEVICES" not in cpu._env(0) and int(cpu._env(0)["OMP_NUM_THREADS"]) >= 1
-
-
 def _notebook(path: Path, body: str) -> Path:
     import nbformat
 

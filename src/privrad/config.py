@@ -20,6 +20,7 @@ from typing import Any
 from privrad.errors import ConfigError, PrivacyError, PrivradError
 
 METHODS = ("lora", "full")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,8 @@ class RunConfig:
     # optimisation
     num_epochs: float = 3
     batch_size: int = 64  # expected logical batch size; sample_rate = batch_size / n_train
-    physical_batch_size: int = 32  # memory-bound micro-batch; does not change the maths
+    physical_batch_size: int | str = 32  # memory-bound micro-batch; does not change the maths; "auto": from GPU memory
+    precision: str = "auto"  # "fp32" | "bf16" (autocast) | "auto": bf16 on a GPU that has it, fp32 on a CPU
     lr: float = 5e-4
     weight_decay: float = 0.0
     warmup_ratio: float = 0.06
@@ -206,7 +208,6 @@ def _check_values(cfg: RunConfig) -> None:
         ("lr", cfg.lr, cfg.lr > 0, "a positive learning rate, e.g. 5e-4"),
         ("max_grad_norm", cfg.max_grad_norm, cfg.max_grad_norm > 0, "a positive clipping norm, e.g. 1.0"),
         ("batch_size", cfg.batch_size, cfg.batch_size >= 1, "a positive integer"),
-        ("physical_batch_size", cfg.physical_batch_size, cfg.physical_batch_size >= 1, "a positive integer"),
         ("num_epochs", cfg.num_epochs, cfg.num_epochs > 0, "a positive number"),
         ("max_length", cfg.max_length, cfg.max_length >= 8, "at least 8 tokens"),
         ("lora_r", cfg.lora_r, cfg.lora_r >= 1, "a positive integer"),
@@ -216,9 +217,16 @@ def _check_values(cfg: RunConfig) -> None:
         ("warmup_ratio", cfg.warmup_ratio, 0 <= cfg.warmup_ratio < 1, "a fraction in [0, 1)"),
         ("n_bootstrap", cfg.n_bootstrap, cfg.n_bootstrap >= 0, "0 (no CI) or more resamples"),
     ]
+    if cfg.physical_batch_size != "auto":
+        checks.append(("physical_batch_size", cfg.physical_batch_size,
+                       isinstance(cfg.physical_batch_size, int) and cfg.physical_batch_size >= 1,
+                       "a positive integer, or auto (as many reports as the GPU memory given to the run holds)"))
     for name, value, ok, what in checks:
         if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and ok):
             raise ConfigError(f"{name} = {value!r} is invalid; give {what}.")
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"precision {cfg.precision!r} is unknown; use one of {', '.join(PRECISIONS)} "
+                          "(auto: bf16 autocast on a GPU that supports it, fp32 on a CPU).")
     if cfg.threshold not in THRESHOLDS:
         raise ConfigError(f"threshold {cfg.threshold!r} is unknown; use one of {', '.join(THRESHOLDS)}.")
     if cfg.accountant not in ("prv", "rdp"):

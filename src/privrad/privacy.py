@@ -18,6 +18,7 @@ steps whose Poisson batch was empty (they still add noise and are still counted)
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import warnings
@@ -102,9 +103,18 @@ def epsilon_from_history(history: Sequence[tuple[float, float, int]], delta: flo
     ``accountant``: ``"prv"`` (Opacus; upper bound, with ``eps_error`` its absolute precision,
     default 0.01), ``"rdp"`` (Opacus), ``"pld"`` or ``"rdp-dp_accounting"`` (Google's dp_accounting).
     """
-    history = [(float(s), float(q), int(t)) for s, q, t in history if int(t) > 0]
+    history = tuple((float(s), float(q), int(t)) for s, q, t in history if int(t) > 0)
     if not history:
         return 0.0
+    return _epsilon(history, float(delta), accountant, eps_error, pld_interval)
+
+
+@functools.lru_cache(maxsize=256)
+def _epsilon(history: tuple[tuple[float, float, int], ...], delta: float, accountant: str, eps_error: float | None,
+             pld_interval: float | None) -> float:
+    """:func:`epsilon_from_history`'s arithmetic, remembered in this process: a run asks the same
+    question twice (the cached noise multiplier's check before training and privacy.json's ε
+    after it; at ε = 0.01 each PRV evaluation takes seconds)."""
     if accountant in ("pld", "rdp-dp_accounting"):
         import dp_accounting
         from dp_accounting import dp_event
@@ -378,7 +388,7 @@ def cached_noise_multiplier(target_epsilon: float, delta: float, sample_rate: fl
     from pathlib import Path
 
     from privrad import __version__
-    from privrad.io import atomic_write_json, privrad_cache
+    from privrad.io import atomic_write_json, cache_lock, privrad_cache
 
     if cache_dir is None:
         folder = privrad_cache("calibration")
@@ -392,21 +402,22 @@ def cached_noise_multiplier(target_epsilon: float, delta: float, sample_rate: fl
     key = json.dumps([repr(float(target_epsilon)), repr(float(delta)), repr(float(sample_rate)), int(steps), accountant,
                       CALIBRATION_RTOL, __version__, version("opacus"), version("dp-accounting")])
     path = folder / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
-    try:
-        sigma = float(json.loads(path.read_text())["noise_multiplier"])
-    except (OSError, ValueError, KeyError, TypeError):
-        sigma = None
-    if sigma is not None:
-        eps = check_epsilon(target_epsilon)
-        err = _prv_eps_error(eps) if accountant == "prv" else None
-        spent = epsilon_from_history([(sigma, sample_rate, steps)], delta, accountant=accountant, eps_error=err)
-        if (1 - CALIBRATION_RTOL) * eps <= spent <= eps:
-            return sigma
-    sigma = calibrate_noise_multiplier(target_epsilon, delta, sample_rate, steps, accountant=accountant)
-    try:
-        atomic_write_json(path, {"key": json.loads(key), "noise_multiplier": sigma})
-    except OSError:  # a read-only home: calibrate every time, as before
-        pass
+    with cache_lock(path):  # runs started together calibrate once; the others wait, then verify
+        try:
+            sigma = float(json.loads(path.read_text())["noise_multiplier"])
+        except (OSError, ValueError, KeyError, TypeError):
+            sigma = None
+        if sigma is not None:
+            eps = check_epsilon(target_epsilon)
+            err = _prv_eps_error(eps) if accountant == "prv" else None
+            spent = epsilon_from_history([(sigma, sample_rate, steps)], delta, accountant=accountant, eps_error=err)
+            if (1 - CALIBRATION_RTOL) * eps <= spent <= eps:
+                return sigma
+        sigma = calibrate_noise_multiplier(target_epsilon, delta, sample_rate, steps, accountant=accountant)
+        try:
+            atomic_write_json(path, {"key": json.loads(key), "noise_multiplier": sigma})
+        except OSError:  # a read-only home: calibrate every time, as before
+            pass
     return sigma
 
 
@@ -512,6 +523,41 @@ class PrivateTraining:
         return [tuple(h) for h in self.accountant.history]
 
 
+def _linear_grad_sample_float32(layer, activations, backprops):
+    """Opacus' ``nn.Linear`` per-sample gradient, computed in float32 whatever the autocast.
+
+    Under bf16 autocast a Linear's activations and output gradients are bf16, and Opacus'
+    sampler would keep the per-sample gradients (and so their norms, clipping and sum) in bf16.
+    Upcast here, they are float32 like the weights they update; in float32 this is Opacus' own
+    computation (``einsum("n...i,n...j->nij", backprops, activations)``)."""
+    import torch
+
+    a, b = activations[0].float(), backprops.float()
+    out = {}
+    if layer.weight.requires_grad:
+        out[layer.weight] = torch.einsum("n...i,n...j->nij", b, a)
+    if layer.bias is not None and layer.bias.requires_grad:
+        out[layer.bias] = torch.einsum("n...k->nk", b)
+    return out
+
+
+def grad_sample_module(module, *, grad_sample_mode: str = "hooks", max_grad_norm: float = 1.0):
+    """``module`` wrapped for per-sample gradients as DP-SGD computes them (Opacus'
+    ``GradSampleModule``, batch first, mean loss; float32 per-sample gradients of Linear layers
+    under any autocast). ``hooks`` forbids accumulating two batches' per-sample gradients
+    (Poisson sampling); ``ghost`` is ghost clipping (benchmarks). ``remove_hooks()`` unwraps."""
+    import torch
+    from opacus.grad_sample.utils import register_grad_sampler, wrap_model
+
+    register_grad_sampler(torch.nn.Linear)(_linear_grad_sample_float32)
+    if grad_sample_mode == "ghost":
+        return wrap_model(module, grad_sample_mode="ghost", batch_first=True, loss_reduction="mean",
+                          max_grad_norm=max_grad_norm, use_ghost_clipping=True)
+    net = wrap_model(module, grad_sample_mode=grad_sample_mode, batch_first=True, loss_reduction="mean")
+    net.forbid_grad_accumulation()  # Poisson sampling: per-sample grads of two batches must never mix
+    return net
+
+
 def make_private(*, module, optimizer, num_samples: int, batch_size: int, steps: int, max_grad_norm: float,
                  noise_multiplier: float | None = None, target_epsilon: float | None = None,
                  delta: float | None = None, accountant: str = "prv", grad_sample_mode: str = "hooks",
@@ -552,7 +598,6 @@ def make_private(*, module, optimizer, num_samples: int, batch_size: int, steps:
     per batch, and the accountant composes the same (σ, q, steps) with the patient as the unit.
     """
     from opacus.accountants import create_accountant
-    from opacus.grad_sample.utils import wrap_model
     from opacus.optimizers import get_optimizer_class
     from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
@@ -573,12 +618,7 @@ def make_private(*, module, optimizer, num_samples: int, batch_size: int, steps:
     sample_rate = batch_size / num_samples
     if noise_multiplier is None:
         noise_multiplier = cached_noise_multiplier(target_epsilon, delta, sample_rate, steps, accountant=accountant)
-    if grad_sample_mode == "ghost":
-        net = wrap_model(module, grad_sample_mode="ghost", batch_first=True, loss_reduction="mean",
-                         max_grad_norm=max_grad_norm, use_ghost_clipping=True)
-    else:
-        net = wrap_model(module, grad_sample_mode=grad_sample_mode, batch_first=True, loss_reduction="mean")
-        net.forbid_grad_accumulation()  # Poisson sampling: per-sample grads of two batches must never mix
+    net = grad_sample_module(module, grad_sample_mode=grad_sample_mode, max_grad_norm=max_grad_norm)
     # the noisy sum is divided by the expected number of units per batch (reports, or patients)
     expected_units = batch_size if unit_of is None else sample_rate * (int(unit_of.max()) + 1)
     dp_optimizer = get_optimizer_class("flat", False, grad_sample_mode)(

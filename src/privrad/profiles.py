@@ -27,7 +27,9 @@ import yaml
 from privrad.config import FIELDS, RunConfig, SlurmConfig, epsilon_label, validate_config
 from privrad.errors import ConfigError
 
-PROFILE_KEYS = ("description", "results", "datasets", "grid", "extra", "params", "book", "kernel", "provenance", "slurm")
+PROFILE_KEYS = ("description", "results", "datasets", "grid", "extra", "params", "book", "kernel", "provenance", "slurm",
+                "gpu")
+GPU_KEYS = ("runs_per_gpu", "memory_gb")  # the `gpu:` block: how the local executor shares a GPU
 DATASET_KEYS = ("name", "dataset", "data_dir", "dataset_options", "simulate", "params")
 SIMULATE_KEYS = ("kind", "n", "seed")
 RUN_NOTEBOOK = Path("notebooks") / "run.ipynb"
@@ -163,6 +165,7 @@ class Profile:
     book: dict[str, Any]
     kernel: str | None
     provenance: dict[str, Any] = field(default_factory=dict)  # where each tuned default was chosen (issue 8)
+    gpu: dict[str, Any] = field(default_factory=dict)  # runs_per_gpu, memory_gb (see gpu_options)
     slurm: dict[str, Any] = field(default_factory=dict)  # the `slurm:` block, for --executor slurm
     gpu_profile: bool = False  # the profile file's slurm block asks for GPUs
 
@@ -203,7 +206,8 @@ def load_profile(name: str, *, sets: Sequence[str] = (), results_dir: str | None
     profile = Profile(name=path.stem, path=path, description=str(raw.get("description", "")),
                       results=str(results_dir or raw.get("results", "results")), datasets=datasets, grid=grid,
                       extra=extra, params=dict(raw.get("params") or {}), book=dict(raw.get("book") or {}),
-                      kernel=raw.get("kernel"), provenance=dict(raw.get("provenance") or {}))
+                      kernel=raw.get("kernel"), provenance=dict(raw.get("provenance") or {}),
+                      gpu=gpu_options(raw.get("gpu"), where=f"study profile {path}"))
     slurm = raw.get("slurm") or {}
     if not isinstance(slurm, dict):
         raise ConfigError(f"study profile {path}: `slurm` must be a mapping such as {{partition: gpu, gpus_per_node: 1}}.")
@@ -214,6 +218,26 @@ def load_profile(name: str, *, sets: Sequence[str] = (), results_dir: str | None
         apply_set(profile, s)
     _check_keys(profile)
     return profile
+
+
+def gpu_options(raw: Any, *, where: str) -> dict[str, Any]:
+    """A profile's ``gpu:`` block, checked: ``runs_per_gpu`` (runs placed on one GPU at once, an
+    integer ≥ 1; default 1) and ``memory_gb`` (GPU memory one run needs, > 0 or null). They only
+    apply on a machine with GPUs (:class:`privrad.executors.LocalExecutor`)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: `gpu` must be a mapping such as {{runs_per_gpu: 4, memory_gb: 12}}.")
+    unknown = sorted(set(raw) - set(GPU_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown gpu key(s) {', '.join(unknown)}; known keys are: {_known(GPU_KEYS)}.")
+    rpg = raw.get("runs_per_gpu", 1)
+    if isinstance(rpg, bool) or not isinstance(rpg, int) or rpg < 1:
+        raise ConfigError(f"{where}: gpu.runs_per_gpu = {rpg!r} must be a whole number ≥ 1.")
+    mem = raw.get("memory_gb")
+    if mem is not None and (isinstance(mem, bool) or not isinstance(mem, (int, float)) or not mem > 0):
+        raise ConfigError(f"{where}: gpu.memory_gb = {mem!r} must be a positive number of gigabytes (or null).")
+    return {"runs_per_gpu": rpg, "memory_gb": mem}
 
 
 def _dataset_entry(path: Path, i: int, d: Any) -> DatasetEntry:

@@ -8,7 +8,10 @@ and its one rule of completeness (:func:`run_state`); nothing else opens these f
 ``config.json``     ``run_format``, ``run_id``, ``config`` (the full RunConfig), ``config_hash``,
                     ``dataset_fingerprint``, ``label_names``, ``split_sizes``, ``credentialed``,
                     ``model`` (name, source, family, stands_in_for, pretrained, parameters),
-                    ``n_truncated``, ``privrad_version``, ``versions``, ``device``, ``runtime``
+                    ``n_truncated``, ``privrad_version``, ``versions``, ``device``,
+                    ``precision`` and ``physical_batch_size`` as used (``auto`` resolved; with
+                    ``physical_batch_source``), ``runtime`` (seconds: prepare, train, of which
+                    calibrate, evaluate)
 ``metrics.json``    ``weighted_f1`` (the paper's metric) and ``weighted_f1_ci95 = [low, high]``
                     (bootstrap over test reports; absent when ``n_bootstrap = 0``), ``macro_f1``,
                     ``micro_f1``, ``macro_auroc``, ``per_label`` (label, P/R/F1, support,
@@ -301,10 +304,60 @@ def _device(device: str | None) -> str:
     import torch
 
     if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} was asked for but torch sees no GPU; use device 'cpu' or install a CUDA build of torch.")
+    if str(device).startswith("cuda"):
+        gpu_memory_cap(device)
     return str(device)
+
+
+def gpu_memory_cap(device: str) -> float | None:
+    """This process's share of its GPU in GB, from ``PRIVRAD_GPU_MEMORY_GB`` (set by the
+    executor when several runs share a GPU, see :class:`privrad.executors.LocalExecutor`), made
+    binding with ``torch.cuda.set_per_process_memory_fraction``: a run that outgrows its share
+    fails with an out-of-memory error instead of starving its neighbours. None without a share."""
+    import os
+
+    import torch
+
+    text = os.environ.get("PRIVRAD_GPU_MEMORY_GB")
+    if not text:
+        return None
+    try:
+        share = float(text)
+    except ValueError:
+        raise ConfigError(f"PRIVRAD_GPU_MEMORY_GB = {text!r} is not a number of gigabytes; unset it or give e.g. 20.") from None
+    dev = torch.device(device)
+    if dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    total = torch.cuda.get_device_properties(dev).total_memory / 2**30
+    torch.cuda.set_per_process_memory_fraction(min(1.0, share / total), dev)
+    return share
+
+
+#: What a kernel started ahead of its run executes first (:class:`privrad.executors.WarmKernel`).
+WARM_UP = "import privrad.runs as _privrad_runs; _privrad_runs.warm_up(); del _privrad_runs"
+
+
+def warm_up() -> None:
+    """Import what the run notebook needs and start CUDA when there is a GPU: the fixed cost a
+    run would otherwise pay first, done while the slot's previous run still trains."""
+    import matplotlib.pyplot  # noqa: F401
+    import opacus  # noqa: F401
+    import pandas  # noqa: F401
+    import peft  # noqa: F401
+    import torch
+    import transformers  # noqa: F401
+
+    import privrad.data.describe  # noqa: F401
+    import privrad.evaluate  # noqa: F401
+    import privrad.features  # noqa: F401
+    import privrad.privacy  # noqa: F401
+    import privrad.train  # noqa: F401
+
+    if torch.cuda.is_available():
+        torch.zeros(1, device="cuda")  # the CUDA context and torch's kernels
 
 
 def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_dir: str | Path = "results",
@@ -315,7 +368,8 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
     ``dataset``: an already-loaded ReportDataset (its name must equal ``config.dataset``);
     otherwise ``load_dataset(config.dataset, config.data_dir, **config.dataset_options)``.
     ``run_dir`` defaults to ``results_dir/<run_id>``. ``cache_dir`` caches tokenized reports and
-    frozen-layer features (default: ``$PRIVRAD_CACHE_DIR/tokens`` and ``…/features``).
+    frozen-layer features (default: ``$PRIVRAD_CACHE_DIR/tokens`` and ``…/features``, so the runs
+    of a study tokenize each dataset once).
     ``device``: where to train (``"cuda"``, ``"cuda:1"``, ``"cpu"``); ``None`` takes the first GPU
     when there is one. The device is not part of the run id (it says where, not what); it is
     recorded in ``config.json``.
@@ -355,8 +409,8 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
     report.phase("tokenizing and building the model")
     t0 = time.perf_counter()
     tok = load_tokenizer(cfg.model)
-    tokens = cache_dir if cache_dir is not None else privrad_cache("tokens")
-    enc = {s: EncodedDataset(tokenize_dataset(d, tok, max_length=cfg.max_length, cache_dir=tokens), d.labels, d.label_mask)
+    token_cache = cache_dir if cache_dir is not None else privrad_cache("tokens")  # shared by the runs of a dataset
+    enc = {s: EncodedDataset(tokenize_dataset(d, tok, max_length=cfg.max_length, cache_dir=token_cache), d.labels, d.label_mask)
            for s, d in splits.items()}
     model = build_model(cfg.model, dataset.n_labels, method=cfg.method, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                         lora_dropout=cfg.lora_dropout, lora_targets=cfg.lora_targets, lora_layers=cfg.lora_layers,
@@ -370,8 +424,9 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
     result = train(net, enc["train"], cfg, delta=delta, progress=progress, units=units)
     t1 = time.perf_counter()
     report.phase("evaluating")
-    val_probs = predict_proba(net, enc["validation"])
-    test_probs = predict_proba(net, enc["test"])
+    precision = result.info["precision"]
+    val_probs = predict_proba(net, enc["validation"], precision=precision)
+    test_probs = predict_proba(net, enc["test"], precision=precision)
     test, val = splits["test"], splits["validation"]
     th = thresholds_for(cfg.threshold, val_probs, val.labels, val.label_mask)
     metrics = evaluate(test_probs, test.labels, test.label_mask, dataset.label_names, thresholds=th,
@@ -401,7 +456,10 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
                   "parameters": count_parameters(result.model)},
         "n_truncated": {s: e.encoded.n_truncated for s, e in enc.items()},
         "versions": library_versions(), "device": device,
-        "runtime": {"prepare_s": t_prep, "train_s": result.seconds, "evaluate_s": time.perf_counter() - t1,
+        "precision": precision, "physical_batch_size": result.info["physical_batch_size"],
+        "physical_batch_source": result.info["physical_batch_source"],
+        "runtime": {"prepare_s": t_prep, "train_s": result.seconds, "calibrate_s": result.info["calibrate_s"],
+                    "evaluate_s": time.perf_counter() - t1, "gpu_peak_gb": _gpu_peak_gb(device),
                     "train_steps_per_s": len(result.curve) / max(result.seconds, 1e-9)},
     }
     predictions = {"ids": np.asarray(test.ids, dtype=str), "probabilities": test_probs, "labels": test.labels,
@@ -413,6 +471,13 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
 
     return write_run(run_dir, info=info, metrics=metrics, privacy=privacy, curve=result.curve,
                      predictions=predictions, save_model=save_model)
+
+
+def _gpu_peak_gb(device: str) -> float | None:
+    """Peak GPU memory this process allocated (GB), on a GPU; None on a CPU."""
+    import torch
+
+    return torch.cuda.max_memory_allocated(torch.device(device)) / 2**30 if str(device).startswith("cuda") else None
 
 
 def _reuse(run_dir: Path, rid: str) -> RunResult:

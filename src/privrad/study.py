@@ -301,14 +301,15 @@ def _task(p: Point, pl: Plan) -> Task:
 
 
 def run_study(profile: Profile, *, jobs: int | None = None, executor: Executor | str | None = None,
-              notebook: Path | None = None, progress: bool = True, out=sys.stdout) -> int:
+              notebook: Path | None = None, progress: bool = True, out=sys.stdout, runs_per_gpu: int | None = None) -> int:
     """Validate, then execute every point not yet complete. Returns 0, or 1 if a run failed.
 
-    ``executor``: ``"local"`` (the default: ``jobs`` processes at once, 1 unless given),
-    ``"slurm"`` (one Slurm job per run, with the profile's ``slurm:`` options; the cluster is
-    asked before anything is written or submitted), or an :class:`Executor`."""
+    ``executor``: ``"local"`` (the default: :func:`local_executor`, ``jobs`` processes at once,
+    ``runs_per_gpu`` on each GPU), ``"slurm"`` (one Slurm job per run, with the profile's
+    ``slurm:`` options; the cluster is asked before anything is written or submitted), or an
+    :class:`Executor`."""
     results_dir = profile.results_dir
-    executor = _executor(profile, executor, jobs)
+    executor = _executor(profile, executor, jobs, runs_per_gpu)
     with _sweep_lock(results_dir):
         log = Log(results_dir / "study.jsonl")
         try:
@@ -317,16 +318,28 @@ def run_study(profile: Profile, *, jobs: int | None = None, executor: Executor |
             log.close()
 
 
-def _executor(profile: Profile, executor: Executor | str | None, jobs: int | None) -> Executor:
+def local_executor(profile: Profile, *, jobs: int | None = None, runs_per_gpu: int | None = None) -> LocalExecutor:
+    """This machine's executor for ``profile``: its ``gpu:`` block (runs per GPU, memory per run),
+    ``--runs-per-gpu`` overriding it, and kernels warmed up with the run notebook's imports."""
+    from privrad.runs import WARM_UP
+
+    rpg = runs_per_gpu if runs_per_gpu is not None else profile.gpu.get("runs_per_gpu", 1)
+    return LocalExecutor(jobs, runs_per_gpu=rpg, gpu_memory_gb=profile.gpu.get("memory_gb"), warm_up=WARM_UP)
+
+
+def _executor(profile: Profile, executor: Executor | str | None, jobs: int | None, runs_per_gpu: int | None) -> Executor:
     if isinstance(executor, Executor):
         return executor
     if executor in (None, "local"):
-        return LocalExecutor(1 if jobs is None else jobs)
+        return local_executor(profile, jobs=jobs, runs_per_gpu=runs_per_gpu)
     if executor != "slurm":
         raise ConfigError(f"unknown executor {executor!r}; known executors are: {', '.join(EXECUTORS)}.")
     if jobs is not None:
         raise ConfigError("--jobs sets how many local processes run at once; with --executor slurm set "
                           "slurm.array_parallelism instead (--set slurm.array_parallelism=N).")
+    if runs_per_gpu is not None:
+        raise ConfigError("--runs-per-gpu shares this machine's GPUs between runs; with --executor slurm each run is "
+                          "its own job with slurm.gpus_per_node GPUs.")
     slurm = SlurmExecutor(profile.slurm_config(), profile.results_dir / "slurm", job_name=f"privrad-{profile.name}")
     slurm.check(len(expand(profile)))  # nothing is written or submitted before the cluster says yes
     return slurm
@@ -344,8 +357,11 @@ def _sweep(profile: Profile, *, jobs, executor: Executor, notebook, progress, ou
                           "wait for them with --executor slurm, or scancel them first.")
     _clean_stale(results_dir, keep=live)
     todo = pl.todo
-    log.event("sweep_start", profile=profile.name, points=len(pl.points), todo=len(todo), jobs=jobs,
-              executor="slurm" if slurm else "local")
+    if todo and hasattr(executor, "check_memory"):
+        executor.check_memory()  # a GPU too full for its runs is refused before anything starts
+    log.event("sweep_start", profile=profile.name, points=len(pl.points), todo=len(todo), jobs=getattr(executor, "jobs", jobs),
+              executor="slurm" if slurm else "local", runs_per_gpu=getattr(executor, "runs_per_gpu", None),
+              gpu_memory_share_gb=getattr(executor, "memory_share_gb", None))
     status: dict[str, dict[str, Any]] = {}
     for p in pl.points:
         cached = p.state == "complete"
@@ -357,6 +373,9 @@ def _sweep(profile: Profile, *, jobs, executor: Executor, notebook, progress, ou
     for p in todo:
         if p.run_id not in live:  # a running job may be writing it
             _set_aside(p, results_dir, log)
+    for note in getattr(executor, "notes", []):
+        print(f"privrad: {note}", file=sys.stderr)
+        log.event("executor_note", note=note)
     by_id = {p.run_id: p for p in todo}
     # the runs-done bar, and under it each running run's phase, epoch/step and ETA (privrad.progress)
     display = Display(total=len(todo), desc=f"study {profile.name}", enabled=progress, file=sys.stderr)
@@ -496,7 +515,7 @@ def study_status(results_dir: Path, profile_name: str, out=sys.stdout) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile, sets=args.set or (), results_dir=args.results_dir)
     return run_study(profile, jobs=args.jobs, executor=args.executor, notebook=Path(args.notebook) if args.notebook else None,
-                     progress=not args.quiet)
+                     progress=not args.quiet, runs_per_gpu=args.runs_per_gpu)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -519,7 +538,11 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                      help="where runs execute: local processes (default), or one Slurm job per run with the profile's "
                           "slurm: options (--set slurm.KEY=VALUE overrides them)")
     run.add_argument("--jobs", type=int, default=None,
-                     help="local executor: runs executed at once (default 1; one process, and one GPU where there are GPUs, per job)")
+                     help="local executor: runs executed at once, one process each (default: 1 on a CPU; on GPUs, "
+                          "every slot: GPUs × runs per GPU)")
+    run.add_argument("--runs-per-gpu", type=int, help="local executor: runs placed on one GPU at once, each with an equal "
+                                                      "share of its memory (default: the profile's gpu.runs_per_gpu, else 1; "
+                                                      "no effect without a GPU)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override the profile: a grid axis (epsilon=[1,null]), a parameter (lr=1e-3) or a dataset path (mimic-cxr.data_dir=/data/mimic)")
     add_results_dir(run)
