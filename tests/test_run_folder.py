@@ -137,9 +137,12 @@ class FabricatingExecutor(executors.Executor):
     def __init__(self):
         self.ran: list[str] = []
 
-    def run(self, tasks):
+    def run(self, tasks, on_start=None):
         for t in tasks:
             from privrad.config import RunConfig
+
+            if on_start is not None:
+                on_start(t)
 
             params = {k: v for k, v in t.parameters.items() if k != "run_dir"}
             fabricate_run(None, run_dir=Path(t.run_dir), config=RunConfig.from_dict(params))
