@@ -3,7 +3,7 @@ layers only, frozen-layer features (cached), pooler frozen — each against the 
 privrad used before (the model's own ``transformers`` forward, LoRA in every layer).
 
     python bench/fastpath.py                              # minilm-l6, minilm-l3, minilm-albert, DP-LoRA, batch 256
-    python bench/fastpath.py --models minilm-l6 --batch 512 --rounds 5
+    python bench/fastpath.py --models minilm-l6 --batch-size 512 --rounds 5
     python bench/fastpath.py --tiny                       # seconds: tiny-bert, for tests
 
 Steps alternate between the variants in one process (A B C … A B C …) on the same Poisson-sized
@@ -51,7 +51,7 @@ def reports(n: int, max_length: int, seed: int = 1):
     return EncodedDataset(enc, ds.labels, ds.label_mask)
 
 
-def interleaved(model_name: str, data, *, batch: int, physical: int, rounds: int, warmup: int, method: str,
+def interleaved(model_name: str, data, *, batch_size: int, physical_batch_size: int, rounds: int, warmup: int, method: str,
                 variants) -> dict[str, list[float]]:
     import numpy as np
 
@@ -61,7 +61,7 @@ def interleaved(model_name: str, data, *, batch: int, physical: int, rounds: int
     from step import METHODS, Stepper
 
     rng = np.random.default_rng(0)
-    idx = sorted(rng.choice(len(data), size=min(batch, len(data)), replace=False).tolist())
+    idx = sorted(rng.choice(len(data), size=min(batch_size, len(data)), replace=False).tolist())
     steppers, inputs = {}, {}
     for name in variants:
         forward, options, cached = VARIANTS[name]
@@ -72,7 +72,8 @@ def interleaved(model_name: str, data, *, batch: int, physical: int, rounds: int
         if cached:
             feats = frozen_features(Classifier(model), data.encoded)
             d = EncodedDataset(data.encoded, data.labels, data.label_mask, feats)
-        steppers[name] = Stepper(model, method, batch=batch, physical=physical, device="cpu", forward=forward)
+        steppers[name] = Stepper(model, method, batch_size=batch_size, physical_batch_size=physical_batch_size, device="cpu",
+                                 forward=forward)
         inputs[name] = d
     times = {name: [] for name in steppers}
     cpu = {name: [] for name in steppers}
@@ -98,7 +99,7 @@ def feature_rate(model_name: str, data, n: int) -> float:
     return len(sub) / (time.process_time() - t0)
 
 
-def bf16_check(data, batch: int) -> dict:
+def bf16_check(data, batch_size: int) -> dict:
     """float32 vs bf16 autocast: one non-private LoRA step of minilm-l3, interleaved, and whether
     a DP-LoRA step runs under autocast at all (Opacus' per-sample gradients come out in bf16)."""
     import numpy as np
@@ -107,8 +108,9 @@ def bf16_check(data, batch: int) -> dict:
     from privrad.models import build_model
     from step import Stepper
 
-    idx = list(range(min(batch, len(data))))
-    s = Stepper(build_model("minilm-l3", data.labels.shape[1], seed=0), "lora", batch=batch, physical=batch, device="cpu")
+    idx = list(range(min(batch_size, len(data))))
+    s = Stepper(build_model("minilm-l3", data.labels.shape[1], seed=0), "lora", batch_size=batch_size, physical_batch_size=batch_size,
+                device="cpu")
     t32, t16 = [], []
     for r in range(4):
         t0 = time.perf_counter()
@@ -118,7 +120,8 @@ def bf16_check(data, batch: int) -> dict:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             s.step(data, idx)
         t16.append(time.perf_counter() - t0)
-    dp = Stepper(build_model("minilm-l3", data.labels.shape[1], seed=0), "dp-lora", batch=8, physical=8, device="cpu")
+    dp = Stepper(build_model("minilm-l3", data.labels.shape[1], seed=0), "dp-lora", batch_size=8, physical_batch_size=8,
+                 device="cpu")
     try:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             dp.step(data, idx[:8])
@@ -135,8 +138,8 @@ def main(argv=None) -> int:
     ap.add_argument("--models", nargs="+", default=["minilm-l6", "minilm-l3", "minilm-albert"])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--method", default="dp-lora", choices=["dp-lora", "lora"])
-    ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--physical", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--physical-batch-size", type=int, default=64)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--n", type=int, default=1200, help="simulated reports (the batch is drawn from the training split)")
     ap.add_argument("--rounds", type=int, default=3)
@@ -148,23 +151,23 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     common.setup_env(args.threads)
     if args.tiny:
-        args.models, args.n, args.batch, args.physical, args.rounds, args.warmup = ["tiny-bert"], 80, 16, 8, 1, 0
+        args.models, args.n, args.batch_size, args.physical_batch_size, args.rounds, args.warmup = ["tiny-bert"], 80, 16, 8, 1, 0
     load0 = os.getloadavg()
     data = reports(args.n, args.max_length)
     lengths = [len(x) for x in data.encoded.input_ids]
-    print(f"fast-path benchmark: {args.method}, batch {args.batch} (physical {args.physical}), "
+    print(f"fast-path benchmark: {args.method}, batch_size {args.batch_size} (physical_batch_size {args.physical_batch_size}), "
           f"{len(data)} training reports, mean {statistics.mean(lengths):.1f} tokens, {args.threads} thread(s), "
           f"{args.rounds} rounds after {args.warmup} warm-up; load {load0[0]:.1f}", flush=True)
     rows = []
     for model_name in args.models:
-        times, cpu = interleaved(model_name, data, batch=args.batch, physical=args.physical, rounds=args.rounds,
-                                 warmup=args.warmup, method=args.method, variants=args.variants)
+        times, cpu = interleaved(model_name, data, batch_size=args.batch_size, physical_batch_size=args.physical_batch_size,
+                                 rounds=args.rounds, warmup=args.warmup, method=args.method, variants=args.variants)
         ref = times.get("before")
         for name, t in times.items():
             ratio = statistics.median(a / b for a, b in zip(t, ref)) if ref else None
             rows.append({"model": model_name, "variant": name, "median_s": statistics.median(t), "times_s": t,
-                         "cpu_s": statistics.median(cpu[name]), "cpu_ms_per_report": 1000 * statistics.median(cpu[name]) / args.batch,
-                         "per_report_ms": 1000 * statistics.median(t) / args.batch, "ratio_to_before": ratio,
+                         "cpu_s": statistics.median(cpu[name]), "cpu_ms_per_report": 1000 * statistics.median(cpu[name]) / args.batch_size,
+                         "per_report_ms": 1000 * statistics.median(t) / args.batch_size, "ratio_to_before": ratio,
                          "speedup": 1 / ratio if ratio else None})
             print(f"  {model_name:10s} {name:28s} {statistics.median(t):8.3f} s  ×{ratio:.3f}" if ratio
                   else f"  {model_name:10s} {name:28s} {statistics.median(t):8.3f} s", flush=True)
@@ -180,7 +183,7 @@ def main(argv=None) -> int:
            "args": vars(args), "rows": rows}
     path = common.write_json(Path(args.out).name, out, Path(args.out).parent)
     if args.bf16:
-        out["bf16"] = bf16_check(data, min(args.batch, 64))
+        out["bf16"] = bf16_check(data, min(args.batch_size, 64))
         print(f"bf16 autocast vs float32 (non-private LoRA step, minilm-l3): ×{out['bf16']['ratio']:.2f} time "
               f"({out['bf16']['cpu_capability']}); DP-LoRA under autocast: {out['bf16']['dp_lora_under_autocast']}")
         path = common.write_json(Path(args.out).name, out, Path(args.out).parent)

@@ -1,32 +1,45 @@
-"""The GPU benchmark (run through bench/gpu.sh): real sizes, paper-sized runs, the paper grid's time.
+"""The GPU benchmark (run through bench/gpu.sh): the paper grid's time before → after, in one call.
 
-    bench/gpu.sh                 # on one H100, no network: < 10 minutes
-    bench/gpu.sh --dry-run       # tiny shapes on CPU in ~30 s (what the tests run)
+    bench/gpu.sh --out $OUT          # on one H100/H200, no network: < 9 minutes
+    bench/gpu.sh --dry-run           # tiny shapes on the CPU, every code path (what `make test` runs)
 
-1. **Step benchmark at real sizes** (bench/step.py, in this process: on a GPU the allocator
-   peak is per configuration after ``reset_peak_memory_stats``): BERT-small, BERT-medium and
-   ALBERT-base shapes (random weights; the hub is unreachable), batch 64 × 128 tokens, the five
-   methods; then batch 64 × 512 for DP-LoRA vs LoRA.
-2. **One paper-sized run per model**: ≈25k simulated reports, DP-LoRA ε = 1 with the
-   paper profile's hyperparameters (batch 256, physical 64, LoRA r = 16), through
-   ``privrad.runs.run`` (tokenize, build, calibrate, train, evaluate, write the run folder) at
-   sequence length 256 (MIMIC-CXR-like) and 512 (CT-RATE-like reports). ``--epochs`` (default 1,
-   the paper trains 5) keeps it inside the budget; the estimate scales the measured epoch.
-3. **The paper grid's total time**: 2 datasets × 3 models × 6 configurations (DP-LoRA at
-   ε = 0.01, 0.1, 1, 10, non-private LoRA, non-private full fine-tuning) × 3 seeds, from the
-   measured epoch times, the step-benchmark ratios (non-private LoRA and full fine-tuning vs
-   DP-LoRA), the measured fixed costs (tokenize + build + calibrate, evaluate) and a papermill
-   kernel start per run (``--kernel-start-s``, measured on CPU by bench/study.py).
+**Before** is privrad's earlier way of running the paper grid: one run at a time, physical
+batch 64, float32, a fresh kernel per run. **After** is the paper profile now: ``runs_per_gpu``
+runs share the GPU (each with its share of the memory, kernels warmed up ahead), the physical
+batch is ``auto`` (probed from that share), ``precision: auto`` (bf16 autocast on the GPU),
+tokenization and calibration cached across runs. Parts, each written to ``gpu.json`` as it ends:
 
-Runs that would not fit in ``--budget-s`` are skipped and estimated from the step benchmark.
-Everything is written to ``--out`` (JSON + a log); the summary is printed last.
+1. **Steps** (in this process, paper shapes with random weights: BERT-small, BERT-medium,
+   ALBERT-base; batch 256 × 128 tokens, LoRA r = 16): non-private LoRA vs DP-LoRA interleaved,
+   at the old settings (physical 64, fp32) and the new ones (one chunk, fp32 and bf16), plus
+   full fine-tuning in bf16; and bf16 per-sample gradients against float32
+   (:func:`privrad.train.per_sample_gradients`, tolerance ``BF16_GRAD_RTOL`` / ``BF16_NORM_RTOL``).
+2. **Kernel start**: the run notebook's imports and CUDA start executed by papermill in a cold
+   kernel, and what a run still waits for when its kernel was warmed up ahead.
+3. **Before**: one paper-sized DP-LoRA ε = 1 run per model and dataset (≈ 25k simulated reports:
+   MIMIC-CXR-like at length 256, CT-RATE-like at 512) at the old settings, in sequence, a fraction
+   of an epoch each (``--old-epochs``); the grid estimate as before (sequential, the measured cold
+   kernel start per run).
+4. **After**: the paper grid's 36 runs of one seed (2 datasets × 3 models × DP-LoRA at four ε,
+   LoRA ∞, full fine-tuning ∞) executed by ``privrad.executors.LocalExecutor`` through the real
+   run notebook with the paper profile's settings, a fraction of the 5 epochs each (chosen from
+   part 1 to fit ``--budget-s``), plus float32 twins of two runs for weighted-F1 parity. The
+   grid (3 seeds, 5 epochs) is estimated from each run's measured seconds: training scaled to 5
+   epochs, the rest (notebook, kernel, data, tokenization, calibration, evaluation) as measured;
+   wall ≈ Σ / slots, bounded above by list scheduling (Σ / slots + (1 − 1/slots) × longest run).
+5. **Calibration** (CPU, in the background from the start): the eight noise calibrations the
+   grid needs (2 datasets × 4 ε, 5 epochs), cold and then as a cached check.
+
+Everything is written to ``--out`` (JSON, log); the summary table is printed last.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,6 +54,7 @@ TINY_SHAPES = {"bert-small": "tiny-bert-shape", "albert-base": "tiny-albert-shap
 DATASETS = {"mimic-cxr": 256, "ct-rate": 512}  # the paper profile's max_length per dataset
 PAPER = dict(num_epochs=5, batch_size=256, physical_batch_size=64, lr=1e-3, lora_r=16, lora_alpha=32, seeds=3,
              lora_epsilons=(0.01, 0.1, 1, 10), n_bootstrap=1000)
+ROOT = common.BENCH_DIR.parent
 
 
 def _free(device):
@@ -51,18 +65,19 @@ def _free(device):
         torch.cuda.empty_cache()
 
 
-def step_benchmark(shapes, device, *, batch, length, repeats, warmup, methods) -> list[dict]:
+def step_benchmark(shapes, device, *, batch_size, max_length, repeats, warmup, methods) -> list[dict]:
     rows = []
     for shape in shapes:
         common.shaped_model_dir(shape)
         for method in methods:
             try:
-                r = step.measure(shape, method, batch=batch, length=length, repeats=repeats, warmup=warmup, device=device)
+                r = step.measure(shape, method, batch_size=batch_size, max_length=max_length, repeats=repeats, warmup=warmup,
+                                 device=device)
             except Exception as exc:  # noqa: BLE001 - e.g. out of memory: report and go on
                 r = {"model": shape, "method": method, "status": "error", "error": f"{type(exc).__name__}: {exc}"[:300]}
             r.pop("times_s", None)
             rows.append(r)
-            print(f"  {shape:18s} {method:14s} B={batch} L={length} {step._brief(r)}", flush=True)
+            print(f"  {shape:18s} {method:14s} batch_size={batch_size} max_length={max_length} {step._brief(r)}", flush=True)
             _free(device)
     step._add_ratios(rows)
     return rows
@@ -84,22 +99,26 @@ def paper_run(model, shape, kind, length, n, *, epochs, device, tmp, dry) -> dic
 
     t = {}
     t0 = time.perf_counter()
-    ds = common.report_dataset(kind, n, root=Path(tmp) / "data")
+    ds = common.report_dataset(kind, n, root=Path(tmp) / "data")  # simulated at the start (in the background)
     t["data_s"] = time.perf_counter() - t0
     batch_size, physical_batch_size = (16, 16) if dry else (PAPER["batch_size"], PAPER["physical_batch_size"])
     config = RunConfig(dataset=ds.name, data_dir=str(Path(tmp) / "data"), model=common.shaped_model_dir(shape), method="lora",
                        epsilon=1.0, seed=0, num_epochs=epochs, batch_size=batch_size, physical_batch_size=physical_batch_size,
                        lr=PAPER["lr"], lora_r=PAPER["lora_r"], lora_alpha=PAPER["lora_alpha"], max_length=length,
-                       threshold="fixed", n_bootstrap=50 if dry else PAPER["n_bootstrap"])
+                       threshold="fixed", n_bootstrap=50 if dry else PAPER["n_bootstrap"], precision="fp32")
     n_train = len(ds.split("train"))
     q, delta = batch_size / n_train, default_delta(n_train)
     t0 = time.perf_counter()
     calibrate_noise_multiplier(1.0, delta, q, planned_steps(n_train, batch_size, PAPER["num_epochs"]))
     t["calibrate_s"] = time.perf_counter() - t0
+    saved = os.environ.get("PRIVRAD_CACHE_DIR")
     os.environ["PRIVRAD_CACHE_DIR"] = str(Path(tmp) / "calibration-cache")
-    cached_noise_multiplier(1.0, delta, q, planned_steps(n_train, batch_size, epochs))
-    res = privrad.run(config, dataset=ds, results_dir=Path(tmp) / "runs", device=device, progress=False,
-                      cache_dir=Path(tmp) / "cache")
+    try:
+        cached_noise_multiplier(1.0, delta, q, planned_steps(n_train, batch_size, epochs))
+        res = privrad.run(config, dataset=ds, results_dir=Path(tmp) / "runs", device=device, progress=False,
+                          cache_dir=Path(tmp) / "cache")
+    finally:
+        os.environ.pop("PRIVRAD_CACHE_DIR") if saved is None else os.environ.__setitem__("PRIVRAD_CACHE_DIR", saved)
     rt = res.info["runtime"]
     t.update(prepare_s=rt["prepare_s"] + t["calibrate_s"], train_s=rt["train_s"], evaluate_s=rt["evaluate_s"])
     out = {"model": model, "shape": shape, "kind": kind, "n": n, "n_train": n_train, "max_length": length,
@@ -107,7 +126,7 @@ def paper_run(model, shape, kind, length, n, *, epochs, device, tmp, dry) -> dic
            "train_examples_per_s": n_train * epochs / t["train_s"], "noise_multiplier": res.privacy["noise_multiplier"],
            "weighted_f1_untuned": res.weighted_f1, "n_truncated": res.info["n_truncated"]["train"],
            "mean_tokens": _mean_tokens(ds, config, Path(tmp) / "cache"), "device": res.info["device"]}
-    print(f"  {model:12s} {kind:9s} L={length:3d} n={n} train {t['train_s']:7.1f}s ({out['train_examples_per_s']:.0f} ex/s, "
+    print(f"  {model:12s} {kind:9s} max_length={length:3d} n={n} train {t['train_s']:7.1f}s ({out['train_examples_per_s']:.0f} ex/s, "
           f"mean {out['mean_tokens']:.0f} tokens) prepare {rt['prepare_s']:.1f}s calibrate {t['calibrate_s']:.1f}s "
           f"evaluate {t['evaluate_s']:.1f}s", flush=True)
     return out
@@ -142,7 +161,7 @@ def estimate_grid(steps_rows, runs, *, kernel_start_s, dry) -> dict:
                 o = other[0]
                 length = DATASETS[kind] if not dry else o["max_length"]
                 got = [{**o, "kind": kind, "max_length": length, "epoch_s": o["epoch_s"] * length / o["max_length"]}]
-                note = f"extrapolated from L={o['max_length']} (× tokens)"
+                note = f"extrapolated from max_length={o['max_length']} (× tokens)"
             r = got[0]
             length = r["max_length"]
             t = ratio.get(r["shape"], {})
@@ -165,20 +184,456 @@ def estimate_grid(steps_rows, runs, *, kernel_start_s, dry) -> dict:
         + (" (DRY RUN: tiny shapes on CPU, meaningless figures)" if dry else ""))}
 
 
+
+
+# ----------------------------------------------------------------------------- 1. steps
+
+GROUPS = {  # the old settings, the new ones in fp32 and in bf16
+    "old": dict(physical=64, precision="fp32", methods=["lora", "dp-lora", "full"]),
+    "new-fp32": dict(physical=None, precision="fp32", methods=["lora", "dp-lora"]),
+    "new-bf16": dict(physical=None, precision="bf16", methods=["lora", "dp-lora", "full"]),
+}
+
+
+def steps_part(shapes, device, *, batch, length, repeats, warmup, dry) -> dict:
+    """Interleaved step times per shape and settings group, DP ÷ LoRA per round, and the bf16
+    per-sample gradient check."""
+    import statistics
+
+    import torch
+
+    from privrad.features import Classifier
+    from privrad.models import build_model
+    from privrad.train import BF16_GRAD_RTOL, BF16_NORM_RTOL, bf16_gradient_error, per_sample_gradients
+
+    rows, checks = [], []
+    for shape in shapes:
+        common.shaped_model_dir(shape)
+        for group, g in GROUPS.items():
+            if g["precision"] == "bf16" and device == "cpu" and not dry:
+                continue
+            phys = min(g["physical"] or batch, batch) if not dry else (2 if g["physical"] else batch)
+            try:
+                times = step.measure_interleaved(shape, g["methods"], batch=batch, length=length, repeats=repeats,
+                                                 warmup=warmup, device=device, physical=phys, precision=g["precision"],
+                                                 lora_r=PAPER["lora_r"])
+            except Exception as exc:  # noqa: BLE001 - e.g. out of memory: report and go on
+                print(f"  {shape} {group}: {type(exc).__name__}: {exc}"[:300], flush=True)
+                if dry:
+                    raise
+                continue
+            finally:
+                _free(device)
+            lora = times.get("lora", [])
+            for method, t in times.items():
+                r = {"model": shape, "group": group, "method": method, "batch": batch, "length": length, "physical": phys,
+                     "precision": g["precision"], "median_s": statistics.median(t), "status": "ok"}
+                if lora and method != "lora":
+                    r["ratio_vs_lora"] = statistics.median(a / b for a, b in zip(t, lora))
+                rows.append(r)
+                print(f"  {shape:18s} {group:9s} {method:8s} B={batch} phys={phys:3d} {r['median_s'] * 1000:8.1f} ms"
+                      + (f"  ×{r['ratio_vs_lora']:.3f} vs LoRA" if "ratio_vs_lora" in r else ""), flush=True)
+        # bf16 per-sample gradients against float32, dropout off (the same network twice)
+        model = build_model(common.shaped_model_dir(shape), step.N_LABELS, method="lora", lora_r=PAPER["lora_r"],
+                            lora_alpha=PAPER["lora_alpha"], device=device, seed=0)
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        torch.manual_seed(1)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.data.normal_(0, 0.02)
+        net = Classifier(model)
+        data = step.synthetic_data(8, length)
+        from privrad.train import _batch, _to
+
+        b = _to(_batch(data, list(range(8))), torch.device(device))
+        err = bf16_gradient_error(per_sample_gradients(net, b, "fp32"), per_sample_gradients(net, b, "bf16"))
+        ok = err["grad_rtol"] <= BF16_GRAD_RTOL and err["norm_rtol"] <= BF16_NORM_RTOL
+        checks.append({"model": shape, **err, "within_tolerance": ok, "grad_rtol_limit": BF16_GRAD_RTOL,
+                       "norm_rtol_limit": BF16_NORM_RTOL})
+        print(f"  {shape:18s} bf16 per-sample gradients vs fp32: {err['grad_rtol']:.4f} (≤ {BF16_GRAD_RTOL}), "
+              f"norms {err['norm_rtol']:.4f} (≤ {BF16_NORM_RTOL}): {'within' if ok else 'OUT OF'} tolerance", flush=True)
+        del model, net
+        _free(device)
+    return {"rows": rows, "bf16_check": checks}
+
+
+def diagnostics(shape: str, device: str, *, batch: int, length: int, repeats: int, warmup: int) -> dict:
+    """Where the bf16 DP step's extra time goes: DP-LoRA ÷ LoRA with privrad's float32 per-sample
+    gradients against Opacus' own (bf16) Linear sampler, and the profiler's top operations."""
+    import statistics
+
+    import torch
+    from opacus.grad_sample.linear import compute_linear_grad_sample
+
+    import privrad.privacy as pp
+
+    res = {}
+    ours = pp._linear_grad_sample_float32
+    for name, fn in (("float32 sampler", ours), ("opacus bf16 sampler", compute_linear_grad_sample)):
+        pp._linear_grad_sample_float32 = fn
+        try:
+            t = step.measure_interleaved(shape, ["lora", "dp-lora"], batch=batch, length=length, repeats=repeats,
+                                         warmup=warmup, device=device, precision="bf16", lora_r=PAPER["lora_r"])
+        finally:
+            pp._linear_grad_sample_float32 = ours
+        res[name] = {"lora_s": statistics.median(t["lora"]), "dp_s": statistics.median(t["dp-lora"]),
+                     "ratio": statistics.median(a / b for a, b in zip(t["dp-lora"], t["lora"]))}
+        print(f"  diagnostics {shape} bf16, {name}: LoRA {res[name]['lora_s'] * 1000:.1f} ms, DP-LoRA "
+              f"{res[name]['dp_s'] * 1000:.1f} ms, ×{res[name]['ratio']:.3f}", flush=True)
+        _free(device)
+    try:  # the profiler's view of a DP-LoRA bf16 step
+        from privrad.models import build_model
+
+        model = build_model(common.shaped_model_dir(shape), step.N_LABELS, method="lora", device=device, seed=0,
+                            lora_r=PAPER["lora_r"], lora_alpha=PAPER["lora_alpha"])
+        s = step.Stepper(model, "dp-lora", batch=batch, physical=batch, device=device, precision="bf16")
+        data, idx = step.synthetic_data(batch, length), list(range(batch))
+        for _ in range(3):
+            s.step(data, idx)
+        acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else [])
+        with torch.profiler.profile(activities=acts) as prof:
+            for _ in range(3):
+                s.step(data, idx)
+            if device == "cuda":
+                torch.cuda.synchronize()
+        key = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+        table = prof.key_averages().table(sort_by=key, row_limit=14, max_name_column_width=48)
+        print(table, flush=True)
+        res["profile"] = table
+        res["profile_cpu"] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10, max_name_column_width=48)
+        print(res["profile_cpu"], flush=True)
+    except Exception as exc:  # noqa: BLE001 - diagnostics only
+        res["profile_error"] = f"{type(exc).__name__}: {exc}"[:300]
+    _free(device)
+    return res
+
+
+# ----------------------------------------------------------------------------- 2. kernel start
+
+def kernel_part(tmp: Path) -> dict:
+    """Seconds papermill needs for a notebook whose one cell is the run notebook's warm-up (imports,
+    CUDA start) in a cold kernel, and what the same notebook waits for in a kernel warmed up ahead."""
+    import nbformat
+
+    from privrad import executors
+    from privrad.runs import WARM_UP
+
+    kernel = executors.default_kernel()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(WARM_UP)])
+    nb.metadata["kernelspec"] = {"name": kernel, "display_name": kernel, "language": "python"}
+    path = tmp / "warm.ipynb"
+    nbformat.write(nb, path)
+    (tmp / "p.json").write_text("{}")
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-c", executors._PAPERMILL_DRIVER, str(path), str(tmp / "cold-out.ipynb"),
+                        str(tmp / "p.json"), kernel, str(ROOT), ""], capture_output=True, text=True)
+    cold = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"papermill failed: {p.stdout[-1500:]} {p.stderr[-1500:]}")
+    t0 = time.perf_counter()
+    k = executors.WarmKernel(kernel, str(ROOT), WARM_UP, {})
+    ready = k.wait_ready()
+    warm_start = time.perf_counter() - t0
+    task = executors.Task(run_id="w", label="w", notebook=str(path), parameters={}, run_dir=str(tmp / "w"),
+                          staging=str(tmp / "warm-out.ipynb"), failed=str(tmp / "w.failed"), kernel=kernel, cwd=str(ROOT))
+    t0 = time.perf_counter()
+    code, out = k.run(task, tmp / "p.json")
+    warm = time.perf_counter() - t0
+    res = {"kernel": kernel, "cold_s": cold, "warm_start_s": warm_start, "warm_run_s": warm, "warm_ok": code == 0,
+           "warm_up": ready.get("warm_up")}
+    print(f"  papermill + kernel start + imports + CUDA: cold {cold:.1f} s; warmed up ahead: {warm_start:.1f} s "
+          f"beside the previous run, then {warm:.2f} s for the run (status {code})", flush=True)
+    return res
+
+
+# ----------------------------------------------------------------------------- 5. calibration (background)
+
+def _calibrate_one(args):
+    from privrad.privacy import calibrate_noise_multiplier, compute_epsilon, _prv_eps_error
+
+    kind, eps, delta, q, steps = args
+    t0 = time.perf_counter()
+    sigma = calibrate_noise_multiplier(eps, delta, q, steps)
+    cold = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    compute_epsilon(sigma, q, steps, delta, eps_error=_prv_eps_error(eps))
+    return {"dataset": kind, "epsilon": eps, "steps": steps, "sample_rate": q, "calibrate_s": cold,
+            "check_s": time.perf_counter() - t0, "noise_multiplier": sigma}
+
+
+def calibration_child(spec: dict) -> None:
+    """The grid's calibrations (5 epochs), each cold and then as the cached check; prints JSON."""
+    from multiprocessing import Pool
+
+    from privrad.data import load_dataset
+    from privrad.privacy import default_delta
+    from privrad.train import planned_steps
+
+    jobs = []
+    for kind, folder in spec["datasets"].items():
+        while not (Path(folder) / "PRIVRAD_SIMULATED.json").exists():
+            time.sleep(1)
+        n = len(load_dataset(f"simulated-{kind}", folder).split("train"))
+        for eps in spec["epsilons"]:
+            jobs.append((kind, eps, default_delta(n), PAPER["batch_size"] / n if not spec["dry"] else 16 / n,
+                         planned_steps(n, PAPER["batch_size"] if not spec["dry"] else 16, PAPER["num_epochs"])))
+    with Pool(min(len(jobs), max(1, (os.cpu_count() or 2) // 4))) as pool:
+        rows = pool.map(_calibrate_one, jobs)
+    print(json.dumps(rows), flush=True)
+
+
+# ----------------------------------------------------------------------------- 4. after: the paper profile
+
+def paper_profile(tmp: Path, models: dict, data_dirs: dict, *, epochs: float, dry: bool) -> Path:
+    """studies/paper.yml with the simulated datasets, the shape folders for the models, one seed,
+    ``epochs`` epochs, and float32 twins of BERT-small's DP ε = 1 and LoRA ∞ runs."""
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "studies" / "paper.yml").read_text())
+    paths = {m: common.shaped_model_dir(s) for m, s in models.items()}
+    # the longest runs first (CT-RATE, ALBERT): slots drain evenly, and a budget stop cuts short runs
+    raw["datasets"] = [{**d, "dataset": f"simulated-{d['dataset']}", "data_dir": data_dirs[d["name"]]}
+                       for d in reversed(raw["datasets"])]
+    raw["grid"]["model"] = list(reversed(paths.values()))
+    raw["grid"]["seed"] = [0]
+    raw["params"]["num_epochs"] = epochs
+    raw["results"] = str(tmp / "results")
+    twin = paths["bert-small"]
+    raw["extra"] = list(raw.get("extra") or []) + [{"model": twin, "epsilon": 1, "precision": "fp32"},
+                                                   {"model": twin, "epsilon": None, "precision": "fp32"}]
+    raw.pop("slurm", None)
+    if dry:  # tiny: ε = 1 and ∞, no full fine-tuning, one twin, small batches, 2 runs at once on the CPU
+        raw["grid"]["epsilon"] = [1, None]
+        raw["extra"] = raw["extra"][-2:-1]
+        raw["params"].update(batch_size=16, n_bootstrap=20)
+        for d in raw["datasets"]:
+            d["params"] = {"max_length": 32 if d["name"] == "mimic-cxr" else 64}
+    path = tmp / "paper-bench.yml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def _cells(nb_path: Path) -> dict:
+    """Per-cell papermill durations of an executed run notebook, by what the cell does."""
+    nb = json.loads(nb_path.read_text())
+    out = {"cells_s": 0.0, "imports_s": 0.0, "data_s": 0.0, "run_s": 0.0, "other_cells_s": 0.0}
+    for c in nb["cells"]:
+        d = (c.get("metadata", {}).get("papermill") or {}).get("duration") or 0.0
+        if c["cell_type"] != "code":
+            continue
+        src = "".join(c["source"])
+        out["cells_s"] += d
+        key = ("imports_s" if "import privrad" in src else "data_s" if "load_dataset(config" in src
+               else "run_s" if "privrad.run(" in src else "other_cells_s")
+        out[key] += d
+    return out
+
+
+def after_part(tmp: Path, models: dict, data_dirs: dict, *, epochs: float, deadline: float, dry: bool,
+               runs_per_gpu: int | None) -> dict:
+    """The paper profile's sweep (one seed, ``epochs``) through privrad's own study runner."""
+    import threading
+
+    from privrad import profiles, study
+    from privrad.runs import run_state
+
+    path = paper_profile(tmp, models, data_dirs, epochs=epochs, dry=dry)
+    prof = profiles.load_profile(str(path), root=ROOT)
+    os.environ["PRIVRAD_CACHE_DIR"] = str(tmp / "cache-after")  # this sweep pays its own tokenization and calibration
+    ex = study.local_executor(prof, jobs=2 if dry else None, runs_per_gpu=runs_per_gpu)
+    print(f"  {len(profiles.expand(prof))} runs, {ex.jobs} at once (runs_per_gpu {ex.runs_per_gpu}, GPUs {ex.gpus or 'none'}), "
+          f"{epochs:g} epoch(s) each; " + " ".join(ex.notes), flush=True)
+    t0 = time.perf_counter()
+    result = {}
+    th = threading.Thread(target=lambda: result.setdefault("rc", study.run_study(prof, executor=ex, progress=False,
+                                                                                out=open(tmp / "sweep.txt", "w"))))
+    th.start()
+    while th.is_alive():
+        th.join(1.0)
+        if time.perf_counter() > deadline:  # out of budget: stop what runs; the estimate uses what finished
+            print("  budget reached: stopping the runs still in flight", flush=True)
+            _kill_children()
+            th.join(60)
+            break
+    wall = time.perf_counter() - t0
+    events = [json.loads(line) for line in (prof.results_dir / "study.jsonl").read_text().splitlines()]
+    seconds = {e["run_id"]: e["seconds"] for e in events if e.get("event") == "run_complete"}
+    rows = []
+    for d in sorted(x for x in prof.results_dir.iterdir() if x.is_dir()):
+        state = run_state(d)
+        if not state.complete or d.name not in seconds:
+            continue
+        info, rt = state.info, state.info["runtime"]
+        cfg = info["config"]
+        cells = _cells(d / "run.ipynb")
+        metrics = json.loads((d / "metrics.json").read_text())
+        model = next(m for m, s in models.items() if cfg["model"].endswith(s))
+        rows.append({"run_id": d.name, "dataset": cfg["dataset"].replace("simulated-", ""), "model": model,
+                     "method": cfg["method"], "epsilon": cfg["epsilon"], "precision": info["precision"],
+                     "twin": cfg["precision"] == "fp32", "seconds": seconds[d.name], **cells,
+                     "kernel_s": max(0.0, seconds[d.name] - cells["cells_s"]), "prepare_s": rt["prepare_s"],
+                     "train_s": rt["train_s"] - rt["calibrate_s"], "calibrate_s": rt["calibrate_s"],
+                     "evaluate_s": rt["evaluate_s"], "gpu_peak_gb": rt.get("gpu_peak_gb"),
+                     "physical_batch_size": info["physical_batch_size"], "physical_batch_source": info["physical_batch_source"],
+                     "weighted_f1": metrics["weighted_f1"], "learned_nothing_weighted_f1": metrics.get("learned_nothing_weighted_f1"),
+                     "steps": json.loads((d / "privacy.json").read_text())["steps"]})
+    points = [{"dataset": p.entry.name, "model": next(m for m, sh in models.items() if p.config.model.endswith(sh)),
+               "method": p.config.method, "epsilon": p.config.epsilon, "twin": p.config.precision == "fp32"}
+              for p in profiles.expand(prof)]
+    n_points = len(points)
+    failed = [{"run_id": e["run_id"], "error": e.get("error")} for e in events if e.get("event") == "run_failed"]
+    print(f"  {len(rows)} of {n_points} runs complete in {wall:.0f} s; {len(failed)} failed", flush=True)
+    for f in failed[:5]:
+        print(f"    failed {f['run_id']}: {f['error']}"[:400], flush=True)
+    return {"wall_s": wall, "runs_per_gpu": ex.runs_per_gpu, "slots": ex.jobs, "epochs": epochs, "points": n_points,
+            "memory_share_gb": ex.memory_share_gb, "runs": rows, "notes": ex.notes, "failed": failed, "point_list": points,
+            "rc": result.get("rc")}
+
+
+def _kill_children() -> None:
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+
+
+# ----------------------------------------------------------------------------- the estimates
+
+def estimate_after(after: dict, calibrations: list[dict] | None, *, dry: bool) -> dict:
+    """The paper grid (3 seeds, 5 epochs) from the one-seed sweep: each run's seconds with its
+    training scaled to 5 epochs and its calibration replaced by the grid's (each of the 8
+    calibrations cold once, then a cached check per other run); wall from the slots."""
+    import statistics
+
+    runs = [r for r in after["runs"] if not r["twin"]]
+    if not runs:
+        return {}
+    scale = PAPER["num_epochs"] / after["epochs"]
+    slots = after["slots"]
+    per_run = []
+    for r in runs:
+        five = r["seconds"] - r["calibrate_s"] + (scale - 1) * r["train_s"]
+        per_run.append({**r, "paper_run_s": five})
+    # points that did not finish (budget stop, failure): the mean of the same dataset/model/method's runs
+    done = {(r["dataset"], r["model"], r["method"], r["epsilon"]) for r in runs}
+    extrapolated = []
+    for p in after.get("point_list", []):
+        key = (p["dataset"], p["model"], p["method"], p["epsilon"])
+        if p["twin"] or key in done:
+            continue
+        like = [r["paper_run_s"] for r in per_run if (r["dataset"], r["model"], r["method"]) == key[:3]] or \
+               [r["paper_run_s"] for r in per_run if (r["dataset"], r["model"]) == key[:2]]
+        if like:
+            extrapolated.append({**p, "paper_run_s": statistics.mean(like), "kernel_s": 0.0, "extrapolated": True})
+    per_run += extrapolated
+    occupancy = PAPER["seeds"] * sum(r["paper_run_s"] for r in per_run)
+    cal = 0.0
+    if calibrations:
+        models, seeds = len({r["model"] for r in runs}), PAPER["seeds"]
+        cal = sum(c["calibrate_s"] + (models * seeds - 1) * c["check_s"] for c in calibrations)
+    occupancy += cal
+    longest = max(r["paper_run_s"] for r in per_run)
+    lower = occupancy / slots
+    upper = lower + (1 - 1 / slots) * longest
+    share = [r["kernel_s"] / r["paper_run_s"] for r in per_run if not r.get("extrapolated")]
+    # the points of the sweep that did not finish (budget): scaled from the same model/dataset's others
+    missing = after["points"] - len(after["runs"])
+    by = {}
+    for r in per_run:
+        by.setdefault((r["dataset"], r["model"]), []).append(r["paper_run_s"])
+    rows = [{"dataset": k[0], "model": k[1], "runs": PAPER["seeds"] * len(v), "minutes": PAPER["seeds"] * sum(v) / 60,
+             "mean_run_s": statistics.mean(v)} for k, v in sorted(by.items())]
+    done_runs = [r for r in per_run if not r.get("extrapolated")]
+    phases = {k: {"median": statistics.median(r[k] for r in done_runs), "max": max(r[k] for r in done_runs)}
+              for k in ("kernel_s", "imports_s", "data_s", "prepare_s", "calibrate_s", "train_s", "evaluate_s",
+                        "other_cells_s", "seconds", "paper_run_s")}
+    return {"rows": rows, "phases": phases, "occupancy_s": occupancy, "calibration_s": cal, "slots": slots, "longest_run_s": longest,
+            "wall_lower_s": lower, "wall_s": upper, "wall_min": upper / 60, "missing_points": missing,
+            "extrapolated_points": len(extrapolated),
+            "kernel_share": {"min": min(share), "median": statistics.median(share), "max": max(share)},
+            "assumptions": (f"{PAPER['num_epochs']} epochs (training scaled from {after['epochs']:g}), {PAPER['seeds']} seeds, "
+                            f"{slots} runs at once on one GPU; wall = Σ/slots + (1 − 1/slots) × longest run (list scheduling)"
+                            + (" (DRY RUN: tiny shapes on CPU, meaningless figures)" if dry else ""))}
+
+
+def dp_ratios(steps_rows: list[dict], after_runs: list[dict]) -> dict:
+    """DP-LoRA ÷ LoRA: step time (interleaved) per settings group, and training seconds per
+    (model, dataset) in the paper-profile sweep (ε = 1 against ∞, bf16 runs)."""
+    step_r = {f"{r['model']}/{r['group']}": r["ratio_vs_lora"] for r in steps_rows
+              if r["method"] == "dp-lora" and "ratio_vs_lora" in r}
+    run_r = {}
+    for r in after_runs:
+        if r["twin"] or r["method"] != "lora" or r["epsilon"] != 1:
+            continue
+        base = [b for b in after_runs if not b["twin"] and b["method"] == "lora" and b["epsilon"] is None
+                and b["model"] == r["model"] and b["dataset"] == r["dataset"]]
+        if base and base[0]["train_s"] > 0:
+            run_r[f"{r['model']}/{r['dataset']}"] = (r["train_s"] / r["steps"]) / (base[0]["train_s"] / base[0]["steps"])
+    return {"step": step_r, "run_per_step": run_r}
+
+
+def f1_parity(after_runs: list[dict]) -> list[dict]:
+    out = []
+    for t in (r for r in after_runs if r["twin"]):
+        same = [r for r in after_runs if not r["twin"] and r["model"] == t["model"] and r["dataset"] == t["dataset"]
+                and r["method"] == t["method"] and r["epsilon"] == t["epsilon"]]
+        if same:
+            out.append({"dataset": t["dataset"], "model": t["model"], "epsilon": t["epsilon"], "f1_fp32": t["weighted_f1"],
+                        "f1_bf16": same[0]["weighted_f1"], "difference": same[0]["weighted_f1"] - t["weighted_f1"],
+                        "train_s_fp32": t["train_s"], "train_s_bf16": same[0]["train_s"],
+                        "learned_nothing": t["learned_nothing_weighted_f1"]})
+    return out
+
+
+def choose_epochs(steps_rows: list[dict], n_train: dict, budget_s: float, slots: int, dry: bool) -> float:
+    """Epochs per run of the after-sweep so that it fits ``budget_s``: training predicted from the
+    bf16 step times (× padded length ÷ 128) and a fixed 15 s per run, at half the slots' speed-up."""
+    if dry:
+        return 0.5
+    t = {}
+    for r in steps_rows:
+        if r["group"] == ("new-bf16" if any(x["group"] == "new-bf16" for x in steps_rows) else "new-fp32"):
+            t[(r["model"], r["method"])] = r["median_s"]
+    factor = {"mimic-cxr": 1.7, "ct-rate": 3.9}  # padded tokens of a 256-report chunk ÷ 128 (simulated lengths)
+    per_epoch = 0.0
+    for kind, n in n_train.items():
+        steps = n / PAPER["batch_size"]
+        for shape in SHAPES.values():
+            for method, count in (("dp-lora", 4 + 1), ("lora", 1), ("full", 1)):
+                per_epoch += count * steps * factor[kind] * t.get((shape, method), t.get((shape, "dp-lora"), 0.5))
+    fixed = 36 * 15.0
+    speedup = max(1.0, slots / 2)
+    epochs = (budget_s * speedup - fixed) / max(per_epoch, 1e-9)
+    return float(min(1.0, max(0.1, round(epochs, 2))))
+
+
+# ----------------------------------------------------------------------------- main
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dry-run", action="store_true", help="tiny shapes, tiny data, CPU: checks the script, not the GPU")
-    ap.add_argument("--n", type=int, default=25_000, help="simulated reports per paper-sized run")
-    ap.add_argument("--epochs", type=float, default=1.0, help="epochs of each paper-sized run (paper: 5; scaled)")
-    ap.add_argument("--budget-s", type=float, default=540.0, help="stop starting paper-sized runs after this")
-    ap.add_argument("--kernel-start-s", type=float, default=12.0,
-                    help="papermill kernel start + notebook overhead per run (bench/study.py measured 12 s on the "
-                         "2-core machine under load; a 16-core GPU host will be faster, so this is pessimistic)")
-    ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--n", type=int, default=25_000, help="simulated reports per dataset")
+    ap.add_argument("--old-epochs", type=float, default=0.15, help="epochs of each 'before' run (scaled to 5)")
+    ap.add_argument("--budget-s", type=float, default=420.0, help="the whole script ends by then (runs in flight are stopped)")
+    ap.add_argument("--runs-per-gpu", type=int, default=None, help="override the paper profile's gpu.runs_per_gpu")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--out", default=str(common.OUT_DIR / "gpu"))
+    ap.add_argument("--calibration-child", help=argparse.SUPPRESS)
+    ap.add_argument("--reuse", help="a gpu.json of an earlier call on the same machine kind: its parts 1-3 are "
+                                    "taken from it (say so when reporting) and only part 4 runs")
+    ap.add_argument("--after-epochs", type=float, help="epochs per run of part 4 (default: chosen from part 1)")
     args = ap.parse_args(argv)
+    if args.calibration_child:
+        calibration_child(json.loads(args.calibration_child))
+        return 0
     t_start = time.perf_counter()
+    deadline = t_start + args.budget_s
     common.setup_env()
     import tempfile
 
@@ -189,64 +644,137 @@ def main(argv=None) -> int:
     if not dry and device == "cpu":
         print("warning: no GPU visible; running the GPU benchmark on the CPU (slow)", flush=True)
     models = TINY_SHAPES if dry else SHAPES
-    shapes = list(models.values())
+    if dry:
+        models = {"bert-small": TINY_SHAPES["bert-small"]}
     n = 120 if dry else args.n
-    epochs = 0.25 if dry else args.epochs
     lengths = {"mimic-cxr": 32, "ct-rate": 64} if dry else DATASETS
     out = {"machine": common.machine(), "args": vars(args), "device": device}
+    if device == "cuda":
+        free, total = torch.cuda.mem_get_info()
+        out["machine"].update(gpu_memory_gb=total / 2**30, gpu_free_gb=free / 2**30)
     os.makedirs(args.out, exist_ok=True)
+    save = lambda: common.write_json("gpu.json", out, args.out)  # noqa: E731
+    tmp = Path(tempfile.mkdtemp(prefix="privrad-gpu-"))
+    data_dirs = {kind: str(tmp / "data" / f"{kind}-{n}-s0") for kind in DATASETS}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), str(common.BENCH_DIR),
+                                                                     os.environ.get("PYTHONPATH")]))}
+    sims = [subprocess.Popen([sys.executable, "-c", f"import common; common.report_dataset({kind!r}, {n}, root={str(tmp / 'data')!r})"],
+                             env=env, cwd=common.BENCH_DIR) for kind in DATASETS]
+    spec = {"datasets": data_dirs, "epsilons": [1] if dry else list(PAPER["lora_epsilons"]), "dry": dry}
+    calib = subprocess.Popen([sys.executable, str(Path(__file__)), "--calibration-child", json.dumps(spec)], env=env,
+                             stdout=subprocess.PIPE, text=True)
+    for shape in models.values():
+        common.shaped_model_dir(shape)
 
-    print(f"[1/3] step benchmark, {device}", flush=True)
+    batch, length = (8, 16) if dry else (PAPER["batch_size"], 128)
     rep, wu = (1, 0) if dry else (args.repeats, args.warmup)
-    out["steps_128"] = step_benchmark(shapes, device, batch=4 if dry else 64, length=16 if dry else 128,
-                                      repeats=rep, warmup=wu, methods=step.DEFAULT_METHODS)
-    out["steps_512"] = step_benchmark(shapes, device, batch=4 if dry else 64, length=32 if dry else 512,
-                                      repeats=rep, warmup=wu, methods=["lora", "dp-lora"])
-    print("\n" + step.render(out["steps_128"]) + "\n\n" + step.render(out["steps_512"]), flush=True)
-    common.write_json("gpu.json", out, args.out)
+    if args.reuse:
+        prev = json.loads(Path(args.reuse).read_text())
+        out.update(steps=prev["steps"], kernel=prev["kernel"], before=prev["before"],
+                   reused={"from": args.reuse, "machine": prev["machine"], "parts": "1-3"})
+        print(f"[1-3/4] steps, kernel start and 'before' taken from {args.reuse} ({prev['machine'].get('gpu')}, "
+              f"{prev['machine'].get('date')})", flush=True)
+        out["diagnostics"] = diagnostics(list(models.values())[0], device, batch=batch, length=length, repeats=rep, warmup=wu)
+    else:
+        print(f"[1/4] steps on {device}: LoRA vs DP-LoRA interleaved, old and new settings; bf16 per-sample gradients", flush=True)
+        out["steps"] = steps_part(list(models.values()), device, batch=batch, length=length, repeats=rep, warmup=wu, dry=dry)
+        save()
 
-    print(f"\n[2/3] paper-sized runs: {n} reports, DP-LoRA ε=1, {args.epochs:g} epoch(s)", flush=True)
-    runs, skipped = [], []
-    with tempfile.TemporaryDirectory(prefix="privrad-gpu-") as tmp:
-        for kind, length in lengths.items():
-            for model, shape in models.items():
-                elapsed = time.perf_counter() - t_start
-                last = 1.3 * runs[-1]["wall_s"] if runs else 0.0  # the next run is about as long as the last
-                if elapsed + last > args.budget_s:
-                    skipped.append(f"{model}/{kind}")
-                    continue
-                t_run = time.perf_counter()
-                try:
-                    runs.append(paper_run(model, shape, "mimic-cxr" if kind == "mimic-cxr" else "ct-rate", length, n,
-                                          epochs=epochs, device=device, tmp=tmp, dry=dry))
-                    runs[-1]["wall_s"] = time.perf_counter() - t_run
-                except Exception as exc:  # noqa: BLE001 - report and go on with the next model
-                    print(f"  {model} {kind}: {type(exc).__name__}: {exc}"[:300], flush=True)
-                    if dry:
-                        raise
-                finally:
-                    _free(device)
-                common.write_json("gpu.json", {**out, "runs": runs}, args.out)
-    out["runs"], out["skipped_runs"] = runs, skipped
-    if skipped:
-        print(f"  skipped (budget): {', '.join(skipped)}", flush=True)
+        print("\n[2/4] kernel start: papermill, a cold kernel vs one warmed up ahead", flush=True)
+        try:
+            out["kernel"] = kernel_part(tmp)
+        except Exception as exc:  # noqa: BLE001
+            out["kernel"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+            print(f"  {out['kernel']['error']}", flush=True)
+            if dry:
+                raise
+    save()
+    for p in sims:
+        p.wait()
 
-    print("\n[3/3] paper grid estimate (2 datasets × 3 models × 6 configurations × 3 seeds)", flush=True)
-    out["grid"] = estimate_grid(out["steps_128"], runs, kernel_start_s=args.kernel_start_s, dry=dry)
-    for r in out["grid"]["rows"]:
-        print(f"  {r['dataset']:9s} {r['model']:12s} L={r['max_length']:3d} epoch {r['epoch_s']:7.1f}s fixed "
-              f"{r['fixed_s']:5.1f}s → {r['runs']} runs {r['seconds'] / 60:7.1f} min ({r['source']})", flush=True)
-    g = out["grid"]
-    print(f"  total ≈ {g['total_h']:.2f} h on one {out['machine'].get('gpu', device)} ({g['assumptions']})")
-    overhead = [args.kernel_start_s / (PAPER["num_epochs"] * r["epoch_s"] + r["prepare_s"] + r["evaluate_s"] + args.kernel_start_s)
-                for r in runs]
-    if overhead:
-        out["kernel_overhead_share"] = {"min": min(overhead), "max": max(overhead)}
-        print(f"  papermill + kernel start share of a paper-profile run: {100 * min(overhead):.1f}–{100 * max(overhead):.1f} %")
+    old_runs = []
+    if not args.reuse:
+        print(f"\n[3/4] before: one run at a time, physical 64, fp32; {args.old_epochs:g} epoch per model and dataset", flush=True)
+    for kind, L in ({} if args.reuse else lengths).items():
+        for model, shape in models.items():
+            if time.perf_counter() > t_start + 0.45 * args.budget_s and old_runs:
+                print(f"  skipped {model}/{kind} (budget)", flush=True)
+                continue
+            t_run = time.perf_counter()
+            try:
+                r = paper_run(model, shape, kind, L, n, epochs=0.5 if dry else args.old_epochs, device=device, tmp=tmp, dry=dry)
+                r["wall_s"] = time.perf_counter() - t_run
+                old_runs.append(r)
+            except Exception as exc:  # noqa: BLE001 - report and go on
+                print(f"  {model} {kind}: {type(exc).__name__}: {exc}"[:300], flush=True)
+                if dry:
+                    raise
+            finally:
+                _free(device)
+    if not args.reuse:
+        old_steps = [{**r, "model": r["model"]} for r in out["steps"]["rows"] if r["group"] == "old"]
+        kernel_cold = out["kernel"].get("cold_s", 12.0)
+        out["before"] = {"runs": old_runs, "grid": estimate_grid(old_steps, old_runs, kernel_start_s=kernel_cold, dry=dry)}
+        save()
+
+    n_train = {}
+    from privrad.data import load_dataset
+
+    for kind, folder in data_dirs.items():
+        n_train[kind] = len(load_dataset(f"simulated-{kind}", folder).split("train"))
+    from privrad import profiles, study
+
+    slots = study.local_executor(profiles.load_profile("paper", root=ROOT), runs_per_gpu=args.runs_per_gpu).jobs
+    epochs = args.after_epochs or choose_epochs(out["steps"]["rows"], n_train, deadline - time.perf_counter() - 30, slots, dry)
+    print(f"\n[4/4] after: the paper profile's sweep, one seed, {epochs:g} epoch(s) per run (scaled to 5)", flush=True)
+    _free(device)
+    out["after"] = after_part(tmp, models, data_dirs, epochs=epochs, deadline=deadline, dry=dry, runs_per_gpu=args.runs_per_gpu)
+    save()
+    try:
+        cal_out, _ = calib.communicate(timeout=5 if not dry else 120)
+        out["calibration"] = json.loads(cal_out.strip().splitlines()[-1])
+    except Exception as exc:  # noqa: BLE001 - not finished in time
+        calib.kill()
+        out["calibration"] = None
+        print(f"  calibration timings not available ({type(exc).__name__})", flush=True)
+    out["after"]["grid"] = estimate_after(out["after"], out["calibration"], dry=dry)
+    out["dp_ratio"] = dp_ratios(out["steps"]["rows"], out["after"]["runs"])
+    out["f1_parity"] = f1_parity(out["after"]["runs"])
     out["wall_s"] = time.perf_counter() - t_start
-    path = common.write_json("gpu.json", out, args.out)
-    print(f"\nwritten {path} in {out['wall_s']:.0f} s")
+    save()
+    report(out)
+    print(f"\nwritten {Path(args.out) / 'gpu.json'} in {out['wall_s']:.0f} s")
     return 0
+
+
+def report(out: dict) -> None:
+    """The summary, printed last (the device reply carries the end of the output)."""
+    gpu = out["machine"].get("gpu", out["device"])
+    print(f"\n=== summary on {gpu} ===")
+    b, a = out["before"]["grid"], out["after"].get("grid") or {}
+    print(f"paper grid (108 runs, 3 seeds, 5 epochs, ~{out['args']['n']} reports per dataset):")
+    print(f"  before (sequential, physical 64, fp32, cold kernel {out['kernel'].get('cold_s', float('nan')):.1f} s): "
+          f"{b['total_s'] / 60:.1f} min")
+    if a:
+        print(f"  after  ({a['slots']} runs at once, physical auto, bf16 auto, warm kernels, caches): {a['wall_min']:.1f} min "
+              f"(lower bound {a['wall_lower_s'] / 60:.1f} min; {a['missing_points']} sweep points unfinished, "
+              f"{a['extrapolated_points']} extrapolated)")
+        for r in a["rows"]:
+            print(f"    {r['dataset']:9s} {r['model']:12s} {r['runs']:3d} runs  mean run {r['mean_run_s']:6.1f} s")
+        print("  per run (median / max s): " + ", ".join(f"{k[:-2]} {v['median']:.1f}/{v['max']:.1f}" for k, v in a["phases"].items()))
+        ks = a["kernel_share"]
+        print(f"  papermill + kernel start share of a paper-profile run: {100 * ks['min']:.1f}–{100 * ks['max']:.1f} % "
+              f"(median {100 * ks['median']:.1f} %)")
+    for k, v in out["dp_ratio"]["step"].items():
+        print(f"  DP-LoRA ÷ LoRA step time {k}: {v:.3f}")
+    for k, v in out["dp_ratio"]["run_per_step"].items():
+        print(f"  DP-LoRA ÷ LoRA per training step in the sweep {k}: {v:.3f}")
+    for c in out["steps"]["bf16_check"]:
+        print(f"  bf16 per-sample gradients {c['model']}: {c['grad_rtol']:.4f} / norms {c['norm_rtol']:.4f}: "
+              f"{'within' if c['within_tolerance'] else 'OUT OF'} tolerance")
+    for f in out["f1_parity"]:
+        print(f"  weighted F1 {f['dataset']} {f['model']} ε={f['epsilon']}: fp32 {f['f1_fp32']:.4f}, bf16 {f['f1_bf16']:.4f} "
+              f"(Δ {f['difference']:+.4f}); train {f['train_s_fp32']:.1f} s → {f['train_s_bf16']:.1f} s")
 
 
 if __name__ == "__main__":

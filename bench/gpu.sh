@@ -24,4 +24,4 @@ if [ -f .whl/vocab.txt ]; then
 fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
-exec timeout "${PRIVRAD_GPU_TIMEOUT:-590}" "$PY" bench/gpu.py "$@"
+exec timeout "${PRIVRAD_GPU_TIMEOUT:-470}" "$PY" bench/gpu.py "$@"

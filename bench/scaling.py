@@ -33,32 +33,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import step  # noqa: E402
 
-CPU_GRID = dict(model="minilm-l3", batches=[16, 32, 64, 128], batch_length=64, lengths=[64, 128, 256], length_batch=16)
-FULL_GRID = dict(model="bert-small-shape", batches=[16, 32, 64, 128, 256, 512], batch_length=128,
-                 lengths=[64, 128, 256, 512], length_batch=64)
-TINY_GRID = dict(model="tiny-bert", batches=[4, 8], batch_length=16, lengths=[16, 32], length_batch=4)
+CPU_GRID = dict(model="minilm-l3", batch_sizes=[16, 32, 64, 128], at_max_length=64, max_lengths=[64, 128, 256], at_batch_size=16)
+FULL_GRID = dict(model="bert-small-shape", batch_sizes=[16, 32, 64, 128, 256, 512], at_max_length=128,
+                 max_lengths=[64, 128, 256, 512], at_batch_size=64)
+TINY_GRID = dict(model="tiny-bert", batch_sizes=[4, 8], at_max_length=16, max_lengths=[16, 32], at_batch_size=4)
 
 
 def sweep(grid: dict, methods, *, repeats: int, warmup: int, device: str, isolate: bool = True) -> list[dict]:
     rows = []
-    points = [(b, grid["batch_length"], "batch") for b in grid["batches"]]
-    points += [(grid["length_batch"], L, "length") for L in grid["lengths"]]
+    points = [(b, grid["at_max_length"], "batch_size") for b in grid["batch_sizes"]]
+    points += [(grid["at_batch_size"], L, "max_length") for L in grid["max_lengths"]]
     if grid["model"] in common.SHAPES:
         common.shaped_model_dir(grid["model"])
     for b, L, axis in points:
         for method in methods:
-            kw = dict(batch=b, length=L, repeats=repeats, warmup=warmup, device=device, physical=None, models_root=None)
+            kw = dict(batch_size=b, max_length=L, repeats=repeats, warmup=warmup, device=device, physical_batch_size=None,
+                      models_root=None)
             if isolate:
                 r = common.run_child([step.__file__, "--child", json.dumps(
                     {"model": grid["model"], "method": method, "threads": None, **kw})])
             else:
                 r = step.measure(grid["model"], method, **kw)
-            r.update(axis=axis, batch=b, length=L, method=method, model=grid["model"])
+            r.update(axis=axis, batch_size=b, max_length=L, method=method, model=grid["model"])
             if r.get("status") == "ok":
                 r["examples_per_s"] = b / r["median_s"]
                 r["tokens_per_s"] = b * L / r["median_s"]
             rows.append(r)
-            print(f"  {axis:6s} B={b:4d} L={L:4d} {method:8s} {step._brief(r)}", flush=True)
+            print(f"  {axis:10s} batch_size={b:4d} max_length={L:4d} {method:8s} {step._brief(r)}", flush=True)
     return rows
 
 
@@ -126,7 +127,7 @@ def main(argv=None) -> int:
         out["sweep"] = sweep(grid, args.methods, repeats=args.repeats, warmup=args.warmup, device=device,
                              isolate=not args.in_process)
         print()
-        print(common.table(out["sweep"], [("axis", "axis", "s"), ("batch", "batch", "d"), ("length", "length", "d"),
+        print(common.table(out["sweep"], [("axis", "axis", "s"), ("batch_size", "batch_size", "d"), ("max_length", "max_length", "d"),
                                           ("method", "method", "s"), ("median_s", "step s", ".3f"),
                                           ("examples_per_s", "ex/s", ".1f"), ("tokens_per_s", "tok/s", ".0f"),
                                           ("peak_mb", "peak MB", ".0f"), ("train_mb", "+train MB", ".0f")]))

@@ -1,11 +1,11 @@
 """Step benchmark: the cost of DP, side by side, on the same model, batch, length and data.
 
     python bench/step.py                          # CPU default grid (see --help)
-    python bench/step.py --models bert-small-shape albert-base-shape --batch 64 --length 128
+    python bench/step.py --models bert-small-shape albert-base-shape --batch-size 64 --max-length 128
     python bench/step.py --tiny                   # seconds: tiny models, for tests
 
 For each model, five methods are timed on identical batches (random token ids of exactly
-``--length`` tokens, 14 random labels):
+``--max-length`` tokens, 14 random labels):
 
 =================  =============================================================================
 ``lora``           non-private LoRA (query/value, r=8) + classification head — the reference
@@ -60,16 +60,16 @@ GPU_MODELS = ["tiny-bert", "tiny-albert", "bert-small-shape", "bert-medium-shape
 N_LABELS = 14
 
 
-def synthetic_data(n: int, length: int, seed: int = 0):
-    """``n`` reports of exactly ``length`` tokens ([CLS] … [SEP]) and 14 random labels."""
+def synthetic_data(n: int, max_length: int, seed: int = 0):
+    """``n`` reports of exactly ``max_length`` tokens ([CLS] … [SEP]) and 14 random labels."""
     import numpy as np
 
     from privrad.data.tokenize import Encoded, EncodedDataset
 
     rng = np.random.default_rng(seed)
-    ids = [np.concatenate([[101], rng.integers(1000, 30000, length - 2), [102]]).astype(np.int32) for _ in range(n)]
+    ids = [np.concatenate([[101], rng.integers(1000, 30000, max_length - 2), [102]]).astype(np.int32) for _ in range(n)]
     labels = (rng.random((n, N_LABELS)) < 0.2).astype(np.float32)
-    return EncodedDataset(Encoded(ids, np.full(n, length), length, 0), labels, np.ones((n, N_LABELS), bool))
+    return EncodedDataset(Encoded(ids, np.full(n, max_length), max_length, 0), labels, np.ones((n, N_LABELS), bool))
 
 
 class HFForward:
@@ -101,8 +101,8 @@ class Stepper:
     frozen-layer features when ``data`` carries them) or ``"hf"`` (the model's own forward).
     """
 
-    def __init__(self, model, method: str, *, batch: int, physical: int, device: str, lr: float = 1e-4,
-                 noise_multiplier: float = 1.0, forward: str = "fast"):
+    def __init__(self, model, method: str, *, batch_size: int, physical_batch_size: int, device: str, lr: float = 1e-4,
+                 noise_multiplier: float = 1.0, forward: str = "fast", precision: str = "fp32"):
         import torch
 
         from privrad.features import Classifier
@@ -111,12 +111,12 @@ class Stepper:
 
         spec = METHODS[method]
         self.private, self.mode, self.device = spec["private"], spec["mode"], device
-        self.batch, self.physical, self.model = batch, physical, model
+        self.batch_size, self.physical_batch_size, self.model, self.precision = batch_size, physical_batch_size, model, precision
         net = Classifier(model) if forward == "fast" else HFForward(model, full_private=self.private and spec["method"] == "full")
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
         if self.private:
             self.trainer = make_private(
-                module=net, optimizer=optimizer, num_samples=batch, batch_size=batch, steps=1, max_grad_norm=1.0,
+                module=net, optimizer=optimizer, num_samples=batch_size, batch_size=batch_size, steps=1, max_grad_norm=1.0,
                 noise_multiplier=noise_multiplier, grad_sample_mode=self.mode,
                 noise_generator=torch.Generator(device=device).manual_seed(1))
         else:
@@ -128,20 +128,23 @@ class Stepper:
             self.trainer.close()
 
     def step(self, data, indices) -> float:
-        from privrad.train import _batch, _chunks, _inputs, example_losses
+        from privrad.train import _batch, _chunks, _inputs, autocast, example_losses
 
-        chunks = _chunks(indices, data, self.physical)
+        chunks = _chunks(indices, data, self.physical_batch_size)
         loss_sum = 0.0
         for k, chunk in enumerate(chunks):
             batch = {key: v.to(self.device) for key, v in _batch(data, chunk).items()}
-            losses = example_losses(self.trainer.module(**_inputs(batch)), batch)
+            with autocast(self.precision, self.device):
+                logits = self.trainer.module(**_inputs(batch))
+            losses = example_losses(logits.float(), batch)
             loss_sum += float(losses.detach().sum())
             self.trainer.backward(losses, last=k == len(chunks) - 1)
         return loss_sum
 
 
-def measure(model_name: str, method: str, *, batch: int, length: int, repeats: int, warmup: int,
-            device: str = "cpu", physical: int | None = None, models_root: str | None = None) -> dict:
+def measure(model_name: str, method: str, *, batch_size: int, max_length: int, repeats: int, warmup: int,
+            device: str = "cpu", physical_batch_size: int | None = None, models_root: str | None = None,
+            precision: str = "fp32", lora_r: int = 8) -> dict:
     """Time one (model, method) in this process; returns a JSON-able dict."""
     import torch
 
@@ -150,20 +153,22 @@ def measure(model_name: str, method: str, *, batch: int, length: int, repeats: i
     spec = METHODS[method]
     cuda = device.startswith("cuda")
     path = common.resolve_model(model_name, models_root)
-    data = synthetic_data(batch, length)
-    physical = physical or batch
+    data = synthetic_data(batch_size, max_length)
+    physical_batch_size = physical_batch_size or batch_size
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    model = build_model(path, N_LABELS, method=spec["method"], device=device, seed=0)
+    model = build_model(path, N_LABELS, method=spec["method"], device=device, seed=0, lora_r=lora_r, lora_alpha=2 * lora_r)
     params = count_parameters(model)
-    out = {"model": model_name, "method": method, "batch": batch, "length": length, "physical": physical,
-           "device": device, "trainable": params["trainable"], "total": params["total"]}
+    out = {"model": model_name, "method": method, "batch_size": batch_size, "max_length": max_length,
+           "physical_batch_size": physical_batch_size, "device": device, "trainable": params["trainable"],
+           "total": params["total"], "precision": precision, "lora_r": lora_r}
     try:
-        stepper = Stepper(model, method, batch=batch, physical=physical, device=device)
+        stepper = Stepper(model, method, batch_size=batch_size, physical_batch_size=physical_batch_size, device=device,
+                          precision=precision)
         base = torch.cuda.memory_allocated() / 2**20 if cuda else common.rss_mb()
         if cuda:
             torch.cuda.reset_peak_memory_stats()
-        times, idx = [], list(range(batch))
+        times, idx = [], list(range(batch_size))
         for i in range(warmup + repeats):
             if cuda:
                 torch.cuda.synchronize()
@@ -180,8 +185,9 @@ def measure(model_name: str, method: str, *, batch: int, length: int, repeats: i
             "times_s": times, "peak_mb": peak, "base_mb": base, "train_mb": max(0.0, peak - base)}
 
 
-def measure_interleaved(model_name: str, methods, *, batch: int, length: int, repeats: int, warmup: int,
-                        device: str = "cpu", models_root: str | None = None) -> dict[str, list[float]]:
+def measure_interleaved(model_name: str, methods, *, batch_size: int, max_length: int, repeats: int, warmup: int,
+                        device: str = "cpu", models_root: str | None = None, physical_batch_size: int | None = None,
+                        precision: str = "fp32", lora_r: int = 8, data=None) -> dict[str, list[float]]:
     """Step times of several methods on one model, steps alternating A B C A B C … in one process.
 
     On a shared machine the load drifts over minutes; alternating steps exposes every method to
@@ -193,12 +199,15 @@ def measure_interleaved(model_name: str, methods, *, batch: int, length: int, re
     from privrad.models import build_model
 
     path = common.resolve_model(model_name, models_root)
-    data, idx = synthetic_data(batch, length), list(range(batch))
+    data = synthetic_data(batch_size, max_length) if data is None else data
+    idx = list(range(min(batch_size, len(data))))
     steppers = {}
     for method in methods:
-        model = build_model(path, N_LABELS, method=METHODS[method]["method"], device=device, seed=0)
+        model = build_model(path, N_LABELS, method=METHODS[method]["method"], device=device, seed=0, lora_r=lora_r,
+                            lora_alpha=2 * lora_r)
         try:
-            stepper = Stepper(model, method, batch=batch, physical=batch, device=device)
+            stepper = Stepper(model, method, batch_size=batch_size, physical_batch_size=physical_batch_size or batch_size,
+                              device=device, precision=precision)
             stepper.step(data, idx)  # probe: ghost on a tied layer raises here
         except NotImplementedError:
             continue
@@ -217,7 +226,7 @@ def measure_interleaved(model_name: str, methods, *, batch: int, length: int, re
     return times
 
 
-def dp_full_physical(model_name: str, batch: int, budget_gb: float, models_root: str | None = None) -> int:
+def dp_full_physical_batch_size(model_name: str, batch_size: int, budget_gb: float, models_root: str | None = None) -> int:
     """Physical batch for DP full fine-tuning so per-sample gradients stay within ``budget_gb``
     (B × trainable × 4 bytes); the logical batch (and so the maths) is unchanged."""
     from transformers import AutoConfig
@@ -237,20 +246,21 @@ def dp_full_physical(model_name: str, batch: int, budget_gb: float, models_root:
         with __import__("torch").device("meta"):
             n = sum(p.numel() for p in AutoModelForSequenceClassification.from_config(c).parameters())
     per = n * 4 / 2**30
-    return int(max(1, min(batch, budget_gb // per if per > 0 else batch)))
+    return int(max(1, min(batch_size, budget_gb // per if per > 0 else batch_size)))
 
 
-def run(models, methods, *, batch, length, repeats, warmup, device, physical=None, dp_full_budget_gb=4.0,
+def run(models, methods, *, batch_size, max_length, repeats, warmup, device, physical_batch_size=None, dp_full_budget_gb=4.0,
         isolate=True, models_root=None, threads=None, timeout=None) -> list[dict]:
     rows = []
     for model_name in models:
         if model_name in common.SHAPES:
             common.shaped_model_dir(model_name, models_root)  # write once, outside the timed children
         for method in methods:
-            phys = physical
-            if method == "dp-full" and not physical:
-                phys = dp_full_physical(model_name, batch, dp_full_budget_gb, models_root)
-            kw = dict(batch=batch, length=length, repeats=repeats, warmup=warmup, device=device, physical=phys,
+            phys = physical_batch_size
+            if method == "dp-full" and not physical_batch_size:
+                phys = dp_full_physical_batch_size(model_name, batch_size, dp_full_budget_gb, models_root)
+            kw = dict(batch_size=batch_size, max_length=max_length, repeats=repeats, warmup=warmup, device=device,
+                      physical_batch_size=phys,
                       models_root=models_root)
             if isolate:
                 argv = [__file__, "--child", json.dumps({"model": model_name, "method": method, "threads": threads, **kw})]
@@ -268,7 +278,7 @@ def run(models, methods, *, batch, length, repeats, warmup, device, physical=Non
 def _brief(r: dict) -> str:
     if r.get("status") != "ok":
         return f"{r.get('status')}: {r.get('reason') or r.get('error')}"
-    return f"{r['median_s'] * 1000:9.1f} ms  peak {r['peak_mb']:8.0f} MB  (+{r['train_mb']:.0f} MB, physical {r['physical']})"
+    return f"{r['median_s'] * 1000:9.1f} ms  peak {r['peak_mb']:8.0f} MB  (+{r['train_mb']:.0f} MB, physical_batch_size {r['physical_batch_size']})"
 
 
 def _add_ratios(rows: list[dict]) -> None:
@@ -288,8 +298,8 @@ def render(rows: list[dict]) -> str:
         s["ms"] = r["median_s"] * 1000 if r.get("status") == "ok" else None
         if r.get("status") != "ok":
             s["note"] = ("n/a: " + (r.get("reason") or "")[:60]) if r.get("status") == "n/a" else ("error: " + r.get("error", ""))[:70]
-        elif r.get("physical") != r.get("batch"):
-            s["note"] = f"physical batch {r['physical']}"
+        elif r.get("physical_batch_size") != r.get("batch_size"):
+            s["note"] = f"physical_batch_size {r['physical_batch_size']}"
         shown.append(s)
     return common.table(shown, [("model", "model", "s"), ("method", "method", "s"), ("ms", "step ms", ".1f"),
                                 ("time_ratio", "×time", ".2f"), ("peak_mb", "peak MB", ".0f"),
@@ -301,16 +311,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=None, help=f"default on CPU: {' '.join(CPU_MODELS)}")
     ap.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--length", type=int, default=128)
-    ap.add_argument("--physical", type=int, default=None, help="physical micro-batch (default: the whole batch; "
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--physical-batch-size", type=int, default=None, help="physical micro-batch (default: the whole batch; "
                                                                 "dp-full is capped by --dp-full-budget-gb)")
     ap.add_argument("--dp-full-budget-gb", type=float, default=4.0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--tiny", action="store_true", help="tiny models, batch 8, length 32: a dry run for tests")
+    ap.add_argument("--tiny", action="store_true", help="tiny models, batch_size 8, max_length 32: a dry run for tests")
     ap.add_argument("--in-process", action="store_true", help="no subprocess per configuration (memory shared)")
     ap.add_argument("--models-root", default=None, help="where *-shape model folders are written")
     ap.add_argument("--out", default=str(common.OUT_DIR / "step.json"))
@@ -329,15 +339,15 @@ def main(argv=None) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.tiny:
         args.models = args.models or ["tiny-bert", "tiny-albert"]
-        args.batch, args.length, args.repeats, args.warmup = 8, 32, 2, 1
+        args.batch_size, args.max_length, args.repeats, args.warmup = 8, 32, 2, 1
     models = args.models or (GPU_MODELS if device.startswith("cuda") else CPU_MODELS)
     if args.interleave:
         return _main_interleaved(args, models, device)
     load0 = os.getloadavg()
-    print(f"step benchmark: batch {args.batch}, length {args.length}, {args.repeats} timed steps after "
+    print(f"step benchmark: batch_size {args.batch_size}, max_length {args.max_length}, {args.repeats} timed steps after "
           f"{args.warmup} warm-up, device {device}", flush=True)
-    rows = run(models, args.methods, batch=args.batch, length=args.length, repeats=args.repeats, warmup=args.warmup,
-               device=device, physical=args.physical, dp_full_budget_gb=args.dp_full_budget_gb,
+    rows = run(models, args.methods, batch_size=args.batch_size, max_length=args.max_length, repeats=args.repeats,
+               warmup=args.warmup, device=device, physical_batch_size=args.physical_batch_size, dp_full_budget_gb=args.dp_full_budget_gb,
                isolate=not args.in_process, models_root=args.models_root, threads=args.threads)
     print()
     print(render(rows))
@@ -350,16 +360,16 @@ def main(argv=None) -> int:
 
 def _main_interleaved(args, models, device) -> int:
     load0 = os.getloadavg()
-    print(f"interleaved step times: batch {args.batch}, length {args.length}, {args.repeats} rounds after "
+    print(f"interleaved step times: batch_size {args.batch_size}, max_length {args.max_length}, {args.repeats} rounds after "
           f"{args.warmup} warm-up, device {device}", flush=True)
     rows = []
     for model_name in models:
-        times = measure_interleaved(model_name, args.methods, batch=args.batch, length=args.length,
+        times = measure_interleaved(model_name, args.methods, batch_size=args.batch_size, max_length=args.max_length,
                                     repeats=args.repeats, warmup=args.warmup, device=device, models_root=args.models_root)
         ref = statistics.median(times["lora"]) if "lora" in times else None
         for method in args.methods:
             t = times.get(method)
-            row = {"model": model_name, "method": method, "batch": args.batch, "length": args.length}
+            row = {"model": model_name, "method": method, "batch_size": args.batch_size, "max_length": args.max_length}
             if t:
                 # per-round ratios to lora, then their median: each round shares its load
                 per_round = [a / b for a, b in zip(t, times["lora"])] if "lora" in times else []

@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 
+@pytest.mark.slow  # subprocesses, papermill or large data: `make test`, not `make test-fast`
 def test_step_benchmark_tiny_runs_every_method(tmp_path):
     import step
 
@@ -57,7 +58,7 @@ def test_stepper_dp_lora_updates_only_trainable_weights():
     model = build_model("tiny-bert", step.N_LABELS, method="lora", seed=0)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    s = step.Stepper(model, "dp-lora", batch=4, physical=2, device="cpu", lr=1e-2)
+    s = step.Stepper(model, "dp-lora", batch_size=4, physical_batch_size=2, device="cpu", lr=1e-2)
     s.step(step.synthetic_data(4, 16), [0, 1, 2, 3])
     s.detach()
     changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
@@ -81,27 +82,36 @@ def test_scaling_tiny_sweep(tmp_path):
     out = tmp_path / "scaling.json"
     assert scaling.main(["--tiny", "--in-process", "--skip-runs", "--out", str(out)]) == 0
     sweep = json.loads(out.read_text())["sweep"]
-    assert {r["axis"] for r in sweep} == {"batch", "length"} and all(r["status"] == "ok" for r in sweep)
+    assert {r["axis"] for r in sweep} == {"batch_size", "max_length"} and all(r["status"] == "ok" for r in sweep)
     assert all(r["tokens_per_s"] > 0 for r in sweep)
 
 
 @pytest.mark.slow
 def test_gpu_script_dry_run_on_cpu(tmp_path):
-    """bench/gpu.sh --dry-run: the whole GPU script (step benchmark, paper-sized runs through
-    privrad.run, the grid estimate) on tiny shapes on the CPU."""
+    """bench/gpu.sh --dry-run: the whole GPU script on tiny shapes on the CPU — interleaved steps
+    at old and new settings, the bf16 gradient check, cold and warmed-up kernels, the 'before'
+    runs through privrad.run, and the paper profile's sweep through the study runner (2 runs at
+    once; runs_per_gpu said to mean nothing without a GPU), then both grid estimates."""
     env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT / "src")}
     p = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), "--dry-run", "--out", str(tmp_path)], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr[-2000:]
+                       capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
     out = json.loads((tmp_path / "gpu.json").read_text())
     assert out["device"] == "cpu"
-    assert {r["model"] for r in out["runs"]} == {"bert-small", "albert-base"} and len(out["runs"]) == 4
-    assert all(r["noise_multiplier"] > 0 and r["train_s"] > 0 for r in out["runs"])
-    grid = out["grid"]
-    assert len(grid["rows"]) == 4 and grid["total_s"] > 0 and all(r["runs"] == 18 for r in grid["rows"])
-    assert "paper grid estimate" in p.stdout and "total ≈" in p.stdout
+    assert {r["group"] for r in out["steps"]["rows"]} == {"old", "new-fp32", "new-bf16"}
+    assert all(c["within_tolerance"] for c in out["steps"]["bf16_check"])
+    assert out["kernel"]["warm_ok"] and out["kernel"]["cold_s"] > 0
+    assert len(out["before"]["runs"]) == 2 and out["before"]["grid"]["total_s"] > 0
+    after = out["after"]
+    assert after["slots"] == 2 and after["points"] == len(after["runs"]) == 6
+    assert any("has no effect here: no GPU is visible" in n for n in after["notes"])
+    assert {r["physical_batch_source"] for r in after["runs"]} == {"auto on a CPU"}
+    assert after["grid"]["wall_s"] > after["grid"]["wall_lower_s"] > 0 and after["grid"]["missing_points"] == 0
+    assert len(out["f1_parity"]) == 2 and out["calibration"] and out["dp_ratio"]["run_per_step"]
+    assert "=== summary on cpu ===" in p.stdout and "before (sequential" in p.stdout and "after  (2 runs at once" in p.stdout
 
 
+@pytest.mark.slow  # subprocesses, papermill or large data: `make test`, not `make test-fast`
 def test_cached_noise_multiplier_is_the_fresh_answer_and_never_trusts_a_bad_entry(tmp_path):
     import json
 

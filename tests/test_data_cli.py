@@ -70,6 +70,7 @@ def test_list(capsys):
     assert "mimic-cxr" in out and "credentialed" in out and "openi" in out
 
 
+@pytest.mark.slow  # subprocesses, papermill or large data: `make test`, not `make test-fast`
 def test_subprocess_simulate_and_describe(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     out = tmp_path / "ct-rate"
@@ -102,6 +103,24 @@ def test_describe_tables(sim):
     assert lengths[0] == len(tok(ds.texts[0])["input_ids"])
     long = prevalence_long(d)
     assert set(long.columns) == {"label", "split", "prevalence"} and len(long) == 3 * ds.n_labels
+
+
+def test_describe_public_splits_only_computes_nothing_from_the_training_split(sim):
+    from privrad.privacy import PUBLIC_SPLITS
+
+    ds = load_dataset("simulated-mimic-cxr", sim)
+    tok = load_tokenizer("minilm-l6")
+    d = describe(ds, tokenizer=tok, splits=PUBLIC_SPLITS)
+    assert d["splits_shown"] == ("validation", "test")
+    assert list(d["prevalence"].columns) == ["validation", "test"] == list(d["ignored"].columns)
+    assert set(d["lengths"].index.get_level_values("split")) == {"validation", "test"}
+    assert set(d["over_max_length"].index) == {"validation", "test"}
+    public = np.isin(ds.splits, PUBLIC_SPLITS)
+    assert len(d["length_values"]["tokens"]) == public.sum() and set(d["length_splits"]) == set(PUBLIC_SPLITS)
+    np.testing.assert_array_equal(d["length_values"]["tokens"], token_lengths([t for t, k in zip(ds.texts, public) if k], tok))
+    assert d["counts"].loc["train", "reports"] == (ds.splits == "train").sum()  # the training split's size is public
+    with pytest.raises(ValueError, match="splits"):
+        describe(ds, splits=("train", "holdout"))
 
 
 def test_resolve_data_path_from_a_subfolder(tmp_path, monkeypatch):

@@ -101,6 +101,7 @@ def test_simulated_loader_refuses_a_real_download(tmp_path, small):
         load_dataset("simulated-mimic-cxr", tmp_path)
 
 
+@pytest.mark.slow  # subprocesses, papermill or large data: `make test`, not `make test-fast`
 def test_prevalence_within_3_points_on_20k(tmp_path):
     mimic = simulate("mimic-cxr", tmp_path / "m", n=20_000, seed=0)
     ct = simulate("ct-rate", tmp_path / "c", n=20_000, seed=0)
@@ -130,6 +131,7 @@ def test_ct_reports_are_long_and_cxr_short(small):
     assert (ctl > 256).mean() > 0.5
 
 
+@pytest.mark.slow  # subprocesses, papermill or large data: `make test`, not `make test-fast`
 def test_text_is_learnable_but_not_perfectly(tmp_path):
     """A strong bag-of-n-grams model scores well but clearly below perfect (noise, hedges, negations)."""
     from sklearn.feature_extraction.text import TfidfVectorizer

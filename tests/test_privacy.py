@@ -5,12 +5,16 @@ import torch
 
 from privrad.errors import PrivacyError
 from privrad.privacy import (
+    PLD_PRECISION,
     calibrate_noise_multiplier,
     check_delta,
     check_epsilon,
     default_delta,
+    cross_check,
     epsilon_from_history,
+    pld_bounds,
     privacy_report,
+    prv_bounds,
 )
 
 
@@ -46,11 +50,42 @@ def test_calibration_is_tight_and_pld_agrees(target):
                             max_grad_norm=1.0)
     spent = report["epsilon_spent"]
     assert 0.97 * target <= spent <= target
-    pld = report["cross_check"]["epsilon_spent"]
-    assert abs(pld - spent) <= 0.02 or abs(pld - spent) <= 0.02 * spent
-    assert report["cross_check"]["agrees"]
-    assert report["rdp_epsilon"] >= pld  # RDP is the looser bound
+    check = report["cross_check"]
+    assert check["agrees"] and not check["pld_above_target"]
+    # each accountant's interval is as narrow as its stated precision: PRV 2 × 1 %, PLD 2 % of the target
+    r_low, r_up = check["reporting_interval"]
+    p_low, p_up = check["pld_interval"]
+    assert r_up == spent and r_up - r_low <= 2.05 * 0.01 * target
+    assert p_up - p_low == pytest.approx(PLD_PRECISION * target)
+    assert p_low <= r_up and r_low <= p_up
+    assert report["rdp_epsilon"] >= check["epsilon_spent"]  # RDP is the looser bound
     assert report["steps"] == steps and math.isclose(report["epochs"], 3.0)
+
+
+def test_a_constructed_disagreement_at_epsilon_001_fails_the_cross_check():
+    """A PLD of 0.029 beside a PRV of 0.0099 at target 0.01 passed the old rule (|Δ| ≤ 0.02);
+    both numbers come from the real accountants (the PLD one of a history with less noise)."""
+    target, q, steps, delta = 0.01, 0.1, 30, 1e-5
+    sigma = calibrate_noise_multiplier(target, delta, q, steps)
+    prv_low, _, prv_up = prv_bounds([(sigma, q, steps)], delta, 0.01 * target)
+    wrong = [(sigma / 2.5, q, steps)]  # what a PLD that mis-read σ would compute
+    pld = pld_bounds(wrong, delta, PLD_PRECISION * target)
+    assert 0.025 < pld[1] < 0.03 and abs(pld[1] - prv_up) <= 0.02  # the old rule said "agrees"
+    check = cross_check((prv_low, prv_up), pld, target)
+    assert not check["agrees"] and check["pld_above_target"]
+    assert check["epsilon_spent"] == pld[1]  # the larger of the two is reported
+    # and a PLD that is right but merely a hair above the target is flagged, still agreeing
+    near = cross_check((0.00985, 0.00999), (0.0099, 0.0101), target)
+    assert near["agrees"] and near["pld_above_target"] and near["epsilon_spent"] == 0.00999
+
+
+def test_calibration_reaches_epsilon_001_where_rdp_cannot():
+    """At δ = 1e-8 RDP's orders cannot certify ε = 0.01 at any noise; the PLD brackets instead."""
+    q, steps, delta = 0.1, 30, 1e-8
+    assert epsilon_from_history([(1e4, q, steps)], delta, accountant="rdp-dp_accounting") > 0.01
+    sigma = calibrate_noise_multiplier(0.01, delta, q, steps)
+    spent = epsilon_from_history([(sigma, q, steps)], delta, eps_error=1e-4)
+    assert 0.985 * 0.01 <= spent <= 0.01
 
 
 def test_unreachable_target_says_what_would_reach_it():
@@ -103,3 +138,33 @@ def test_per_sample_gradients_equal_one_at_a_time(name):
                 ps = per_sample["_module." + n][i]
                 rel = (ps - p.grad).norm() / p.grad.norm().clamp(min=1e-12)
                 assert rel < 1e-4, (n, float(rel))
+
+
+def test_release_terms_answer_may_i_publish_this_adapter():
+    from privrad.privacy import TRAINING_STATISTICS, release_terms
+
+    secure = release_terms(private=True, dp_randomness="secure", credentialed=True, threshold="tuned", epsilon=1.0, delta=1e-5)
+    assert secure["dp_release"] and "adapter" in secure["covers"][0] and "k·ε" in secure["covers"][0]
+    assert secure["withheld"] == list(TRAINING_STATISTICS)
+    assert any("validation and test splits are declared public" in s for s in secure["does_not_cover"])
+    assert any("--set" in s for s in secure["does_not_cover"])
+    replay = release_terms(private=True, dp_randomness="reproducible", credentialed=True, threshold="tuned")
+    assert not replay["dp_release"] and replay["release"].startswith("not a DP release") and replay["covers"] == []
+    public = release_terms(private=True, credentialed=False, threshold="fixed")
+    assert public["dp_release"] and public["withheld"] == []
+    assert any("training-split label prevalence" in s for s in public["does_not_cover"])
+    assert any("fixed at 0.5" in s for s in public["does_not_cover"])
+    patient = release_terms(private=True, privacy_unit="patient", credentialed=True, threshold="tuned")
+    assert "one patient with all of their reports" in patient["covers"][0]
+    assert not release_terms(private=False, credentialed=True, threshold="tuned")["dp_release"]
+    with pytest.raises(PrivacyError, match="dp_randomness"):
+        release_terms(private=True, dp_randomness="seeded", credentialed=True, threshold="tuned")
+
+
+def test_delta_table_states_how_far_below_one_over_n_the_default_is():
+    from privrad.privacy import delta_table
+
+    rows = {r["n_train"]: r for r in delta_table([25_000, 35_000, 250_000])}
+    assert rows[25_000]["delta"] == 1e-5 and rows[25_000]["one_over_n_divided_by_delta"] == pytest.approx(4.0)
+    assert 2.5 < rows[35_000]["one_over_n_divided_by_delta"] < 3.0  # n^-1.1 takes over: only ~3× below 1/n
+    assert rows[250_000]["delta"] < 1e-5 and rows[250_000]["delta_times_n"] == pytest.approx(250_000 ** -0.1)

@@ -64,3 +64,21 @@ def test_validation_with_the_training_split_size():
         validate_config(cfg.replace(delta=None), n_train=50)
     assert validate_config({**cfg.to_dict(), "epsilon": float("inf")}).epsilon is None  # one name for non-private
     assert type(validate_config({**cfg.to_dict(), "epsilon": 2}).epsilon) is float
+
+
+@pytest.mark.parametrize("name", ["default", "paper", "openi", "smoke"])
+def test_every_hyperparameter_of_a_shipped_profile_says_where_it_was_chosen(name):
+    """Issue 8: tuning on private data spends privacy that no accountant counts, so each profile
+    states, for every hyperparameter it sets, on which data and split it was chosen (or that it
+    was not tuned)."""
+    from privrad.profiles import load_profile
+
+    profile = load_profile(name)
+    axes = {"dataset", "data_dir", "dataset_options", "model", "method", "epsilon", "seed"}
+    keys = set(profile.params) | {k for d in profile.datasets for k in d.params} | {k for e in profile.extra for k in e}
+    missing = sorted(keys - axes - set(profile.provenance))
+    assert not missing, f"studies/{name}.yml: no provenance for {missing}"
+    for key, text in profile.provenance.items():
+        assert str(text).startswith(("not tuned", "chosen on ")), (name, key, text)
+        if str(text).startswith("chosen on "):
+            assert "split" in str(text), (name, key, text)  # which split chose it

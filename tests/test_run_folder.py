@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from privrad import book, profiles, stats, study
+from privrad import book, executors, profiles, stats, study
 from privrad.errors import DataError
 from privrad.runs import REQUIRED, RUN_FILES, RUN_FORMAT, read_run, run_state, write_run
 from study_helpers import fabricate_run
@@ -116,3 +116,59 @@ def test_the_books_study_facts_come_from_the_run_folders(tmp_path):
     assert text.startswith("Profile `smoke`: 2 complete runs.")
     row = next(line for line in text.splitlines() if line.startswith("| simulated-mimic-cxr |"))
     assert f"| {read_run(runs[0]).config.max_length} |" in row and "| 100 |" in row  # max_length, steps
+
+
+def test_privrad_run_refuses_an_incomplete_folder_in_one_sentence(tmp_path):
+    """`privrad run --out DIR` on an incomplete folder: refused, naming the file (the sweep instead
+    sets such a folder aside and runs it again, tests/test_study_e2e.py)."""
+    from privrad.errors import ConfigError
+    from privrad.runs import _reuse
+
+    rd = fabricate_run(tmp_path)
+    damage(rd, "metrics.json", "truncated")
+    with pytest.raises(ConfigError, match=rf"^{rd} already exists but is not a complete run folder \(metrics.json cannot be read .*\); delete it to run again.$"):
+        _reuse(rd, rd.name)
+
+
+class FabricatingExecutor(executors.Executor):
+    """Executes a task by writing its run folder through the real writer (no training, no kernel):
+    the sweep's own logic — plan, state, set-aside, manifest, summary — is what runs for real."""
+
+    def __init__(self):
+        self.ran: list[str] = []
+
+    def run(self, tasks, on_start=None):
+        for t in tasks:
+            from privrad.config import RunConfig
+
+            if on_start is not None:
+                on_start(t)
+
+            params = {k: v for k, v in t.parameters.items() if k != "run_dir"}
+            fabricate_run(None, run_dir=Path(t.run_dir), config=RunConfig.from_dict(params))
+            Path(t.run_dir, "run.ipynb").write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+            self.ran.append(t.run_id)
+            yield executors.Outcome(t.run_id, "complete", 0.0)
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    base = tmp_path_factory.mktemp("swept")
+    sets = [f"mimic-cxr.data_dir={base}/mimic", f"simulated-ct-rate.data_dir={base}/ct", "simulated-ct-rate.simulate.n=60",
+            "mimic-cxr.simulate.n=80"]
+    profile = profiles.load_profile("smoke", root=ROOT, sets=sets, results_dir=str(base / "results"))
+    first = FabricatingExecutor()
+    assert study.run_study(profile, executor=first, progress=False, out=io.StringIO()) == 0
+    return profile, first.ran
+
+
+@pytest.mark.parametrize("name, how", DAMAGES)
+def test_study_run_sets_an_incomplete_folder_aside_and_runs_it_again(swept, name, how):
+    profile, ran = swept
+    rd = profile.results_dir / sorted(ran)[0]
+    damage(rd, name, how)
+    again, out = FabricatingExecutor(), io.StringIO()
+    assert study.run_study(profile, executor=again, progress=False, out=out) == 0
+    assert again.ran == [rd.name] and f"{len(ran)} complete (1 run now, {len(ran) - 1} cached), 0 failed" in out.getvalue()
+    assert run_state(rd).complete and (profile.results_dir / "incomplete" / rd.name / "config.json").exists() == (
+        not (name == "config.json" and how == "missing"))

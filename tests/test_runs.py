@@ -10,7 +10,7 @@ from privrad.runs import UntrainableLabelWarning, read_run, run, run_id
 from _synthetic import make_dataset
 
 TINY = dict(dataset="simulated-mimic-cxr", model="tiny-bert", method="lora", epsilon=2.0, seed=0, batch_size=16,
-            physical_batch_size=8, num_epochs=1, lr=1e-2, max_length=48, n_bootstrap=100)
+            physical_batch_size=8, num_epochs=1, lr=1e-2, max_length=48, n_bootstrap=100, dp_randomness="reproducible")
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +73,14 @@ def test_saved_adapter_reproduces_test_probabilities(first_run, ds):
     assert np.array_equal(predict_proba(model, enc), res.predictions()["probabilities"])
 
 
-def test_same_seed_twice_gives_identical_metrics(first_run, ds, tmp_path):
+def test_same_seed_twice_gives_identical_metrics_in_reproducible_mode_only(first_run, ds, tmp_path):
     res, _ = first_run
     other = run(TINY, run_dir=tmp_path / "again", dataset=ds, progress=False)
     assert (other.run_dir / "metrics.json").read_bytes() == (res.run_dir / "metrics.json").read_bytes()
     assert (other.run_dir / "privacy.json").read_bytes() == (res.run_dir / "privacy.json").read_bytes()
+    secure = [run({**TINY, "dp_randomness": "secure"}, run_dir=tmp_path / f"secure{i}", dataset=ds, progress=False) for i in (1, 2)]
+    assert not np.array_equal(secure[0].predictions()["probabilities"], secure[1].predictions()["probabilities"])
+    assert secure[0].privacy["epsilon_spent"] == secure[1].privacy["epsilon_spent"]  # the same mechanism, other draws
 
 
 @pytest.mark.parametrize("change, error, pattern", [

@@ -27,7 +27,7 @@ def test_every_profile_loads_and_expands():
         for pt in points:
             assert validate_config(pt.config) == pt.config  # expand returns validated configs
     assert set(profiles.known_profiles(ROOT)) >= {"default", "paper", "openi", "smoke"}
-    assert sizes["default"] == 2 * 3 * 5
+    assert sizes["default"] == 2 * 2 * 5  # 2 datasets × 2 models × (4 ε + non-private)
     assert sizes["paper"] == 2 * 3 * 6 * 3  # the paper's 108 runs: 5 ε + full fine-tuning, 3 seeds
     paper = profiles.expand(profiles.load_profile("paper", root=ROOT))
     full = [p for p in paper if p.config.method == "full"]
@@ -45,7 +45,7 @@ def test_smoke_profile_exercises_every_path():
 
 
 def test_unknown_profile_lists_the_known_ones():
-    with pytest.raises(ConfigError, match=r"unknown study profile 'nope'; known profiles are: default, openi, paper, smoke"):
+    with pytest.raises(ConfigError, match=r"unknown study profile 'nope'; known profiles are: course, default, openi, paper, smoke"):
         profiles.load_profile("nope", root=ROOT)
 
 
@@ -123,23 +123,17 @@ def test_a_missing_data_path_is_found_before_any_run(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow  # subprocesses, papermill or large data: `make test`, not `make test-fast`
 def test_cli_reports_bad_input_in_one_line(tmp_path):
     env_py = [sys.executable, "-m", "privrad"]
     proc = subprocess.run(env_py + ["study", "run", "--profile", "nope"], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["privrad: error: unknown study profile 'nope'; known profiles are: default, openi, paper, smoke (or give a path to a .yml file)."]
+    assert proc.stderr.strip().splitlines() == ["privrad: error: unknown study profile 'nope'; known profiles are: course, default, openi, paper, smoke (or give a path to a .yml file)."]
     proc = subprocess.run(env_py + ["book", "build", "--profile", "smoke", "--results-dir", str(tmp_path / "empty")],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2
     assert f"no completed run in {tmp_path}/empty/smoke" in proc.stderr and "privrad study run --profile smoke" in proc.stderr
     assert not (tmp_path / "empty").exists()
-
-
-def test_local_executor_gives_each_job_its_gpu_or_its_share_of_cores():
-    gpu = executors.LocalExecutor(jobs=3, gpus=["0", "1"])
-    assert [gpu._env(i)["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["0", "1", "0"]
-    cpu = executors.LocalExecutor(jobs=2, gpus=[])
-    assert "CUDA_VISIBLE_DEVICES" not in cpu._env(0) and int(cpu._env(0)["OMP_NUM_THREADS"]) >= 1
 
 
 def _notebook(path: Path, body: str) -> Path:
@@ -161,6 +155,7 @@ def _task(tmp_path: Path, notebook: Path, run_id: str, value) -> executors.Task:
                       kernel="python3", cwd=str(tmp_path))
 
 
+@pytest.mark.slow  # subprocesses, papermill or large data: `make test`, not `make test-fast`
 def test_execute_task_places_the_notebook_or_keeps_the_failed_one(tmp_path):
     """Real papermill on a tiny notebook standing for the run notebook: it writes a run folder
     through the real writer (as privrad.run does) unless its parameter makes it raise, or

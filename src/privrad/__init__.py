@@ -8,7 +8,14 @@ The public API is small:
 * :mod:`privrad.stats` — statistics across run folders.
 """
 
+import warnings as _warnings
+
+from privrad.errors import install_warning_format
+
 __version__ = "0.2.0"
+install_warning_format()
+# tqdm.auto (imported by transformers) warns in a kernel without ipywidgets, on every run page
+_warnings.filterwarnings("ignore", message="IProgress not found", module="tqdm")
 
 
 def run(config, **kwargs):

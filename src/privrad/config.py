@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any
 from privrad.errors import ConfigError, PrivacyError, PrivradError
 
 METHODS = ("lora", "full")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -36,10 +38,15 @@ class RunConfig:
     max_grad_norm: float = 1.0
     accountant: str = "prv"
     grad_sample_mode: str = "hooks"
+    # "secure": Poisson batches and noise from secret OS entropy (a DP release); "reproducible":
+    # seeded from `seed` (teaching, tests: the adapter is then not a DP release)
+    dp_randomness: str = "secure"
+    privacy_unit: str = "report"  # what ε protects: one "report", or one "patient" with all their reports
     # optimisation
     num_epochs: float = 3
     batch_size: int = 64  # expected logical batch size; sample_rate = batch_size / n_train
-    physical_batch_size: int = 32  # memory-bound micro-batch; does not change the maths
+    physical_batch_size: int | str = 32  # memory-bound micro-batch; does not change the maths; "auto": from GPU memory
+    precision: str = "auto"  # "fp32" | "bf16" (autocast) | "auto": bf16 on a GPU that has it, fp32 on a CPU
     lr: float = 5e-4
     weight_decay: float = 0.0
     warmup_ratio: float = 0.06
@@ -201,7 +208,6 @@ def _check_values(cfg: RunConfig) -> None:
         ("lr", cfg.lr, cfg.lr > 0, "a positive learning rate, e.g. 5e-4"),
         ("max_grad_norm", cfg.max_grad_norm, cfg.max_grad_norm > 0, "a positive clipping norm, e.g. 1.0"),
         ("batch_size", cfg.batch_size, cfg.batch_size >= 1, "a positive integer"),
-        ("physical_batch_size", cfg.physical_batch_size, cfg.physical_batch_size >= 1, "a positive integer"),
         ("num_epochs", cfg.num_epochs, cfg.num_epochs > 0, "a positive number"),
         ("max_length", cfg.max_length, cfg.max_length >= 8, "at least 8 tokens"),
         ("lora_r", cfg.lora_r, cfg.lora_r >= 1, "a positive integer"),
@@ -211,13 +217,30 @@ def _check_values(cfg: RunConfig) -> None:
         ("warmup_ratio", cfg.warmup_ratio, 0 <= cfg.warmup_ratio < 1, "a fraction in [0, 1)"),
         ("n_bootstrap", cfg.n_bootstrap, cfg.n_bootstrap >= 0, "0 (no CI) or more resamples"),
     ]
+    if cfg.physical_batch_size != "auto":
+        checks.append(("physical_batch_size", cfg.physical_batch_size,
+                       isinstance(cfg.physical_batch_size, int) and cfg.physical_batch_size >= 1,
+                       "a positive integer, or auto (as many reports as the GPU memory given to the run holds)"))
     for name, value, ok, what in checks:
         if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and ok):
             raise ConfigError(f"{name} = {value!r} is invalid; give {what}.")
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"precision {cfg.precision!r} is unknown; use one of {', '.join(PRECISIONS)} "
+                          "(auto: bf16 autocast on a GPU that supports it, fp32 on a CPU).")
     if cfg.threshold not in THRESHOLDS:
         raise ConfigError(f"threshold {cfg.threshold!r} is unknown; use one of {', '.join(THRESHOLDS)}.")
     if cfg.accountant not in ("prv", "rdp"):
         raise ConfigError(f"accountant {cfg.accountant!r} is unknown; use 'prv' (default) or 'rdp'.")
+    from privrad.privacy import DP_RANDOMNESS, PRIVACY_UNITS
+
+    if cfg.dp_randomness not in DP_RANDOMNESS:
+        raise ConfigError(f"dp_randomness {cfg.dp_randomness!r} is unknown; use 'secure' (secret, a DP release) or "
+                          "'reproducible' (seeded from the run seed: not a DP release).")
+    if cfg.privacy_unit not in PRIVACY_UNITS:
+        raise ConfigError(f"privacy_unit {cfg.privacy_unit!r} is unknown; use 'report' (default) or 'patient'.")
+    if cfg.privacy_unit == "patient" and cfg.grad_sample_mode != "hooks":
+        raise ConfigError(f"privacy_unit 'patient' needs grad_sample_mode 'hooks' (per-report gradients summed per "
+                          f"patient before clipping), not {cfg.grad_sample_mode!r}.")
     if cfg.grad_sample_mode not in GRAD_SAMPLE_MODES:
         raise ConfigError(f"grad_sample_mode {cfg.grad_sample_mode!r} is not supported; use one of {', '.join(GRAD_SAMPLE_MODES)}.")
     spec = get_model_spec(cfg.model)
@@ -229,3 +252,145 @@ def _check_values(cfg: RunConfig) -> None:
         if spec.family == "albert":
             raise ConfigError(f"lora_layers = {cfg.lora_layers} cannot apply to {cfg.model!r}: ALBERT adapts its one shared "
                               "layer at every use; leave lora_layers unset (null) for ALBERT models.")
+
+
+# ----------------------------------------------------------------------------- Slurm options
+
+_TIME = re.compile(r"^(?:(?P<d>\d+)-(?P<dh>\d+)(?::(?P<dm>\d+)(?::(?P<ds>\d+))?)?|(?P<a>\d+)(?::(?P<b>\d+)(?::(?P<c>\d+))?)?)$")
+
+
+def minutes(value: Any, *, key: str) -> int:
+    """A Slurm time (``90``, ``"90"``, ``"1:30:00"``, ``"2-00:00:00"`` …) in whole minutes,
+    rounded up, as Slurm itself counts time limits."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ConfigError(f"slurm.{key} = {value!r} is not a Slurm time; write minutes (90) or \"HH:MM:SS\" (\"1:30:00\").")
+    m = _TIME.match(str(value).strip())
+    if not m:
+        raise ConfigError(f"slurm.{key} = {value!r} is not a Slurm time; write minutes (90), \"HH:MM:SS\" (\"1:30:00\") or \"D-HH:MM:SS\".")
+    g = {k: int(v) for k, v in m.groupdict().items() if v is not None}
+    if "d" in g:
+        seconds = ((g["d"] * 24 + g["dh"]) * 60 + g.get("dm", 0)) * 60 + g.get("ds", 0)
+    elif "c" in g:  # hours:minutes:seconds
+        seconds = (g["a"] * 60 + g["b"]) * 60 + g["c"]
+    elif "b" in g:  # minutes:seconds
+        seconds = g["a"] * 60 + g["b"]
+    else:
+        seconds = g["a"] * 60
+    return math.ceil(seconds / 60)
+
+
+def _opt(default: Any, help: str) -> Any:
+    """A Slurm option with what it means (the book's table of options is generated from these)."""
+    return field(default=default, metadata={"help": help})
+
+
+def _hms(total_minutes: int) -> str:
+    return f"{total_minutes // 60}:{total_minutes % 60:02d}:00"
+
+
+@dataclass(frozen=True)
+class SlurmConfig:
+    """A profile's ``slurm:`` block (overridden by ``--set slurm.KEY=VALUE``): what each run's
+    job asks the cluster for. The names are Slurm's (``sbatch --partition``, ``--account``,
+    ``--gpus-per-node``, ``--cpus-per-task``, ``--time``) or submitit's (``mem_gb``,
+    ``array_parallelism``)."""
+
+    partition: str | None = _opt(None, "the partition (`sbatch --partition`); null: the cluster's default")
+    account: str | None = _opt(None, "the account charged (`sbatch --account`)")
+    gpus_per_node: int = _opt(0, "GPUs per run (`--gpus-per-node`); 0: a CPU job, in which the run sees no GPU")
+    cpus_per_task: int = _opt(1, "CPU cores per run (`--cpus-per-task`); torch uses this many threads")
+    mem_gb: float | None = _opt(None, "memory per run in GB (`--mem`); null: the partition's default")
+    time: str = _opt("1:00:00", "time limit of one run (`--time`): minutes or \"H:MM:SS\"")
+    min_run_time: str | None = _opt(None, "how long the profile's shortest run takes; a `time` below it is refused")
+    array_parallelism: int = _opt(32, "runs at once (the job array's `%N`)")
+    sbatch_args: tuple[str, ...] = _opt((), "more sbatch options, long form: `[--qos=high, --constraint=a100]`")
+    setup: tuple[str, ...] = _opt((), "shell lines run before each run, e.g. `module load cuda/12.4`")
+    gpu_profile: bool = field(default=False, compare=False)  # the profile file itself asks for GPUs
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None, *, where: str, gpu_profile: bool = False) -> "SlurmConfig":
+        """Validate a ``slurm:`` block; every problem is one sentence naming the key."""
+        raw = dict(raw or {})
+        unknown = sorted(set(raw) - set(SLURM_KEYS))
+        if unknown:
+            raise ConfigError(f"{where}: unknown slurm key(s) {', '.join(unknown)}; known keys are: {', '.join(sorted(SLURM_KEYS))}.")
+        for key in ("partition", "account"):
+            if raw.get(key) is not None and (not isinstance(raw[key], str) or not raw[key].strip()):
+                raise ConfigError(f"{where}: slurm.{key} = {raw[key]!r} must be a name such as \"gpu\" (or null for the cluster's default).")
+        for key, low in (("gpus_per_node", 0), ("cpus_per_task", 1), ("array_parallelism", 1)):
+            if key in raw and (isinstance(raw[key], bool) or not isinstance(raw[key], int) or raw[key] < low):
+                raise ConfigError(f"{where}: slurm.{key} = {raw[key]!r} must be an integer ≥ {low}.")
+        if raw.get("mem_gb") is not None and (isinstance(raw["mem_gb"], bool) or not isinstance(raw["mem_gb"], (int, float)) or not raw["mem_gb"] > 0):
+            raise ConfigError(f"{where}: slurm.mem_gb = {raw['mem_gb']!r} must be a positive number of gigabytes (or null for the partition's default).")
+        for key in ("sbatch_args", "setup"):
+            value = raw.get(key, [])
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{where}: slurm.{key} must be a list of strings, e.g. [\"--qos=high\"].")
+            raw[key] = tuple(value)
+        for arg in raw.get("sbatch_args", ()):
+            if not re.match(r"^--[a-z][a-z0-9-]*(=.+)?$", arg):
+                raise ConfigError(f"{where}: slurm.sbatch_args entry {arg!r} is not a long sbatch option; write it as --name=value (e.g. --constraint=a100).")
+            if arg.split("=", 1)[0][2:].replace("-", "_") in SLURM_KEYS + ("array", "output", "error", "signal", "time", "mem", "gpus", "gres"):
+                raise ConfigError(f"{where}: slurm.sbatch_args entry {arg!r} sets what privrad sets itself; use the slurm key for it instead (partition, account, gpus_per_node, cpus_per_task, mem_gb, time).")
+        cfg = cls(**{k: (str(v) if k in ("time", "min_run_time") and v is not None else v) for k, v in raw.items()},
+                  gpu_profile=gpu_profile)
+        time_min = minutes(cfg.time, key="time")
+        if time_min < 1:
+            raise ConfigError(f"{where}: slurm.time = {cfg.time!r} must be at least one minute.")
+        if cfg.min_run_time is not None and time_min < minutes(cfg.min_run_time, key="min_run_time"):
+            raise ConfigError(
+                f"{where}: slurm.time = {cfg.time} is shorter than this profile's shortest expected run "
+                f"(slurm.min_run_time = {cfg.min_run_time}), so every job would hit its time limit; raise slurm.time."
+            )
+        if gpu_profile and cfg.gpus_per_node == 0:
+            raise ConfigError(
+                f"{where}: this profile runs on GPUs (its slurm block asks for gpus_per_node ≥ 1) but slurm.gpus_per_node = 0; "
+                "ask for at least one GPU per run, or use a CPU profile such as default."
+            )
+        return cfg
+
+    @property
+    def time_min(self) -> int:
+        return minutes(self.time, key="time")
+
+    def submitit_parameters(self) -> dict[str, Any]:
+        """Parameters for ``submitit.SlurmExecutor.update_parameters``."""
+        extra: dict[str, Any] = {"requeue": True}  # a preempted job (or a failed node) comes back
+        for arg in self.sbatch_args:
+            name, _, value = arg[2:].partition("=")
+            extra[name] = value if value else True
+        p: dict[str, Any] = {
+            "time": self.time_min,
+            "cpus_per_task": self.cpus_per_task,
+            "array_parallelism": self.array_parallelism,
+            # Slurm sends USR2 this long before the time limit: submitit requeues the job then
+            "signal_delay_s": max(15, min(90, self.time_min * 15)),
+            "stderr_to_stdout": True,
+            "additional_parameters": extra,
+        }
+        if self.partition:
+            p["partition"] = self.partition
+        if self.account:
+            p["account"] = self.account
+        if self.gpus_per_node:
+            p["gpus_per_node"] = self.gpus_per_node
+        if self.mem_gb is not None:
+            p["mem"] = f"{int(self.mem_gb)}GB" if float(self.mem_gb).is_integer() else f"{int(self.mem_gb * 1024)}MB"
+        if self.setup:
+            p["setup"] = list(self.setup)
+        return p
+
+    def describe(self) -> str:
+        parts = [f"partition {self.partition or '(default)'}"]
+        if self.account:
+            parts.append(f"account {self.account}")
+        parts += [f"{self.gpus_per_node} GPU(s)", f"{self.cpus_per_task} CPU(s)"]
+        if self.mem_gb is not None:
+            parts.append(f"{self.mem_gb:g} GB")
+        parts += [f"time {_hms(self.time_min)}", f"{self.array_parallelism} at once"]
+        return ", ".join(parts)
+
+
+SLURM_KEYS = tuple(f.name for f in dataclasses.fields(SlurmConfig) if "help" in f.metadata)  # the slurm: block's keys

@@ -136,17 +136,18 @@ def evaluate(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray, label_name
     return out
 
 
-def learned_nothing(train_labels: np.ndarray, train_mask: np.ndarray, val_labels: np.ndarray, val_mask: np.ndarray,
+def learned_nothing(prevalence_labels: np.ndarray, prevalence_mask: np.ndarray, val_labels: np.ndarray, val_mask: np.ndarray,
                     test_labels: np.ndarray, test_mask: np.ndarray, *, threshold: str = "tuned") -> float:
     """Weighted F1 of a classifier that ignores the report text: the "learned nothing" reference.
 
-    It scores every report with the training split's prevalence of each label and decides with
-    the same threshold policy as the models (``tuned``: per label on the validation split, which
-    for a constant score means "every report positive" or "none"; ``fixed``: 0.5). A model whose
+    It scores every report with each label's prevalence in ``prevalence_labels`` (privrad passes
+    the validation split, which the book declares public: the training split's prevalence would
+    be an un-noised statistic of the private data) and decides with the same threshold policy as
+    the models (``tuned``: per label on the validation split; ``fixed``: 0.5). A model whose
     weighted F1 is not above it has learned nothing from the text.
     """
-    train_mask = np.asarray(train_mask, bool)
-    prevalence = (np.asarray(train_labels) * train_mask).sum(0) / np.maximum(train_mask.sum(0), 1)
+    prevalence_mask = np.asarray(prevalence_mask, bool)
+    prevalence = (np.asarray(prevalence_labels) * prevalence_mask).sum(0) / np.maximum(prevalence_mask.sum(0), 1)
     val_probs = np.broadcast_to(prevalence, np.shape(val_labels)).astype(float)
     th = thresholds_for(threshold, val_probs, np.asarray(val_labels), np.asarray(val_mask, bool))
     test_probs = np.broadcast_to(prevalence, np.shape(test_labels))

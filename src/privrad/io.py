@@ -55,10 +55,8 @@ def to_jsonable(obj: Any) -> Any:
     """Convert numpy scalars/arrays, paths and dataclasses to plain JSON types."""
     import dataclasses
 
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover
-        np = None
+    import numpy as np
+
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return to_jsonable(dataclasses.asdict(obj))
     if isinstance(obj, dict):
@@ -67,11 +65,10 @@ def to_jsonable(obj: Any) -> Any:
         return [to_jsonable(v) for v in obj]
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
-    if np is not None:
-        if isinstance(obj, np.generic):
-            return obj.item()
-        if isinstance(obj, np.ndarray):
-            return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
     if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
         return None  # JSON has no NaN/inf; null means "undefined" in privrad files
     return obj
@@ -116,3 +113,29 @@ def privrad_cache(kind: str) -> Path | None:
     if str(root).strip().lower() in ("", "off", "0", "none"):
         return None
     return Path(root).expanduser() / kind
+
+
+@contextlib.contextmanager
+def cache_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on ``<path>.lock`` (``fcntl.flock``) while a cache entry is made:
+    runs started together (several per GPU) wait for the first one to tokenize or calibrate and
+    then read its result, instead of all doing the same work. Where locking is not possible (a
+    read-only cache folder, a file system without flock) the body runs unlocked: the writes are
+    atomic, so the worst case is the work done twice."""
+    lock = Path(f"{path}.lock")
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except (ImportError, OSError):  # pragma: no cover - no flock here
+            pass
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

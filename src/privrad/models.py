@@ -40,6 +40,7 @@ import contextlib
 import functools
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -366,7 +367,9 @@ def build_model(
             layers = {"layers_to_transform": list(range(n_layers - lora_layers, n_layers)), "layers_pattern": "layer"}
         cfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=lora_r, lora_alpha=lora_alpha,
                          lora_dropout=lora_dropout, target_modules=targets, modules_to_save=head, **layers)
-        model = get_peft_model(model, cfg)
+        with warnings.catch_warnings():  # peft reads a property transformers has deprecated: not the user's concern
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = get_peft_model(model, cfg)
     model.train()
     return model
 

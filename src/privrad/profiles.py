@@ -24,10 +24,12 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
-from privrad.config import FIELDS, RunConfig, epsilon_label, validate_config
+from privrad.config import FIELDS, RunConfig, SlurmConfig, epsilon_label, validate_config
 from privrad.errors import ConfigError
 
-PROFILE_KEYS = ("description", "results", "datasets", "grid", "extra", "params", "book", "kernel", "provenance")
+PROFILE_KEYS = ("description", "results", "datasets", "grid", "extra", "params", "book", "kernel", "provenance", "slurm",
+                "gpu")
+GPU_KEYS = ("runs_per_gpu", "memory_gb")  # the `gpu:` block: how the local executor shares a GPU
 DATASET_KEYS = ("name", "dataset", "data_dir", "dataset_options", "simulate", "params")
 SIMULATE_KEYS = ("kind", "n", "seed")
 RUN_NOTEBOOK = Path("notebooks") / "run.ipynb"
@@ -39,9 +41,19 @@ DATASET_FIELDS = ("dataset", "data_dir", "dataset_options")  # set per dataset e
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML as people write numbers: ``1e-3`` is a float (plain YAML 1.1 reads it as a string)."""
+    """YAML as people write numbers: ``1e-3`` is a float (plain YAML 1.1 reads it as a string),
+    and ``1:30:00`` is a string such as a Slurm time (YAML 1.1 reads it as 5400, in base 60)."""
 
 
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"),
+)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)"
@@ -153,6 +165,13 @@ class Profile:
     book: dict[str, Any]
     kernel: str | None
     provenance: dict[str, Any] = field(default_factory=dict)  # where each tuned default was chosen (issue 8)
+    gpu: dict[str, Any] = field(default_factory=dict)  # runs_per_gpu, memory_gb (see gpu_options)
+    slurm: dict[str, Any] = field(default_factory=dict)  # the `slurm:` block, for --executor slurm
+    gpu_profile: bool = False  # the profile file's slurm block asks for GPUs
+
+    def slurm_config(self) -> SlurmConfig:
+        """The validated Slurm options: the ``slurm:`` block with ``--set slurm.KEY=VALUE`` applied."""
+        return SlurmConfig.from_dict(self.slurm, where=f"study profile {self.path}", gpu_profile=self.gpu_profile)
 
     @property
     def results_dir(self) -> Path:
@@ -187,11 +206,38 @@ def load_profile(name: str, *, sets: Sequence[str] = (), results_dir: str | None
     profile = Profile(name=path.stem, path=path, description=str(raw.get("description", "")),
                       results=str(results_dir or raw.get("results", "results")), datasets=datasets, grid=grid,
                       extra=extra, params=dict(raw.get("params") or {}), book=dict(raw.get("book") or {}),
-                      kernel=raw.get("kernel"), provenance=dict(raw.get("provenance") or {}))
+                      kernel=raw.get("kernel"), provenance=dict(raw.get("provenance") or {}),
+                      gpu=gpu_options(raw.get("gpu"), where=f"study profile {path}"))
+    slurm = raw.get("slurm") or {}
+    if not isinstance(slurm, dict):
+        raise ConfigError(f"study profile {path}: `slurm` must be a mapping such as {{partition: gpu, gpus_per_node: 1}}.")
+    profile.slurm = dict(slurm)
+    gpus = slurm.get("gpus_per_node")
+    profile.gpu_profile = isinstance(gpus, int) and not isinstance(gpus, bool) and gpus >= 1
     for s in sets:
         apply_set(profile, s)
     _check_keys(profile)
     return profile
+
+
+def gpu_options(raw: Any, *, where: str) -> dict[str, Any]:
+    """A profile's ``gpu:`` block, checked: ``runs_per_gpu`` (runs placed on one GPU at once, an
+    integer ≥ 1; default 1) and ``memory_gb`` (GPU memory one run needs, > 0 or null). They only
+    apply on a machine with GPUs (:class:`privrad.executors.LocalExecutor`)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: `gpu` must be a mapping such as {{runs_per_gpu: 4, memory_gb: 12}}.")
+    unknown = sorted(set(raw) - set(GPU_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown gpu key(s) {', '.join(unknown)}; known keys are: {_known(GPU_KEYS)}.")
+    rpg = raw.get("runs_per_gpu", 1)
+    if isinstance(rpg, bool) or not isinstance(rpg, int) or rpg < 1:
+        raise ConfigError(f"{where}: gpu.runs_per_gpu = {rpg!r} must be a whole number ≥ 1.")
+    mem = raw.get("memory_gb")
+    if mem is not None and (isinstance(mem, bool) or not isinstance(mem, (int, float)) or not mem > 0):
+        raise ConfigError(f"{where}: gpu.memory_gb = {mem!r} must be a positive number of gigabytes (or null).")
+    return {"runs_per_gpu": rpg, "memory_gb": mem}
 
 
 def _dataset_entry(path: Path, i: int, d: Any) -> DatasetEntry:
@@ -221,9 +267,13 @@ def apply_set(profile: Profile, assignment: str) -> None:
       (``--set mimic-cxr.data_dir=/data/physionet/mimic-cxr``);
     * ``NAME.dataset_options.<option>`` → one loader option of that dataset;
     * ``NAME.simulate.n`` / ``NAME.simulate.seed`` → how a simulated dataset is generated (give it
-      a new ``NAME.data_dir`` too: an existing simulated folder is never overwritten).
+      a new ``NAME.data_dir`` too: an existing simulated folder is never overwritten);
+    * ``slurm.KEY`` → one option of the ``slurm:`` block (``--set slurm.partition=gpu``).
     """
     key, value = parse_assignment(assignment)
+    if key.startswith("slurm."):
+        profile.slurm[key.split(".", 1)[1]] = value
+        return
     if "." in key:
         _apply_dataset_set(profile, key, value)
         return
@@ -281,6 +331,7 @@ def _check_keys(profile: Profile) -> None:
     for k, v in profile.grid.items():
         if not v:
             raise ConfigError(f"{where}: the grid axis {k} is empty; give it at least one value.")
+    profile.slurm_config()  # checked with the rest of the profile, whichever executor runs it
 
 
 # ----------------------------------------------------------------------------- the grid

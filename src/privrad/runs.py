@@ -8,19 +8,25 @@ and its one rule of completeness (:func:`run_state`); nothing else opens these f
 ``config.json``     ``run_format``, ``run_id``, ``config`` (the full RunConfig), ``config_hash``,
                     ``dataset_fingerprint``, ``label_names``, ``split_sizes``, ``credentialed``,
                     ``model`` (name, source, family, stands_in_for, pretrained, parameters),
-                    ``n_truncated``, ``privrad_version``, ``versions``, ``device``, ``runtime``
+                    ``n_truncated``, ``privrad_version``, ``versions``, ``device``,
+                    ``precision`` and ``physical_batch_size`` as used (``auto`` resolved; with
+                    ``physical_batch_source``), ``runtime`` (seconds: prepare, train, of which
+                    calibrate, evaluate)
 ``metrics.json``    ``weighted_f1`` (the paper's metric) and ``weighted_f1_ci95 = [low, high]``
                     (bootstrap over test reports; absent when ``n_bootstrap = 0``), ``macro_f1``,
                     ``micro_f1``, ``macro_auroc``, ``per_label`` (label, P/R/F1, support,
                     AUROC, threshold), ``threshold``, ``weighted_f1_at_0.5``, and the learned-
-                    nothing reference ``learned_nothing_weighted_f1`` (:func:`privrad.evaluate.
-                    learned_nothing`: the text ignored, every report scored with the training prevalence)
+                    nothing reference ``learned_nothing_weighted_f1`` and ``…_at_0.5`` (:func:`privrad.
+                    evaluate.learned_nothing`: the text ignored, every report scored with the validation
+                    split's prevalence)
 ``privacy.json``    ``epsilon`` (the target; null = non-private) and ``epsilon_spent``, ``delta``,
                     ``noise_multiplier``, ``sample_rate``, ``steps``, ``epochs``, ``n_train``,
                     ``accountant``, the PLD ``cross_check`` and ``rdp_epsilon`` (see
                     :func:`privrad.privacy.privacy_report`)
 ``predictions.npz`` test split: ids, probabilities, labels, label_mask, decisions, thresholds
 ``curve.json``      ``steps``: per logical step loss, lr, batch size; ``epsilon_spent`` at checkpoints
+                    (a private run on credentialed data keeps only step, lr and ε: see
+                    :func:`withhold_training_statistics`)
 ``adapter/``        peft ``save_pretrained`` (``lora``); ``model/`` for ``full``
 ``run.ipynb``       added by the study runner after its notebook finished (not written here)
 ==================  ==========================================================================
@@ -51,7 +57,7 @@ import numpy as np
 
 from privrad import __version__
 from privrad.config import RunConfig, epsilon_label, validate_config
-from privrad.errors import ConfigError, DataError
+from privrad.errors import ConfigError, DataError, PrivradWarning
 from privrad.io import atomic_dir, atomic_write_json
 
 #: Version of the run-folder layout below; a folder of another format is refused, never guessed at.
@@ -62,7 +68,7 @@ RUN_FILES = ("config.json", "metrics.json", "privacy.json", "predictions.npz", "
 #: :func:`run_state` calls a folder without them incomplete.
 REQUIRED = {
     "config.json": ("run_format", "run_id", "config", "dataset_fingerprint", "label_names", "privrad_version"),
-    "metrics.json": ("weighted_f1", "macro_f1", "micro_f1", "per_label"),
+    "metrics.json": ("weighted_f1", "weighted_f1_at_0.5", "macro_f1", "micro_f1", "per_label"),
     "privacy.json": ("epsilon", "epsilon_spent", "delta", "noise_multiplier", "sample_rate", "steps"),
     "curve.json": ("steps",),
     "predictions.npz": ("ids", "probabilities", "labels", "label_mask", "decisions", "thresholds"),
@@ -73,7 +79,7 @@ REQUIRED = {
 RUN_STATES = ("missing", "incomplete", "failed", "complete")
 
 
-class UntrainableLabelWarning(UserWarning):
+class UntrainableLabelWarning(PrivradWarning):
     """A label has no positive example in the training split: the model cannot learn it."""
 
 
@@ -184,11 +190,13 @@ class RunResult:
         lo, hi = self.weighted_f1_ci95
         return {"run_id": self.run_id, "run_dir": str(self.run_dir), "dataset": c.dataset, "model": c.model,
                 "method": c.method, "epsilon": c.epsilon, "seed": c.seed, "weighted_f1": m["weighted_f1"],
-                "weighted_f1_ci95_low": lo, "weighted_f1_ci95_high": hi, "macro_f1": m["macro_f1"],
-                "micro_f1": m["micro_f1"], "macro_auroc": m.get("macro_auroc"),
-                "learned_nothing_weighted_f1": m.get("learned_nothing_weighted_f1"), "n_train": p.get("n_train"),
+                "weighted_f1_ci95_low": lo, "weighted_f1_ci95_high": hi, "weighted_f1_at_0.5": m["weighted_f1_at_0.5"],
+                "macro_f1": m["macro_f1"], "micro_f1": m["micro_f1"], "macro_auroc": m.get("macro_auroc"),
+                "learned_nothing_weighted_f1": m.get("learned_nothing_weighted_f1"),
+                "learned_nothing_weighted_f1_at_0.5": m.get("learned_nothing_weighted_f1_at_0.5"), "n_train": p.get("n_train"),
                 "epsilon_spent": p["epsilon_spent"], "delta": p["delta"], "noise_multiplier": p["noise_multiplier"],
-                "sample_rate": p["sample_rate"], "steps": p["steps"]}
+                "sample_rate": p["sample_rate"], "steps": p["steps"], "dp_randomness": p.get("dp_randomness"),
+                "privacy_unit": p.get("privacy_unit")}
 
     def summary(self):
         """One row: what was run, what it achieved and what it spent (ε shown as a label)."""
@@ -212,13 +220,42 @@ def read_run(run_dir: str | Path) -> RunResult:
                      read("privacy.json"), read("curve.json")["steps"], info)
 
 
+#: What a private run on credentialed data keeps of each training step: the step, the learning
+#: rate (a function of the step) and ε spent at checkpoints (a function of σ, q and the step).
+CURVE_PUBLIC_KEYS = ("step", "lr", "epsilon_spent")
+
+
+def withhold_training_statistics(info: dict, privacy: dict, curve: list[dict]) -> tuple[dict, dict, list[dict]]:
+    """Drop from a run's files the training statistics its ``release_terms`` withhold.
+
+    :func:`privrad.privacy.release_terms` decides (private runs on credentialed data withhold
+    every entry of :data:`privrad.privacy.TRAINING_STATISTICS`); this is where it is enforced, for
+    every run folder privrad writes: per-step loss and realised batch size leave ``curve.json``
+    (only :data:`CURVE_PUBLIC_KEYS` stay), the empty-batch count leaves ``privacy.json`` and the
+    training split's truncation count leaves ``config.json``."""
+    withheld = set((privacy.get("release_terms") or {}).get("withheld") or ())
+    if not withheld:
+        return info, privacy, curve
+    from privrad.privacy import PUBLIC_SPLITS
+
+    if withheld & {"loss", "batch_size"}:
+        curve = [{k: v for k, v in row.items() if k in CURVE_PUBLIC_KEYS} for row in curve]
+    if "empty_batches" in withheld:
+        privacy = {k: v for k, v in privacy.items() if k != "empty_batches"}
+    if "n_truncated" in withheld and isinstance(info.get("n_truncated"), dict):
+        info = {**info, "n_truncated": {k: v for k, v in info["n_truncated"].items() if k in PUBLIC_SPLITS}}
+    return info, privacy, curve
+
+
 def write_run(run_dir: str | Path, *, info: dict, metrics: dict, privacy: dict, curve: list[dict],
               predictions: dict[str, np.ndarray], save_model: Callable[[Path], None] | None = None) -> RunResult:
     """The one writer of run folders: builds the folder under a temporary name and renames it
     into place (a killed run leaves nothing). ``info`` is config.json without ``run_format`` and
     ``privrad_version`` (added here); every file must hold the fields of :data:`REQUIRED`.
-    ``save_model(folder)`` writes the weights (``adapter/`` or ``model/``)."""
+    ``save_model(folder)`` writes the weights (``adapter/`` or ``model/``). What the run's
+    ``privacy["release_terms"]["withheld"]`` names is not written (:func:`withhold_training_statistics`)."""
     info = {**info, "run_format": RUN_FORMAT, "privrad_version": __version__}
+    info, privacy, curve = withhold_training_statistics(info, privacy, curve)
     docs = {"config.json": info, "metrics.json": metrics, "privacy.json": privacy, "curve.json": {"steps": curve},
             "predictions.npz": predictions}
     for name, doc in docs.items():
@@ -267,10 +304,60 @@ def _device(device: str | None) -> str:
     import torch
 
     if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} was asked for but torch sees no GPU; use device 'cpu' or install a CUDA build of torch.")
+    if str(device).startswith("cuda"):
+        gpu_memory_cap(device)
     return str(device)
+
+
+def gpu_memory_cap(device: str) -> float | None:
+    """This process's share of its GPU in GB, from ``PRIVRAD_GPU_MEMORY_GB`` (set by the
+    executor when several runs share a GPU, see :class:`privrad.executors.LocalExecutor`), made
+    binding with ``torch.cuda.set_per_process_memory_fraction``: a run that outgrows its share
+    fails with an out-of-memory error instead of starving its neighbours. None without a share."""
+    import os
+
+    import torch
+
+    text = os.environ.get("PRIVRAD_GPU_MEMORY_GB")
+    if not text:
+        return None
+    try:
+        share = float(text)
+    except ValueError:
+        raise ConfigError(f"PRIVRAD_GPU_MEMORY_GB = {text!r} is not a number of gigabytes; unset it or give e.g. 20.") from None
+    dev = torch.device(device)
+    if dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    total = torch.cuda.get_device_properties(dev).total_memory / 2**30
+    torch.cuda.set_per_process_memory_fraction(min(1.0, share / total), dev)
+    return share
+
+
+#: What a kernel started ahead of its run executes first (:class:`privrad.executors.WarmKernel`).
+WARM_UP = "import privrad.runs as _privrad_runs; _privrad_runs.warm_up(); del _privrad_runs"
+
+
+def warm_up() -> None:
+    """Import what the run notebook needs and start CUDA when there is a GPU: the fixed cost a
+    run would otherwise pay first, done while the slot's previous run still trains."""
+    import matplotlib.pyplot  # noqa: F401
+    import opacus  # noqa: F401
+    import pandas  # noqa: F401
+    import peft  # noqa: F401
+    import torch
+    import transformers  # noqa: F401
+
+    import privrad.data.describe  # noqa: F401
+    import privrad.evaluate  # noqa: F401
+    import privrad.features  # noqa: F401
+    import privrad.privacy  # noqa: F401
+    import privrad.train  # noqa: F401
+
+    if torch.cuda.is_available():
+        torch.zeros(1, device="cuda")  # the CUDA context and torch's kernels
 
 
 def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_dir: str | Path = "results",
@@ -281,7 +368,8 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
     ``dataset``: an already-loaded ReportDataset (its name must equal ``config.dataset``);
     otherwise ``load_dataset(config.dataset, config.data_dir, **config.dataset_options)``.
     ``run_dir`` defaults to ``results_dir/<run_id>``. ``cache_dir`` caches tokenized reports and
-    frozen-layer features (default: ``$PRIVRAD_CACHE_DIR/tokens`` and ``…/features``).
+    frozen-layer features (default: ``$PRIVRAD_CACHE_DIR/tokens`` and ``…/features``, so the runs
+    of a study tokenize each dataset once).
     ``device``: where to train (``"cuda"``, ``"cuda:1"``, ``"cpu"``); ``None`` takes the first GPU
     when there is one. The device is not part of the run id (it says where, not what); it is
     recorded in ``config.json``.
@@ -304,16 +392,25 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
     splits = _check_data(cfg, dataset)
     n_train = len(splits["train"])
     cfg = validate_config(cfg, n_train=n_train)
-    delta = (default_delta(n_train) if cfg.delta is None else cfg.delta) if cfg.private else None
+    units, n_patients = None, None
+    if cfg.private and cfg.privacy_unit == "patient":  # the unit of privacy: the patient of each training report
+        units = np.unique(np.asarray(splits["train"].patient_ids), return_inverse=True)[1]
+        n_patients = int(units.max()) + 1
+    # δ well below 1 / (number of units the guarantee protects)
+    delta = (default_delta(n_patients or n_train) if cfg.delta is None else cfg.delta) if cfg.private else None
     rid = run_id(cfg, dataset.fingerprint)
     run_dir = Path(results_dir) / rid if run_dir is None else Path(run_dir)
     if run_dir.exists():
         return _reuse(run_dir, rid)
 
+    from privrad.progress import Reporter
+
+    report = Reporter()  # the sweep's progress line for this run (a no-op outside a sweep)
+    report.phase("tokenizing and building the model")
     t0 = time.perf_counter()
     tok = load_tokenizer(cfg.model)
-    tokens = cache_dir if cache_dir is not None else privrad_cache("tokens")
-    enc = {s: EncodedDataset(tokenize_dataset(d, tok, max_length=cfg.max_length, cache_dir=tokens), d.labels, d.label_mask)
+    token_cache = cache_dir if cache_dir is not None else privrad_cache("tokens")  # shared by the runs of a dataset
+    enc = {s: EncodedDataset(tokenize_dataset(d, tok, max_length=cfg.max_length, cache_dir=token_cache), d.labels, d.label_mask)
            for s, d in splits.items()}
     model = build_model(cfg.model, dataset.n_labels, method=cfg.method, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                         lora_dropout=cfg.lora_dropout, lora_targets=cfg.lora_targets, lora_layers=cfg.lora_layers,
@@ -324,10 +421,12 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
         for split, e in enc.items():
             e.features = frozen_features(net, e.encoded, cache_dir=where, key_value=split == "train")
     t_prep = time.perf_counter() - t0
-    result = train(net, enc["train"], cfg, delta=delta, progress=progress)
+    result = train(net, enc["train"], cfg, delta=delta, progress=progress, units=units)
     t1 = time.perf_counter()
-    val_probs = predict_proba(net, enc["validation"])
-    test_probs = predict_proba(net, enc["test"])
+    report.phase("evaluating")
+    precision = result.info["precision"]
+    val_probs = predict_proba(net, enc["validation"], precision=precision)
+    test_probs = predict_proba(net, enc["test"], precision=precision)
     test, val = splits["test"], splits["validation"]
     th = thresholds_for(cfg.threshold, val_probs, val.labels, val.label_mask)
     metrics = evaluate(test_probs, test.labels, test.label_mask, dataset.label_names, thresholds=th,
@@ -335,14 +434,16 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
     metrics["weighted_f1_at_0.5"] = evaluate(test_probs, test.labels, test.label_mask, dataset.label_names,
                                              thresholds=0.5, n_bootstrap=0)["weighted_f1"]
     metrics["threshold"] = cfg.threshold
-    train_split = splits["train"]
-    metrics["learned_nothing_weighted_f1"] = learned_nothing(train_split.labels, train_split.label_mask, val.labels,
-                                                             val.label_mask, test.labels, test.label_mask,
-                                                             threshold=cfg.threshold)
+    for key, policy in (("learned_nothing_weighted_f1", cfg.threshold), ("learned_nothing_weighted_f1_at_0.5", "fixed")):
+        # the validation split's prevalence (declared public), never the training split's
+        metrics[key] = learned_nothing(val.labels, val.label_mask, val.labels, val.label_mask, test.labels, test.label_mask,
+                                       threshold=policy)
     privacy = privacy_report(target_epsilon=cfg.epsilon, delta=delta, noise_multiplier=result.noise_multiplier,
                              sample_rate=result.sample_rate, history=result.history, n_train=n_train,
                              planned_steps=result.planned_steps, batch_size=cfg.batch_size,
-                             max_grad_norm=cfg.max_grad_norm if cfg.private else None, accountant=cfg.accountant)
+                             max_grad_norm=cfg.max_grad_norm if cfg.private else None, accountant=cfg.accountant,
+                             dp_randomness=cfg.dp_randomness, privacy_unit=cfg.privacy_unit, n_patients=n_patients,
+                             credentialed=bool(dataset.credentialed), threshold=cfg.threshold)
     privacy["steps"] = result.steps if cfg.private else len(result.curve)
     privacy["empty_batches"] = result.info["empty_batches"]
     spec = get_model_spec(cfg.model)
@@ -355,7 +456,10 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
                   "parameters": count_parameters(result.model)},
         "n_truncated": {s: e.encoded.n_truncated for s, e in enc.items()},
         "versions": library_versions(), "device": device,
-        "runtime": {"prepare_s": t_prep, "train_s": result.seconds, "evaluate_s": time.perf_counter() - t1,
+        "precision": precision, "physical_batch_size": result.info["physical_batch_size"],
+        "physical_batch_source": result.info["physical_batch_source"],
+        "runtime": {"prepare_s": t_prep, "train_s": result.seconds, "calibrate_s": result.info["calibrate_s"],
+                    "evaluate_s": time.perf_counter() - t1, "gpu_peak_gb": _gpu_peak_gb(device),
                     "train_steps_per_s": len(result.curve) / max(result.seconds, 1e-9)},
     }
     predictions = {"ids": np.asarray(test.ids, dtype=str), "probabilities": test_probs, "labels": test.labels,
@@ -367,6 +471,13 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
 
     return write_run(run_dir, info=info, metrics=metrics, privacy=privacy, curve=result.curve,
                      predictions=predictions, save_model=save_model)
+
+
+def _gpu_peak_gb(device: str) -> float | None:
+    """Peak GPU memory this process allocated (GB), on a GPU; None on a CPU."""
+    import torch
+
+    return torch.cuda.max_memory_allocated(torch.device(device)) / 2**30 if str(device).startswith("cuda") else None
 
 
 def _reuse(run_dir: Path, rid: str) -> RunResult:

@@ -27,6 +27,11 @@ Why this shape:
 
 A run's state is one of :data:`privrad.runs.RUN_STATES` everywhere: in ``study.json``, the
 summary, ``study status`` and the log's ``run_<state>`` events.
+
+Runs execute in local processes (``--jobs N``) or as Slurm jobs (``--executor slurm``,
+:mod:`privrad.executors`), under the same cache, lock and "complete" rule. With Slurm the
+manifest records each run's job id and log: ``study status`` shows their Slurm state, and a
+sweep restarted after being killed waits for its still-running jobs instead of resubmitting.
 """
 
 from __future__ import annotations
@@ -42,17 +47,19 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from privrad.config import validate_config
 from privrad.errors import ConfigError, DataError
-from privrad.executors import Executor, LocalExecutor, Task, default_kernel
+from privrad.executors import Executor, LocalExecutor, SlurmExecutor, Task, default_kernel
+from privrad.progress import Display
 from privrad.io import atomic_write_json
 from privrad.profiles import (FIELDS, NOTEBOOK_EXTRA_PARAMETERS, RUN_NOTEBOOK, Point, Profile, expand, load_profile,
                               notebook_parameters, project_root, resolve_path)
 from privrad.runs import RUN_STATES, run_state
 
 MANIFEST = "study.json"
+EXECUTORS = ("local", "slurm")
 
 
 # ----------------------------------------------------------------------------- data and run ids
@@ -85,9 +92,13 @@ def prepare_data(profile: Profile, *, log: "Log | None" = None) -> None:
             if log:
                 log.event("simulated", dataset=entry.name, kind=kind, n=n, seed=seed, path=str(path), seconds=round(time.time() - t0, 2))
             continue
+        from privrad.data.fetch import fetchable
+
+        how = (f"download it with `privrad data fetch {entry.dataset} --out {entry.data_dir}`" if entry.dataset in fetchable()
+               else "put the download there")
         raise DataError(
             f"data folder {entry.data_dir} for dataset {entry.name} ({entry.dataset}) does not exist; "
-            f"put the download there or pass --set {entry.name}.data_dir=/path/to/it."
+            f"{how} or pass --set {entry.name}.data_dir=/path/to/it."
         )
 
 
@@ -240,12 +251,31 @@ def _sweep_lock(results_dir: Path) -> Iterator[None]:
         fh.close()
 
 
-def _clean_stale(results_dir: Path) -> None:
+def _clean_stale(results_dir: Path, keep: Iterable[str] = ()) -> None:
     """Remove what a killed sweep left half-done: temporary run folders and staged notebooks
-    (never trusted, always redone)."""
+    (never trusted, always redone) — except the staged notebooks of the runs in ``keep``, whose
+    Slurm jobs (of an earlier sweep) are still running."""
+    keep = set(keep)
     for tmp in results_dir.glob(".*.tmp"):
         shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
-    shutil.rmtree(results_dir / ".notebooks", ignore_errors=True)
+    staged = results_dir / ".notebooks"
+    for f in staged.iterdir() if staged.is_dir() else ():
+        if f.name.split(".", 1)[0] not in keep:
+            shutil.rmtree(f, ignore_errors=True) if f.is_dir() else f.unlink(missing_ok=True)
+
+
+def _live_jobs(pl: Plan) -> dict[str, str]:
+    """Slurm jobs of an earlier sweep (from the last manifest) for runs still to do that are
+    still queued or running: run id → job id."""
+    with contextlib.suppress(ConfigError):
+        todo = {p.run_id for p in pl.todo}
+        jobs = {r["run_id"]: r["job"] for r in (read_manifest(pl.results_dir) or {}).get("points", [])
+                if r.get("job") and r.get("run_id") in todo}
+        if jobs:
+            from privrad.slurm import live
+
+            return live(jobs)
+    return {}
 
 
 def _set_aside(p: Point, results_dir: Path, log: Log) -> None:
@@ -266,13 +296,20 @@ def _task(p: Point, pl: Plan) -> Task:
     return Task(run_id=p.run_id, label=p.label, notebook=str(pl.notebook.resolve()),
                 parameters={**p.config.to_dict(), "run_dir": str(p.run_dir)}, run_dir=str(p.run_dir),
                 staging=str(pl.results_dir / ".notebooks" / f"{p.run_id}.ipynb"),
-                failed=str(pl.results_dir / "failed" / f"{p.run_id}.ipynb"), kernel=pl.kernel, cwd=str(pl.cwd))
+                failed=str(pl.results_dir / "failed" / f"{p.run_id}.ipynb"), kernel=pl.kernel, cwd=str(pl.cwd),
+                progress=str(pl.results_dir / ".notebooks" / f"{p.run_id}.progress.json"))
 
 
-def run_study(profile: Profile, *, jobs: int = 1, executor: Executor | None = None, notebook: Path | None = None,
-              progress: bool = True, out=sys.stdout) -> int:
-    """Validate, then execute every point not yet complete. Returns 0, or 1 if a run failed."""
+def run_study(profile: Profile, *, jobs: int | None = None, executor: Executor | str | None = None,
+              notebook: Path | None = None, progress: bool = True, out=sys.stdout, runs_per_gpu: int | None = None) -> int:
+    """Validate, then execute every point not yet complete. Returns 0, or 1 if a run failed.
+
+    ``executor``: ``"local"`` (the default: :func:`local_executor`, ``jobs`` processes at once,
+    ``runs_per_gpu`` on each GPU), ``"slurm"`` (one Slurm job per run, with the profile's
+    ``slurm:`` options; the cluster is asked before anything is written or submitted), or an
+    :class:`Executor`."""
     results_dir = profile.results_dir
+    executor = _executor(profile, executor, jobs, runs_per_gpu)
     with _sweep_lock(results_dir):
         log = Log(results_dir / "study.jsonl")
         try:
@@ -281,15 +318,50 @@ def run_study(profile: Profile, *, jobs: int = 1, executor: Executor | None = No
             log.close()
 
 
-def _sweep(profile: Profile, *, jobs, executor, notebook, progress, out, log: Log) -> int:
-    from tqdm.auto import tqdm
+def local_executor(profile: Profile, *, jobs: int | None = None, runs_per_gpu: int | None = None) -> LocalExecutor:
+    """This machine's executor for ``profile``: its ``gpu:`` block (runs per GPU, memory per run),
+    ``--runs-per-gpu`` overriding it, and kernels warmed up with the run notebook's imports."""
+    from privrad.runs import WARM_UP
 
+    rpg = runs_per_gpu if runs_per_gpu is not None else profile.gpu.get("runs_per_gpu", 1)
+    return LocalExecutor(jobs, runs_per_gpu=rpg, gpu_memory_gb=profile.gpu.get("memory_gb"), warm_up=WARM_UP)
+
+
+def _executor(profile: Profile, executor: Executor | str | None, jobs: int | None, runs_per_gpu: int | None) -> Executor:
+    if isinstance(executor, Executor):
+        return executor
+    if executor in (None, "local"):
+        return local_executor(profile, jobs=jobs, runs_per_gpu=runs_per_gpu)
+    if executor != "slurm":
+        raise ConfigError(f"unknown executor {executor!r}; known executors are: {', '.join(EXECUTORS)}.")
+    if jobs is not None:
+        raise ConfigError("--jobs sets how many local processes run at once; with --executor slurm set "
+                          "slurm.array_parallelism instead (--set slurm.array_parallelism=N).")
+    if runs_per_gpu is not None:
+        raise ConfigError("--runs-per-gpu shares this machine's GPUs between runs; with --executor slurm each run is "
+                          "its own job with slurm.gpus_per_node GPUs.")
+    slurm = SlurmExecutor(profile.slurm_config(), profile.results_dir / "slurm", job_name=f"privrad-{profile.name}")
+    slurm.check(len(expand(profile)))  # nothing is written or submitted before the cluster says yes
+    return slurm
+
+
+def _sweep(profile: Profile, *, jobs, executor: Executor, notebook, progress, out, log: Log) -> int:
     results_dir = profile.results_dir
     t0 = time.time()
     pl = plan(profile, notebook=notebook, log=log)
-    _clean_stale(results_dir)
+    slurm = executor if isinstance(executor, SlurmExecutor) else None
+    live = _live_jobs(pl)
+    if live and slurm is None:
+        rid, jid = next(iter(live.items()))
+        raise ConfigError(f"{len(live)} run(s) of this study are still queued or running on Slurm (e.g. {rid} as job {jid}); "
+                          "wait for them with --executor slurm, or scancel them first.")
+    _clean_stale(results_dir, keep=live)
     todo = pl.todo
-    log.event("sweep_start", profile=profile.name, points=len(pl.points), todo=len(todo), jobs=jobs)
+    if todo and hasattr(executor, "check_memory"):
+        executor.check_memory()  # a GPU too full for its runs is refused before anything starts
+    log.event("sweep_start", profile=profile.name, points=len(pl.points), todo=len(todo), jobs=getattr(executor, "jobs", jobs),
+              executor="slurm" if slurm else "local", runs_per_gpu=getattr(executor, "runs_per_gpu", None),
+              gpu_memory_share_gb=getattr(executor, "memory_share_gb", None))
     status: dict[str, dict[str, Any]] = {}
     for p in pl.points:
         cached = p.state == "complete"
@@ -299,22 +371,45 @@ def _sweep(profile: Profile, *, jobs, executor, notebook, progress, out, log: Lo
             log.event("run_cached", **p.row())
     write_manifest(pl, status)
     for p in todo:
-        _set_aside(p, results_dir, log)
-    executor = executor or LocalExecutor(jobs)
+        if p.run_id not in live:  # a running job may be writing it
+            _set_aside(p, results_dir, log)
+    for note in getattr(executor, "notes", []):
+        print(f"privrad: {note}", file=sys.stderr)
+        log.event("executor_note", note=note)
     by_id = {p.run_id: p for p in todo}
-    bar = tqdm(total=len(todo), desc=f"study {profile.name}", unit="run", disable=not progress or not todo, file=sys.stderr)
-    for p in todo:
-        log.event("run_start", **p.row(), run_dir=str(p.run_dir))
-    for oc in executor.run([_task(p, pl) for p in todo]):
-        p = by_id[oc.run_id]
-        status[oc.run_id] = {**p.row(), "state": oc.state, "cached": False, "seconds": oc.seconds, "error": oc.error,
-                             "problem": None}
-        log.event(f"run_{oc.state}", **p.row(), seconds=oc.seconds, error=oc.error)
-        write_manifest(pl, status)
-        bar.update(1)
-        if oc.state == "failed":
-            bar.write(f"privrad: run failed: {p.label} ({oc.run_id}): {oc.error}")
-    bar.close()
+    # the runs-done bar, and under it each running run's phase, epoch/step and ETA (privrad.progress)
+    display = Display(total=len(todo), desc=f"study {profile.name}", enabled=progress, file=sys.stderr)
+    if slurm is not None:
+        def notify(event: str, rid: str, **fields: Any) -> None:
+            log.event(f"run_{event}", **by_id[rid].row(), **fields)
+            if event in ("submitted", "adopted"):  # the manifest says where each run went
+                status[rid] = {**status[rid], "job": fields["job"], "log": fields["log"]}
+                write_manifest(pl, status)
+
+        def on_status(counts: dict[str, int], arrays: str) -> None:
+            display.bar.set_postfix_str(" · ".join(f"{k} {v}" for k, v in counts.items()) + f" · Slurm job {arrays}",
+                                        refresh=True)
+
+        slurm.adopt, slurm.notify, slurm.on_status = live, notify, on_status
+
+    def started(task: Task) -> None:  # called when the executor really starts the run
+        log.event("run_start", **by_id[task.run_id].row(), run_dir=task.run_dir)
+        display.started(task.run_id, task.label, task.progress)
+
+    outcomes = executor.run([_task(p, pl) for p in todo], on_start=started)
+    with contextlib.ExitStack() as stack:
+        stack.callback(display.close)
+        if slurm is not None:  # an interrupted sweep (Ctrl-C, an error) cancels its Slurm jobs
+            stack.callback(outcomes.close)
+        for oc in outcomes:
+            p = by_id[oc.run_id]
+            where = {"job": oc.job, "log": oc.log} if oc.job else {}
+            status[oc.run_id] = {**p.row(), "state": oc.state, "cached": False, "seconds": oc.seconds, "error": oc.error,
+                                 "problem": None, **where}
+            log.event(f"run_{oc.state}", **p.row(), seconds=oc.seconds, error=oc.error, **where)
+            write_manifest(pl, status)
+            display.finished(oc.run_id, f"privrad: run failed: {p.label} ({oc.run_id}): {oc.error}"
+                             + (f" (log: {oc.log})" if oc.log else "") if oc.state == "failed" else None)
     with contextlib.suppress(OSError):
         (results_dir / ".notebooks").rmdir()  # only if empty
     rows = list(status.values())
@@ -364,9 +459,12 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
         return "(no runs)"
     df = pd.DataFrame(rows)
     df["state"] = [("cached" if c else s) if s == "complete" else s for s, c in zip(df["state"], df["cached"])]
-    df = df[["state", "run_id", "dataset", "model", "method", "epsilon", "seed", "seconds", "error"]]
+    columns = ["state", "run_id", "dataset", "model", "method", "epsilon", "seed", "seconds", "error"]
+    if "job" in df and df["job"].notna().any():  # Slurm: each run's job id and log, beside its error
+        columns[-1:-1] = ["job", "log"]
+    df = df.reindex(columns=columns)
     df["run_id"] = df["run_id"].map(_short_id)
-    df["error"] = df["error"].fillna("")
+    df[columns[-3:]] = df[columns[-3:]].fillna("")
     order = {"failed": 0, "incomplete": 1, "missing": 2, "complete": 3, "cached": 4}
     df = df.sort_values("state", key=lambda s: s.map(order), kind="stable")
     with pd.option_context("display.width", 200, "display.max_colwidth", 80, "display.max_rows", 1000):
@@ -390,7 +488,16 @@ def study_status(results_dir: Path, profile_name: str, out=sys.stdout) -> int:
     rows = manifest["points"]
     for r in rows:
         r["state"], r["problem"] = point_state(results_dir / r["run_id"], r["run_id"], results_dir)
-    df = pd.DataFrame(rows)[["state", "run_id", "dataset", "model", "method", "epsilon", "seed"]]
+    columns = ["state", "run_id", "dataset", "model", "method", "epsilon", "seed"]
+    jobs = {r["job"] for r in rows if r.get("job") and r["state"] != "complete"}
+    if jobs:  # runs submitted to Slurm that are not complete: what Slurm says of their jobs
+        from privrad.slurm import describe
+
+        said = describe(jobs)
+        for r in rows:
+            r["slurm"] = said.get(r.get("job"), "") if r["state"] != "complete" else ""
+        columns.append("slurm")
+    df = pd.DataFrame(rows)[columns]
     df["run_id"] = df["run_id"].map(_short_id)
     with pd.option_context("display.width", 200, "display.max_rows", 1000):
         print(df.to_string(index=False), file=out)
@@ -407,8 +514,8 @@ def study_status(results_dir: Path, profile_name: str, out=sys.stdout) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile, sets=args.set or (), results_dir=args.results_dir)
-    return run_study(profile, jobs=args.jobs, notebook=Path(args.notebook) if args.notebook else None,
-                     progress=not args.quiet)
+    return run_study(profile, jobs=args.jobs, executor=args.executor, notebook=Path(args.notebook) if args.notebook else None,
+                     progress=not args.quiet, runs_per_gpu=args.runs_per_gpu)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -427,7 +534,15 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 
     run = ssub.add_parser("run", help="execute every run of a profile that is not complete yet")
     run.add_argument("--profile", default="default", help="a profile in studies/ (default: default) or a .yml path")
-    run.add_argument("--jobs", type=int, default=1, help="runs executed at once (one process, and one GPU where there are GPUs, per job)")
+    run.add_argument("--executor", choices=EXECUTORS, default="local",
+                     help="where runs execute: local processes (default), or one Slurm job per run with the profile's "
+                          "slurm: options (--set slurm.KEY=VALUE overrides them)")
+    run.add_argument("--jobs", type=int, default=None,
+                     help="local executor: runs executed at once, one process each (default: 1 on a CPU; on GPUs, "
+                          "every slot: GPUs × runs per GPU)")
+    run.add_argument("--runs-per-gpu", type=int, help="local executor: runs placed on one GPU at once, each with an equal "
+                                                      "share of its memory (default: the profile's gpu.runs_per_gpu, else 1; "
+                                                      "no effect without a GPU)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override the profile: a grid axis (epsilon=[1,null]), a parameter (lr=1e-3) or a dataset path (mimic-cxr.data_dir=/data/mimic)")
     add_results_dir(run)
@@ -435,7 +550,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=_cmd_run)
 
-    st = ssub.add_parser("status", help="the state of every run of the last sweep: complete, incomplete (naming the file), failed or missing")
+    st = ssub.add_parser("status", help="the state of every run of the last sweep: complete, incomplete (naming the file), failed "
+                                        "or missing, and the Slurm state of submitted runs that are not complete")
     st.add_argument("--profile", default="default")
     add_results_dir(st)
     st.set_defaults(func=_cmd_status)

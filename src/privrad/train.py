@@ -17,6 +17,13 @@ guarantee depends on passed explicitly); this loop only feeds it:
   accountant records every real step.
 * **The forward pass** is :class:`privrad.features.Classifier`'s: a [CLS]-only top layer, and,
   when LoRA adapts only the top layers, frozen-layer features computed once (both exact).
+* **Precision** (``precision``): ``bf16`` runs the forward pass under bf16 autocast (weights,
+  optimizer state, losses, per-sample gradients, clipping and noise stay float32; the
+  per-sample gradients differ from float32 by about 1 % per report, tested); ``auto`` is bf16
+  on a GPU that supports it and float32 on a CPU.
+* **Physical batch** ``auto``: as many reports per chunk as the GPU memory given to the run
+  holds, from a two-point probe of the longest reports before training
+  (:func:`auto_physical_batch_size`); the number used is recorded in ``config.json``.
 
 Non-private training uses shuffled fixed-size batches (the standard baseline) and the same
 micro-batch split, with gradients summed over the chunks and divided by the logical batch size.
@@ -24,6 +31,8 @@ micro-batch split, with gradients summed over the chunks and divided by the logi
 
 from __future__ import annotations
 
+import hashlib
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -126,13 +135,161 @@ class _NonPrivate:
 
 
 def dp_generators(cfg: RunConfig, device) -> tuple[torch.Generator, torch.Generator]:
-    """The DP randomness of a run: (Poisson sampling, Gaussian noise) generators, seeded from the run seed."""
+    """The DP randomness of a run: the (Poisson sampling, Gaussian noise) generators.
+
+    ``dp_randomness = "secure"`` (the default): each is seeded with 63 bits of OS entropy
+    (:mod:`secrets`) that are never stored, printed or written, so nobody — not even someone who
+    reads ``config.json`` — can replay the batches or the noise; the guarantee then holds for
+    the released adapter. ``"reproducible"``: seeded from the public run seed (``seed``,
+    ``seed + 1``), so that the same seed gives the same model; the adapter is then not a DP
+    release. Non-private runs shuffle with the seeded generator either way (no DP randomness).
+    The run seed always controls initialisation, dropout and evaluation.
+    """
+    if cfg.private and cfg.dp_randomness == "secure":
+        import secrets
+
+        return (torch.Generator().manual_seed(secrets.randbits(63)),
+                torch.Generator(device=device).manual_seed(secrets.randbits(63)))
     return torch.Generator().manual_seed(cfg.seed), torch.Generator(device=device).manual_seed(cfg.seed + 1)
 
 
-def _chunks(indices, data: EncodedDataset, size: int) -> list[list[int]]:
-    idx = sorted(indices, key=lambda i: len(data.encoded.input_ids[i]))
-    return [idx[i: i + size] for i in range(0, len(idx), size)] or [[]]
+#: Reports per chunk of ``physical_batch_size: auto`` on a CPU (memory is not the limit there,
+#: and smaller chunks pad less: bench/README.md, section 4).
+CPU_PHYSICAL_BATCH_SIZE = 32
+#: Share of the run's GPU memory that ``auto`` plans for (the rest: allocator fragmentation,
+#: evaluation batches, per-step temporaries the probe does not see).
+AUTO_MEMORY_SHARE = 0.8
+
+
+def resolve_precision(precision: str, device) -> str:
+    """``fp32`` or ``bf16`` for ``device``: ``auto`` is bf16 on a GPU that supports it, else fp32."""
+    device = torch.device(device)
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"precision bf16 was asked for but {torch.cuda.get_device_name(device)} has no bf16; "
+                          "use precision fp32 (or auto).")
+    return precision
+
+
+def autocast(precision: str, device):
+    """The forward pass's autocast context: bf16 autocast for ``bf16``, nothing for ``fp32``."""
+    device = torch.device(device)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def _logical_cap(cfg: RunConfig, n: int) -> int:
+    """The largest logical batch to plan a chunk for: the batch size, plus four standard
+    deviations of the Poisson batch size for private runs (so a chunk holds a batch at once)."""
+    if not cfg.private:
+        return cfg.batch_size
+    q = min(1.0, cfg.batch_size / n)
+    return int(np.ceil(cfg.batch_size + 4 * np.sqrt(cfg.batch_size * (1 - q))))
+
+
+def auto_physical_batch_size(net, data: EncodedDataset, cfg: RunConfig, precision: str) -> tuple[int, str]:
+    """Reports per chunk for ``physical_batch_size: auto``, and how it was found.
+
+    On a GPU: forward + backward of the 2 and then 6 longest training reports measure the memory
+    one more report takes (at the longest length, so every chunk fits) and the fixed part; a
+    private run adds its per-sample gradients (3 copies of the trainable weights per report:
+    the gradients, their clipped form and the norms' temporaries). The budget is
+    :data:`AUTO_MEMORY_SHARE` of the run's memory: its share ``PRIVRAD_GPU_MEMORY_GB`` when the
+    executor gave one, else what is free on the GPU. Capped at the logical batch. On a CPU:
+    :data:`CPU_PHYSICAL_BATCH_SIZE`.
+    """
+    import os
+
+    cap = _logical_cap(cfg, len(data))
+    device = next(net.parameters()).device
+    if device.type != "cuda":
+        return min(cap, CPU_PHYSICAL_BATCH_SIZE), "auto on a CPU"
+    share = os.environ.get("PRIVRAD_GPU_MEMORY_GB")
+    free, _ = torch.cuda.mem_get_info(device)
+    limit = float(share) * 2**30 if share else free + torch.cuda.memory_reserved(device)
+    longest = sorted(range(len(data)), key=lambda i: -len(data.encoded.input_ids[i]))[:6]
+    peaks = {}
+    for b in (2, 6):
+        rows = longest[:b]
+        batch = _to(_batch(data, rows), device)
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        with autocast(precision, device):
+            logits = net(**_inputs(batch))
+        example_losses(logits.float(), batch).mean().backward()
+        torch.cuda.synchronize(device)
+        peaks[b] = torch.cuda.max_memory_allocated(device) - base
+        net.zero_grad(set_to_none=True)
+        del batch, logits
+    width = len(data.encoded.input_ids[longest[0]])
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    per_report = max(1.0, (peaks[6] - peaks[2]) / 4) + (3 * 4 * trainable if cfg.private else 0)
+    fixed = max(0.0, peaks[2] - 2 * per_report)
+    budget = AUTO_MEMORY_SHARE * limit - torch.cuda.memory_allocated(device) - fixed
+    n = int(budget // per_report)
+    size = max(1, min(cap, n if n < 16 else n - n % 8))
+    need_gb = (torch.cuda.memory_allocated(device) + fixed + 8 * per_report) / AUTO_MEMORY_SHARE / 2**30
+    return size, (f"auto: {AUTO_MEMORY_SHARE:.0%} of {limit / 2**30:.1f} GB ({'share' if share else 'free'}), "
+                  f"{per_report / 2**20:.1f} MB per report at {width} tokens, {fixed / 2**20:.0f} MB fixed; "
+                  f"logical cap {cap}; a chunk of 8 needs {need_gb:.2f} GB")
+
+
+#: How far bf16 per-sample gradients may lie from float32 ones (tests/test_precision.py,
+#: bench/gpu.py): relative L2 error per report, and relative error of each report's norm (what
+#: clipping reads). Measured about 0.5-1 % and 0.1-0.2 % on BERT and ALBERT shapes.
+BF16_GRAD_RTOL, BF16_NORM_RTOL = 0.03, 0.01
+
+
+def per_sample_gradients(net, batch: dict, precision: str) -> torch.Tensor:
+    """``(reports, trainable weights)``: each report's gradient of its loss as DP-SGD computes
+    it (before clipping), with the forward pass in ``precision``. For checks: dropout should be
+    off (``p = 0``) so that two calls see the same network."""
+    from privrad.privacy import grad_sample_module
+
+    gsm = grad_sample_module(net)
+    try:
+        gsm.zero_grad(set_to_none=True)
+        device = next(net.parameters()).device
+        with autocast(precision, device):
+            logits = gsm(**_inputs(batch))
+        example_losses(logits.float(), batch).mean().backward()
+        grads = [p.grad_sample.reshape(len(logits), -1).float() for p in gsm.parameters()
+                 if p.requires_grad and p.grad_sample is not None]
+        return torch.cat(grads, dim=1)  # Opacus undoes the mean's 1/batch: one report's own gradient each
+    finally:
+        gsm.zero_grad(set_to_none=True)
+        for p in net.parameters():
+            p.grad_sample = None
+        gsm.remove_hooks()
+
+
+def bf16_gradient_error(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+    """Largest per-report relative L2 error of gradients ``b`` against ``a`` (float32), and of their norms."""
+    na = a.norm(dim=1).clamp(min=1e-30)
+    return {"grad_rtol": float(((a - b).norm(dim=1) / na).max()),
+            "norm_rtol": float(((a.norm(dim=1) - b.norm(dim=1)).abs() / na).max())}
+
+
+def _chunks(indices, data: EncodedDataset, size: int, units=None) -> list[list[int]]:
+    """Physical chunks of a logical batch: at most ``size`` reports, sorted by length so that a
+    chunk pads little. With ``units`` (patient-level DP) each unit's reports stay together in one
+    chunk — a unit is clipped once, in the chunk that holds it — and a unit of more than ``size``
+    reports is a chunk of its own. An empty batch is one empty chunk."""
+    length = lambda i: len(data.encoded.input_ids[i])  # noqa: E731
+    if units is None:
+        idx = sorted(indices, key=length)
+        return [idx[i: i + size] for i in range(0, len(idx), size)] or [[]]
+    groups: dict[int, list[int]] = {}
+    for i in indices:
+        groups.setdefault(int(units[i]), []).append(i)
+    out: list[list[int]] = []
+    for members in sorted(groups.values(), key=lambda m: max(map(length, m))):
+        if out and len(out[-1]) + len(members) <= size:
+            out[-1].extend(members)
+        else:
+            out.append(list(members))
+    return out or [[]]
 
 
 def _batch(data: EncodedDataset, chunk: list[int]) -> dict:
@@ -148,10 +305,14 @@ def _inputs(batch: dict) -> dict:
     return {k: batch[k] for k in keys if k in batch}
 
 
-def train(model, data: EncodedDataset, cfg: RunConfig, *, delta: float | None = None, progress: bool = True) -> TrainResult:
+def train(model, data: EncodedDataset, cfg: RunConfig, *, delta: float | None = None, progress: bool = True,
+          units=None) -> TrainResult:
     """Fine-tune ``model`` (a model, or its :class:`~privrad.features.Classifier`) on ``data``
-    (the encoded training split, with frozen-layer features if the classifier has a frozen prefix)."""
-    from tqdm.auto import tqdm
+    (the encoded training split, with frozen-layer features if the classifier has a frozen prefix).
+    ``units``: the patient of each training example, needed by ``privacy_unit = "patient"``."""
+    from tqdm import tqdm
+
+    from privrad.progress import Reporter
 
     from privrad.features import Classifier
     from privrad.privacy import make_private
@@ -159,36 +320,54 @@ def train(model, data: EncodedDataset, cfg: RunConfig, *, delta: float | None = 
     if cfg.grad_sample_mode not in GRAD_SAMPLE_MODES:
         raise ConfigError(f"grad_sample_mode {cfg.grad_sample_mode!r} is not supported; use one of {', '.join(GRAD_SAMPLE_MODES)}.")
     t0 = time.perf_counter()
-    seed_everything(cfg.seed)
     net = model if isinstance(model, Classifier) else Classifier(model)
     model = net.model
     n, q = len(data), cfg.batch_size / len(data)
     total = planned_steps(n, cfg.batch_size, cfg.num_epochs)
     device = next(model.parameters()).device
+    precision = resolve_precision(cfg.precision, device)
+    physical, physical_source = cfg.physical_batch_size, "config"
+    if physical == "auto":  # before seeding: the probe's dropout draws do not shift training's
+        physical, physical_source = auto_physical_batch_size(net, data, cfg, precision)
+    seed_everything(cfg.seed)
     sample_gen, noise_gen = dp_generators(cfg, device)  # data order: on the CPU, identical on every device
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, cfg.warmup_ratio))
     watched = {name: p.detach().clone() for name, p in model.named_parameters()
                if p.requires_grad and ("lora_" in name or cfg.method == "full")}
+    report = Reporter()  # the sweep's progress line for this run (a no-op outside a sweep)
+    t_cal = time.perf_counter()
     if cfg.private:
+        report.phase("calibrating noise")
         trainer = make_private(module=net, optimizer=optimizer, num_samples=n, batch_size=cfg.batch_size, steps=total,
                                max_grad_norm=cfg.max_grad_norm, target_epsilon=cfg.epsilon, delta=delta,
                                accountant=cfg.accountant, grad_sample_mode=cfg.grad_sample_mode,
-                               sample_generator=sample_gen, noise_generator=noise_gen)
+                               sample_generator=sample_gen, noise_generator=noise_gen,
+                               secure_noise=cfg.dp_randomness == "secure", sampling_unit=cfg.privacy_unit, units=units)
     else:
         trainer = _NonPrivate(net, optimizer, _shuffled_batches(n, cfg.batch_size, total, sample_gen))
+    t_cal = time.perf_counter() - t_cal  # noise calibration (cached on disk across runs)
     curve, step = [], 0
+    drawn = hashlib.sha256()  # a digest of every batch drawn (kept in memory for checks; never written)
     bar = tqdm(total=total, disable=not progress, desc=f"train ε={cfg.epsilon if cfg.private else '∞'}", leave=False)
     checkpoints = set(np.linspace(1, total, min(total, CURVE_EPSILON_POINTS)).round().astype(int).tolist())
+    epochs = math.ceil(cfg.num_epochs)
+    report.step(0, total, epoch=1, num_epochs=epochs)
     for indices in trainer.batches:
-        chunks = _chunks(indices, data, cfg.physical_batch_size)
+        drawn.update(np.asarray(sorted(indices), dtype=np.int64).tobytes() + b"|")
+        chunks = _chunks(indices, data, physical, units=getattr(trainer, "units", None))
         loss_sum = 0.0
         for k, chunk in enumerate(chunks):
             batch = _to(_batch(data, chunk), device)
-            losses = example_losses(trainer.module(**_inputs(batch)), batch)
+            with autocast(precision, device):
+                logits = trainer.module(**_inputs(batch))
+            losses = example_losses(logits.float(), batch)
             loss_sum += float(losses.detach().sum())
-            trainer.backward(losses, last=k == len(chunks) - 1)
+            if cfg.private:
+                trainer.backward(losses, last=k == len(chunks) - 1, indices=chunk)
+            else:
+                trainer.backward(losses, last=k == len(chunks) - 1)
         step += 1
         scheduler.step()
         if step == 1:
@@ -202,6 +381,7 @@ def train(model, data: EncodedDataset, cfg: RunConfig, *, delta: float | None = 
             bar.set_postfix(loss=f"{row['loss']:.3f}")
         curve.append(row)
         bar.update(1)
+        report.step(step, total, epoch=min(epochs, 1 + (step - 1) * epochs // total), num_epochs=epochs)
     bar.close()
     sigma, history = None, []
     if cfg.private:
@@ -209,7 +389,9 @@ def train(model, data: EncodedDataset, cfg: RunConfig, *, delta: float | None = 
         assert sum(t for _, _, t in history) == step, "accountant missed a step"
     model.eval()
     return TrainResult(model, curve, history, sigma, q, total, delta, time.perf_counter() - t0,
-                       info={"empty_batches": sum(r["batch_size"] == 0 for r in curve)})
+                       info={"empty_batches": sum(r["batch_size"] == 0 for r in curve), "batches_digest": drawn.hexdigest(),
+                             "precision": precision, "physical_batch_size": int(physical),
+                             "physical_batch_source": physical_source, "calibrate_s": t_cal})
 
 
 def _to(batch: dict, device: torch.device) -> dict:
@@ -227,7 +409,7 @@ def _check_first_step(model, before: dict[str, torch.Tensor]) -> None:
 
 
 @torch.no_grad()
-def predict_proba(model, data: EncodedDataset, *, batch_size: int = 64) -> np.ndarray:
+def predict_proba(model, data: EncodedDataset, *, batch_size: int = 64, precision: str = "fp32") -> np.ndarray:
     """Sigmoid probabilities ``(n, n_labels)`` in dataset order (length-sorted batches, eval mode).
 
     ``model``: a model or its :class:`~privrad.features.Classifier` (then ``data`` carries the
@@ -240,8 +422,11 @@ def predict_proba(model, data: EncodedDataset, *, batch_size: int = 64) -> np.nd
     out = np.zeros((len(data), data.labels.shape[1]), dtype=np.float32)
     for idx in data.length_sorted_batches(batch_size):
         batch = _to(collate([data[i] for i in idx], data.encoded.pad_token_id), device)
-        out[idx] = torch.sigmoid(net(**_inputs(batch)).float()).cpu().numpy()
+        with autocast(precision, device):
+            logits = net(**_inputs(batch))
+        out[idx] = torch.sigmoid(logits.float()).cpu().numpy()
     return out
 
 
-__all__ = ["TrainResult", "train", "predict_proba", "planned_steps", "example_losses", "seed_everything", "dp_generators"]
+__all__ = ["TrainResult", "train", "predict_proba", "planned_steps", "example_losses", "seed_everything", "dp_generators",
+           "autocast", "resolve_precision", "auto_physical_batch_size", "per_sample_gradients", "bf16_gradient_error"]

@@ -11,7 +11,7 @@ from privrad.data.base import (
 )
 
 # Built-in loaders register themselves on import.
-from privrad.data import csv_adapter, ct_rate, mimic_cxr, openi, simulated  # noqa: E402,F401
+from privrad.data import csv_adapter, ct_rate, mimic_cxr, openi, simulated_loaders  # noqa: E402,F401
 from privrad.data.common import DataWarning  # noqa: E402
 from privrad.data.labels import CHEXPERT_LABELS, CT_RATE_LABELS, OPENI_LABELS, UNCERTAIN_POLICIES  # noqa: E402
 

@@ -1,5 +1,6 @@
-"""``privrad data …``: simulate a download, describe a dataset, list the known datasets.
+"""``privrad data …``: fetch a public dataset, simulate a download, describe a dataset, list them.
 
+    privrad data fetch openi                       # → data/openi, checksums verified
     privrad data simulate mimic-cxr --out data/simulated/mimic-cxr-4k --n 4000 --seed 0
     privrad data simulate ct-rate --out data/simulated/ct-rate-2k --n 2000
     privrad data describe openi ../shared/data/openi --dataset-option test_list=true --tokenizer minilm-l6
@@ -9,6 +10,13 @@
 from __future__ import annotations
 
 import warnings
+
+
+def _fetch(args) -> int:
+    from privrad.data.fetch import fetch
+
+    fetch(args.name, args.out, mirror=args.mirror, overwrite=args.overwrite)
+    return 0
 
 
 def _simulate(args) -> int:
@@ -49,8 +57,15 @@ def _list(args) -> int:
 
 
 def register_cli(subparsers) -> None:
-    p = subparsers.add_parser("data", help="simulate, describe and list datasets")
+    p = subparsers.add_parser("data", help="fetch, simulate, describe and list datasets")
     sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+
+    f = sub.add_parser("fetch", help="download a public dataset (openi) from its public sources and verify its checksums")
+    f.add_argument("name", choices=["openi"])
+    f.add_argument("--out", default=None, help="destination folder (default: data/<name>)")
+    f.add_argument("--mirror", default=None, help="read the files from this base URL instead, e.g. file:///srv/mirror/openi")
+    f.add_argument("--overwrite", action="store_true", help="replace an existing folder whose files do not verify")
+    f.set_defaults(func=_fetch)
 
     s = sub.add_parser("simulate", help="write a simulated, layout-exact MIMIC-CXR or CT-RATE download")
     s.add_argument("kind", choices=["mimic-cxr", "ct-rate"])

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from privrad.data.base import SPLITS, ReportDataset, get_dataset_spec
-from privrad.errors import ConfigError, DataError
+from privrad.errors import ConfigError, DataError, PrivradWarning
 
 logger = logging.getLogger("privrad.data")
 
@@ -28,7 +28,7 @@ logger = logging.getLogger("privrad.data")
 DEFAULT_SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 
 
-class DataWarning(UserWarning):
+class DataWarning(PrivradWarning):
     """Rows were dropped or left unmatched while loading a dataset (the message counts them)."""
 
 

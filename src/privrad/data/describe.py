@@ -38,8 +38,14 @@ def word_lengths(texts: Sequence[str]) -> np.ndarray:
     return np.asarray([len(t.split()) for t in texts], dtype=np.int64)
 
 
-def describe(dataset: ReportDataset, tokenizer=None) -> dict[str, Any]:
+def describe(dataset: ReportDataset, tokenizer=None, *, splits: Sequence[str] = SPLITS) -> dict[str, Any]:
     """Summary tables of ``dataset``.
+
+    ``splits``: the splits whose statistics are computed. The book passes only the splits it
+    declares public (validation, test) for a credentialed dataset, so that nothing computed from
+    the training split but its size is published (:data:`privrad.privacy.PUBLIC_SPLITS`); the
+    ``all`` column is computed only when every split is included. ``counts`` always lists every
+    split's size.
 
     Returns a dict with
         ``counts``: DataFrame (split → reports, patients),
@@ -48,37 +54,45 @@ def describe(dataset: ReportDataset, tokenizer=None) -> dict[str, Any]:
         ``lengths``: DataFrame (split × unit → length percentiles; unit ``words`` and, with a
         tokenizer, ``tokens``),
         ``over_max_length``: DataFrame (split × cut → reports longer than 128/256/512 tokens),
-        ``length_values``: per-report lengths (``words``, ``tokens``) for histograms,
+        ``length_values``: per-report lengths (``words``, ``tokens``) for histograms, with
+        ``length_splits`` the split of each; ``splits_shown``: the splits described,
         ``dropped``: the loader's counts from provenance, ``summary``: its one-line summary,
         and ``name``, ``credentialed``, ``fingerprint``, ``n``.
     ``tokenizer`` is a tokenizer object or a short name (see :func:`load_tokenizer`).
     """
     if isinstance(tokenizer, str):
         tokenizer = load_tokenizer(tokenizer)
-    splits = np.asarray(dataset.splits)
+    if not splits or set(splits) - set(SPLITS):
+        raise ValueError(f"describe(splits=...) takes some of {SPLITS}, not {list(splits)}")
+    shown = tuple(s for s in SPLITS if s in splits) + (("all",) if set(splits) == set(SPLITS) else ())
+    split_of = np.asarray(dataset.splits)
     counts = pd.DataFrame(
         {
-            "reports": [int((splits == s).sum()) for s in SPLITS],
-            "patients": [len({p for p, t in zip(dataset.patient_ids, splits) if t == s}) for s in SPLITS],
+            "reports": [int((split_of == s).sum()) for s in SPLITS],
+            "patients": [len({p for p, t in zip(dataset.patient_ids, split_of) if t == s}) for s in SPLITS],
         },
         index=pd.Index(SPLITS, name="split"),
     )
     counts.loc["all"] = [len(dataset), len(set(dataset.patient_ids))]
     prev, ign = {}, {}
-    for s in (*SPLITS, "all"):
-        sel = np.ones(len(dataset), bool) if s == "all" else splits == s
+    for s in shown:
+        sel = np.ones(len(dataset), bool) if s == "all" else split_of == s
         lab, mask = dataset.labels[sel], dataset.label_mask[sel]
         with np.errstate(invalid="ignore", divide="ignore"):
             prev[s] = (lab * mask).sum(0) / mask.sum(0)
         ign[s] = 1 - mask.mean(0) if sel.any() else np.full(dataset.n_labels, np.nan)
     prevalence = pd.DataFrame(prev, index=pd.Index(dataset.label_names, name="label"))
     ignored = pd.DataFrame(ign, index=pd.Index(dataset.label_names, name="label"))
-    values = {"words": word_lengths(dataset.texts)}
+    # lengths only of the reports in the splits shown (no statistic of a withheld split)
+    keep = np.isin(split_of, [s for s in shown if s != "all"])
+    texts = [t for t, k in zip(dataset.texts, keep) if k]
+    kept_split = split_of[keep]
+    values = {"words": word_lengths(texts)}
     if tokenizer is not None:
-        values["tokens"] = token_lengths(dataset.texts, tokenizer)
+        values["tokens"] = token_lengths(texts, tokenizer)
     rows, over = [], []
-    for s in (*SPLITS, "all"):
-        sel = np.ones(len(dataset), bool) if s == "all" else splits == s
+    for s in shown:
+        sel = np.ones(len(kept_split), bool) if s == "all" else kept_split == s
         for unit, v in values.items():
             pct = np.percentile(v[sel], PERCENTILES) if sel.any() else [np.nan] * len(PERCENTILES)
             rows.append({"split": s, "unit": unit, **{f"p{p}": float(x) for p, x in zip(PERCENTILES, pct)},
@@ -96,6 +110,8 @@ def describe(dataset: ReportDataset, tokenizer=None) -> dict[str, Any]:
         "lengths": pd.DataFrame(rows).set_index(["split", "unit"]),
         "over_max_length": pd.DataFrame(over).set_index("split") if over else None,
         "length_values": values,
+        "length_splits": kept_split,
+        "splits_shown": shown,
         "dropped": dict(dataset.provenance.get("counts", {})),
         "summary": dataset.provenance.get("summary", ""),
     }
@@ -103,7 +119,7 @@ def describe(dataset: ReportDataset, tokenizer=None) -> dict[str, Any]:
 
 def prevalence_long(description: dict[str, Any]) -> pd.DataFrame:
     """A :func:`describe` result's prevalence in long form (label, split, prevalence), for seaborn."""
-    p = description["prevalence"].drop(columns="all")
+    p = description["prevalence"].drop(columns="all", errors="ignore")
     return p.reset_index().melt(id_vars="label", var_name="split", value_name="prevalence")
 
 

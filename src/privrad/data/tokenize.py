@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from privrad.io import atomic_write_bytes
+from privrad.io import atomic_write_bytes, cache_lock
 
 
 @dataclass(frozen=True)
@@ -77,11 +77,17 @@ def tokenize_dataset(dataset, tokenizer, *, max_length: int, cache_dir: str | Pa
             json.dumps(list(texts)).encode()).hexdigest()
         key = hashlib.sha256(f"{fp}|{tokenizer_identity(tokenizer)}|{max_length}".encode()).hexdigest()[:24]
         path = Path(cache_dir) / f"tokens-{key}.npz"
-        if path.exists():
-            with np.load(path) as z:
-                flat, offsets, lengths = z["flat"], z["offsets"], z["lengths"]
-            ids = [flat[offsets[i]: offsets[i + 1]] for i in range(len(lengths))]
-            return Encoded(ids, lengths, max_length, int(tokenizer.pad_token_id or 0))
+        with cache_lock(path):  # runs started together: one tokenizes, the others read its file
+            if path.exists():
+                with np.load(path) as z:
+                    flat, offsets, lengths = z["flat"], z["offsets"], z["lengths"]
+                ids = [flat[offsets[i]: offsets[i + 1]] for i in range(len(lengths))]
+                return Encoded(ids, lengths, max_length, int(tokenizer.pad_token_id or 0))
+            return _tokenize(texts, tokenizer, max_length, path)
+    return _tokenize(texts, tokenizer, max_length, None)
+
+
+def _tokenize(texts: Sequence[str], tokenizer, max_length: int, path: Path | None) -> Encoded:
     full = tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
     lengths = np.array([len(x) for x in full], dtype=np.int64)
     ids = []

@@ -1,0 +1,88 @@
+"""The figures the notebooks and the book share (one owner per figure).
+
+:func:`tradeoff` draws weighted F1 against ε for one dataset: one line per model for DP-LoRA
+with its bootstrap 95 % band, ∞ (non-private) at the right end of the log axis, full
+fine-tuning as a diamond, and the learned-nothing reference (a classifier that ignores the text)
+as a dashed grey line. The results chapter opens with it, the analysis notebook shows it for every
+dataset and the lab notebook marks a student's own run on it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+def _x_inf(finite: pd.Series) -> float:
+    return 10 ** (math.ceil(math.log10(finite.max())) + 1) if len(finite) else 1.0
+
+
+def tradeoff(runs: pd.DataFrame, dataset: str, *, ax=None, highlight: dict[str, Any] | None = None, legend: bool = True,
+             at_half: bool = True):
+    """Weighted F1 against ε for ``dataset`` (rows of :func:`privrad.stats.load_runs`): solid lines
+    at the runs' thresholds, dotted lines of the same colour at a fixed 0.5 (``at_half``).
+
+    ``highlight`` marks one more run, e.g. a student's: ``{"epsilon": 3.0, "weighted_f1": 0.61,
+    "low": 0.57, "high": 0.65, "label": "your run"}`` (``epsilon`` None = non-private)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from privrad import stats
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.4, 4))
+    summary = stats.summarize(runs[runs["dataset"] == dataset])
+    eps = list(summary["epsilon"])
+    if highlight is not None:
+        eps.append(math.inf if highlight.get("epsilon") is None else float(highlight["epsilon"]))
+    finite = pd.Series([e for e in eps if np.isfinite(e)], dtype=float)
+    x_inf = _x_inf(finite)
+    palette = sns.color_palette()
+    for i, (model, g) in enumerate(summary[summary["method"] == "lora"].groupby("model")):
+        x = g["epsilon"].replace(np.inf, x_inf)
+        color = palette[i % len(palette)]
+        ax.plot(x, g["mean"], marker="o", color=color, label=model)
+        ax.fill_between(x, g["weighted_f1_ci95_low"], g["weighted_f1_ci95_high"], color=color, alpha=0.2, lw=0)
+        if at_half and "mean_at_0.5" in g:  # the same runs at a fixed 0.5 threshold (no validation data)
+            ax.plot(x, g["mean_at_0.5"], ls=":", marker=".", color=color)
+        full = summary[(summary["method"] == "full") & (summary["model"] == model)]
+        if len(full):
+            ax.scatter([x_inf] * len(full), full["mean"], marker="D", color=color, s=50, zorder=3)
+    if highlight is not None:
+        hx = x_inf if highlight.get("epsilon") is None else float(highlight["epsilon"])
+        lo, hi = highlight.get("low"), highlight.get("high")
+        yerr = None if lo is None or hi is None else [[highlight["weighted_f1"] - lo], [hi - highlight["weighted_f1"]]]
+        ax.errorbar([hx], [highlight["weighted_f1"]], yerr=yerr, fmt="*", ms=16, color="crimson", capsize=4, zorder=4,
+                    label=highlight.get("label", "your run"))
+    reference = stats.learned_nothing(runs).get(dataset, math.nan)
+    if np.isfinite(reference):
+        ax.axhline(reference, ls="--", color="grey", lw=1, label="learned nothing")
+    ticks = sorted(set(finite)) + [x_inf]
+    ax.set_xscale("log")
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks[:-1]] + ["∞"])
+    ax.minorticks_off()
+    ax.set(title=dataset, xlabel="ε (target; ∞ = non-private)", ylabel="weighted F1 (test)")
+    if legend:
+        note = " (◆ = full fine-tuning)" if (summary["method"] == "full").any() else ""
+        note += "; dotted: threshold 0.5" if at_half else ""
+        ax.legend(title=f"model{note}", loc="best", fontsize="small", title_fontsize="small")
+    return ax
+
+
+def tradeoff_png(runs: pd.DataFrame, dataset: str, path, **kwargs) -> None:
+    """:func:`tradeoff` saved as a PNG (the results chapter's figure, written by the book build)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    tradeoff(runs, dataset, ax=ax, **kwargs)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
