@@ -1,5 +1,5 @@
 """The default recipe is one recipe: the Open-i profile applies it unchanged, and the tuning
-sweep varies only what it tunes around it."""
+sweep varies only what it tunes around it (learning rate, pooler, LoRA targets, epochs, batch)."""
 
 from pathlib import Path
 
@@ -22,14 +22,15 @@ def test_openi_applies_the_default_recipe_unchanged():
     assert openi == default
 
 
-def test_the_tuning_sweep_varies_only_the_learning_rate_around_the_recipe_and_contains_it():
+def test_the_tuning_sweep_varies_only_what_it_tunes_around_the_recipe_and_contains_it():
     default = _recipe("default")
     points = profiles.expand(profiles.load_profile("tune", root=ROOT))
     tune = [{k: getattr(p.config, k) for k in RECIPE} for p in points]
     for private in (True, False):
         assert default[not private] in tune  # the chosen recipe is one of the tuned points
+    tuned = ("lr", "train_pooler", "lora_targets", "num_epochs", "batch_size", "physical_batch_size")
     for cfg in tune:
-        assert {k: v for k, v in cfg.items() if k not in ("lr", "train_pooler", "lora_targets")} == \
-               {k: v for k, v in default[False].items() if k not in ("lr", "train_pooler", "lora_targets")}
+        assert {k: v for k, v in cfg.items() if k not in tuned} == {k: v for k, v in default[False].items() if k not in tuned}
+    assert default[True] == default[False]  # one recipe for DP-SGD and non-private LoRA
     assert {p.entry.simulate["seed"] for p in points} == {1}  # never the study's seed-0 reports
     assert {e.simulate["seed"] for e in profiles.load_profile("default", root=ROOT).datasets} == {0}
