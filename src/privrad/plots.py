@@ -5,6 +5,10 @@ with its bootstrap 95 % band, ∞ (non-private) at the right end of the log axis
 fine-tuning as a diamond, and the learned-nothing reference (a classifier that ignores the text)
 as a dashed grey line. The results chapter opens with it, the analysis notebook shows it for every
 dataset and the lab notebook marks a student's own run on it.
+
+:func:`audit_roc` and :func:`audit_bounds` are the audit chapter's figures (rows of
+:func:`privrad.audit.audit_table`): the membership attack's ROC curves per ε, and the empirical ε
+lower bound against the accounted ε.
 """
 
 from __future__ import annotations
@@ -86,3 +90,56 @@ def tradeoff_png(runs: pd.DataFrame, dataset: str, path, **kwargs) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def audit_roc(table: pd.DataFrame, *, ax=None, title: str | None = None):
+    """The membership attack's ROC curves, one per audited run (labelled by ε), on log axes with
+    the chance diagonal: a curve above it at low FPR is an attacker who can pick out some training
+    reports with confidence."""
+    import matplotlib.pyplot as plt
+
+    from privrad.config import epsilon_label
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 4.5))
+    table = table.sort_values("epsilon")
+    cmap = plt.get_cmap("viridis")
+    for i, (_, r) in enumerate(table.iterrows()):
+        eps = None if not np.isfinite(r["epsilon"]) else r["epsilon"]
+        color = "crimson" if eps is None else cmap(i / max(1, len(table) - 1))
+        ax.plot(r["roc_fpr"], r["roc_tpr"], color=color, lw=1.6,
+                label=f"ε = {epsilon_label(eps)} (AUC {r['membership_auc']:.3f})")
+    grid = np.logspace(-3, 0, 50)
+    ax.plot(grid, grid, ls="--", color="grey", lw=1, label="chance")
+    ax.set(xscale="log", yscale="log", xlim=(1e-3, 1), ylim=(1e-3, 1.05), xlabel="false positive rate",
+           ylabel="true positive rate", title=title)
+    ax.legend(fontsize="small", loc="lower right")
+    return ax
+
+
+def audit_bounds(table: pd.DataFrame, *, ax=None, floor: float = 1e-3):
+    """The empirical ε lower bound (canary audit) against the ε accounted for the canary run, on
+    log axes with the line y = x: a point above the line refutes the accountant's claim. A bound of
+    0 (nothing refuted) is drawn at ``floor``; non-private runs at the right end (∞)."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 4.5))
+    t = table[np.isfinite(table["epsilon_lower_bound"])]
+    spent = t["canary_run_epsilon_spent"]
+    finite = pd.Series(spent[np.isfinite(spent)], dtype=float)
+    x_inf = _x_inf(finite)
+    x = spent.replace(np.inf, x_inf)
+    y = t["epsilon_lower_bound"].clip(lower=floor)
+    for (dataset, model), g in t.groupby(["dataset", "model"]):
+        ax.scatter(x[g.index], y[g.index], s=45, zorder=3, label=f"{dataset} · {model}")
+    top = max([x_inf, *y]) * 2
+    line = np.logspace(math.log10(floor), math.log10(top), 50)
+    ax.plot(line, line, ls="--", color="grey", lw=1, label="y = x (the accounted ε)")
+    ax.set(xscale="log", yscale="log", ylim=(floor / 2, top), xlabel="accounted ε (∞ = non-private)",
+           ylabel="empirical ε lower bound (0 drawn at the bottom)")
+    ticks = sorted(set(finite)) + [x_inf]
+    ax.set_xticks(ticks, [f"{v:.2g}" for v in ticks[:-1]] + ["∞"])
+    ax.minorticks_off()
+    ax.legend(fontsize="small", loc="upper left")
+    return ax

@@ -29,6 +29,9 @@ and its one rule of completeness (:func:`run_state`); nothing else opens these f
                     :func:`withhold_training_statistics`)
 ``adapter/``        peft ``save_pretrained`` (``lora``); ``model/`` for ``full``
 ``run.ipynb``       added by the study runner after its notebook finished (not written here)
+``audit.json``      optional, added to a complete folder by ``privrad audit`` (:func:`write_audit`;
+                    :mod:`privrad.audit`): membership-inference AUC, the canary run's empirical ε
+                    lower bound; not part of completeness
 ==================  ==========================================================================
 
 A folder is *complete* when every file above (but the weights and the notebook) is present,
@@ -64,6 +67,10 @@ from privrad.io import atomic_dir, atomic_write_json
 RUN_FORMAT = 2
 #: The files every run folder holds (the weights and the study's notebook aside).
 RUN_FILES = ("config.json", "metrics.json", "privacy.json", "predictions.npz", "curve.json")
+#: A file added to a complete run folder later (never part of completeness): the audit.
+AUDIT_FILE = "audit.json"
+#: The fields of audit.json that readers rely on (:func:`write_audit` refuses a document without them).
+AUDIT_REQUIRED = ("run_id", "settings", "epsilon", "epsilon_spent", "membership", "canaries")
 #: The fields readers rely on, per file: the writer refuses to write without them and
 #: :func:`run_state` calls a folder without them incomplete.
 REQUIRED = {
@@ -269,6 +276,60 @@ def write_run(run_dir: str | Path, *, info: dict, metrics: dict, privacy: dict, 
         if save_model is not None:
             save_model(tmp)
     return read_run(run_dir)
+
+
+def write_audit(run_dir: str | Path, doc: dict) -> Path:
+    """Add ``audit.json`` to a complete run folder (atomically; it replaces an earlier audit).
+    The folder must be complete and ``doc["run_id"]`` its run; see :mod:`privrad.audit`."""
+    run_dir = Path(run_dir)
+    state = run_state(run_dir)
+    if not state.complete:
+        raise DataError(f"{state.problem}; only a complete run folder can be audited.")
+    missing = [k for k in AUDIT_REQUIRED if k not in doc]
+    if missing:  # a bug in the caller
+        raise ValueError(f"write_audit: audit.json lacks {', '.join(missing)} (see privrad.runs.AUDIT_REQUIRED)")
+    if doc["run_id"] != state.info["run_id"]:
+        raise ValueError(f"write_audit: the audit is of run {doc['run_id']!r}, the folder holds {state.info['run_id']!r}")
+    return atomic_write_json(run_dir / AUDIT_FILE, doc)
+
+
+def read_audit(run_dir: str | Path) -> dict | None:
+    """A run folder's audit.json, or None when the run was not audited (or its audit is of
+    another run, or unreadable: an audit is then simply missing, never half-read)."""
+    path = Path(run_dir) / AUDIT_FILE
+    if not path.is_file():
+        return None
+    try:
+        doc = _read_json(path)
+    except Exception:  # noqa: BLE001 - a damaged audit counts as no audit
+        return None
+    info = run_state(run_dir).info or {}
+    if any(k not in doc for k in AUDIT_REQUIRED) or doc.get("run_id") != info.get("run_id"):
+        return None
+    return doc
+
+
+def load_model(run: "RunResult", *, device: str = "cpu"):
+    """The trained model a run folder keeps, in eval mode: the base model rebuilt exactly as the
+    run built it (same seed: same random parts) with the saved LoRA adapter, or the saved full
+    model. Its predictions on the test split equal ``predictions.npz`` (tested)."""
+    from privrad.models import build_model, quiet_transformers
+
+    cfg = run.config
+    with quiet_transformers(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        if cfg.method == "lora":
+            from peft import PeftModel
+
+            base = build_model(cfg.model, len(run.info["label_names"]), method="full", seed=cfg.seed, device=device)
+            model = PeftModel.from_pretrained(base, run.run_dir / "adapter")
+        else:
+            from transformers import AutoModelForSequenceClassification
+
+            model = AutoModelForSequenceClassification.from_pretrained(run.run_dir / "model")
+    model.to(device)
+    model.eval()
+    return model
 
 
 # ----------------------------------------------------------------------------- one run

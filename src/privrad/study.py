@@ -412,6 +412,7 @@ def _sweep(profile: Profile, *, jobs, executor: Executor, notebook, progress, ou
                              + (f" (log: {oc.log})" if oc.log else "") if oc.state == "failed" else None)
     with contextlib.suppress(OSError):
         (results_dir / ".notebooks").rmdir()  # only if empty
+    audit_failed = audit_points(pl, status, log=log, progress=progress)
     rows = list(status.values())
     ran = sum(r["state"] == "complete" and not r["cached"] for r in rows)
     cached = sum(r["cached"] for r in rows)
@@ -423,7 +424,49 @@ def _sweep(profile: Profile, *, jobs, executor: Executor, notebook, progress, ou
           f"in {wall:.1f} s — results in {results_dir}", file=out)
     if failed:
         print(f"the executed notebooks of the failed runs, with their errors, are in {results_dir / 'failed'}", file=out)
-    return 1 if failed else 0
+    audited = sum(bool(r.get("audited")) for r in rows)
+    if audited or audit_failed:
+        print(f"{profile.name}: {audited} run(s) audited (audit.json in their folders), {audit_failed} audit(s) failed", file=out)
+    return 1 if failed or audit_failed else 0
+
+
+def audit_points(pl: Plan, status: dict[str, dict[str, Any]], *, log: Log, progress: bool = True) -> int:
+    """Audit the complete runs the profile's ``audit:`` block selects (:mod:`privrad.audit`):
+    each gets ``audit.json`` unless it already holds an audit with the same settings. Audits run
+    here, in the sweep's process, one after the other (a canary run trains the run's
+    configuration again), after every run finished. Returns the number of audits that failed;
+    a failure names the run and is logged, and the other audits go on."""
+    from privrad.audit import audit_run, summary_line
+    from privrad.errors import PrivradError
+    from privrad.runs import read_audit
+
+    settings = pl.profile.audit_settings()
+    if settings is None:
+        return 0
+    chosen = [p for p in pl.points if settings.selects(p.config) and status[p.run_id]["state"] == "complete"]
+    failed = 0
+    for i, p in enumerate(chosen, 1):
+        done = read_audit(p.run_dir)
+        if done is not None and done.get("settings") == settings.recorded():
+            status[p.run_id]["audited"] = True
+            continue
+        if progress:
+            print(f"privrad: auditing {i}/{len(chosen)}: {p.label} …", file=sys.stderr)
+        log.event("audit_start", **p.row())
+        t0 = time.time()
+        try:
+            doc = audit_run(p.run_dir, settings)
+        except PrivradError as exc:
+            failed += 1
+            log.event("audit_failed", **p.row(), error=str(exc))
+            print(f"privrad: audit failed: {p.label} ({p.run_id}): {exc}", file=sys.stderr)
+            continue
+        status[p.run_id]["audited"] = True
+        log.event("audit_end", **p.row(), seconds=round(time.time() - t0, 1), summary=summary_line(doc))
+        if progress:
+            print(f"privrad: {summary_line(doc)}", file=sys.stderr)
+    write_manifest(pl, status)
+    return failed
 
 
 def write_manifest(pl: Plan, status: dict[str, dict[str, Any]]) -> None:
