@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-CHAPTERS = ("intro", "data", "methods", "results", "statistics", "reproduce", "appendix")
+CHAPTERS = ("intro", "data", "methods", "results", "audit", "statistics", "reproduce", "appendix")
 
 
 def _toc_files(node) -> list[str]:
@@ -42,7 +42,7 @@ def test_toc_lists_every_chapter_and_the_generated_pages():
     assert toc["format"] == "jb-book"
     files = _toc_files(toc)
     assert [f for f in files if not f.startswith("book/generated")] == [f"book/{c}" for c in CHAPTERS]
-    assert {"book/generated/data", "book/generated/privacy", "book/generated/analysis"} <= set(files)
+    assert {"book/generated/data", "book/generated/privacy", "book/generated/analysis", "book/generated/audit"} <= set(files)
     assert "book/generated/runs/*" in str(toc)
     assert sorted(p.stem for p in (ROOT / "book").glob("*.md")) == sorted(CHAPTERS)
 
@@ -94,6 +94,17 @@ def test_every_number_glued_into_a_chapter_is_computed_by_the_privacy_notebook()
     assert {"trainable_share_range", "pooler_share_range", "delta_ratio_25k", "eps_at_default_delta_all_mimic"} <= used
     for key in used:
         assert f'glue("{key}"' in source, key
+
+
+def test_every_number_glued_into_the_audit_chapter_is_computed_by_the_audit_notebook():
+    import json
+
+    nb = json.loads((ROOT / "notebooks" / "audit.ipynb").read_text())
+    source = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    used = set(re.findall(r"\{glue:text\}`generated/audit\.ipynb::([a-z0-9_]+):", (ROOT / "book" / "audit.md").read_text()))
+    assert {"audit_answer", "max_bound", "nonprivate_auc"} <= used
+    for key in used:
+        assert f'glue("{key}"' in source or f'"{key}"' in source, key
 
 
 def test_methods_says_the_loss_is_averaged_over_unmasked_labels_as_the_code_does():

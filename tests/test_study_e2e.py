@@ -67,7 +67,29 @@ def test_rerunning_a_finished_study_runs_nothing(smoke):
     proc = privrad("study", "run", "--profile", "smoke", "--results-dir", str(smoke["results"]), *smoke["sets"])
     assert proc.returncode == 0 and "8 complete (0 run now, 8 cached), 0 failed" in proc.stdout
     assert {k: (d / "run.ipynb").stat().st_mtime_ns for k, d in run_dirs(smoke["results"]).items()} == before
-    assert not [e for e in events(smoke["results"])[n_events:] if e["event"] == "run_start"]
+    assert not [e for e in events(smoke["results"])[n_events:] if e["event"] in ("run_start", "audit_start")]
+
+
+def test_the_sweep_audits_the_runs_its_profile_selects(smoke):
+    """studies/smoke.yml's `audit:` block: the two LoRA tiny-bert runs on MIMIC-CXR (simulated files) get
+    audit.json (membership inference and a canary run each), written after every run finished."""
+    from privrad.runs import read_audit
+
+    dirs = run_dirs(smoke["results"])
+    audited = {k: read_audit(d) for k, d in dirs.items() if (d / "audit.json").exists()}
+    assert sorted(k.split("__eps")[0] for k in audited) == ["mimic-cxr__tiny-bert__lora"] * 2
+    for rid, doc in audited.items():
+        assert doc is not None and doc["run_id"] == rid and doc["settings"]["canaries"] == 16
+        c, mi = doc["canaries"], doc["membership"]
+        assert c["canaries"] == 16 and 0 <= c["epsilon_lower_bound"] and 0 <= mi["auc"] <= 1 and mi["n_members"] <= 50
+        if doc["epsilon"] is not None:  # one epoch of a tiny model: nothing to refute
+            assert c["epsilon_lower_bound"] <= c["run"]["epsilon_spent"]
+    sweep = [e for e in events(smoke["results"])]
+    sweep = sweep[: [e["event"] for e in sweep].index("sweep_end")]
+    assert [e["event"] for e in sweep].count("audit_end") == 2
+    assert max(i for i, e in enumerate(sweep) if e["event"] == "run_complete") < min(
+        i for i, e in enumerate(sweep) if e["event"] == "audit_start")  # after every run
+    assert "2 run(s) audited (audit.json in their folders), 0 audit(s) failed" in smoke["stdout"]
 
 
 def test_adding_an_epsilon_runs_only_the_new_point(smoke):
@@ -408,6 +430,7 @@ def test_the_book_loads_offline_in_a_browser(smoke_book):
     pages = {p.path: p for p in report.pages}
     assert len([p for p in pages if p.startswith("book/generated/runs/")]) == 8 - 3  # three damaged folders left out
     assert pages["book/generated/analysis.html"].images >= 3 and pages["book/methods.html"].math > 10
+    assert pages["book/generated/audit.html"].images >= 2 and pages["book/audit.html"].math == 0
     assert set(report.screenshots) == set(site_check.SCREENSHOTS)
 
 

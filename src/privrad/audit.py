@@ -378,13 +378,13 @@ def canary_audit(run, dataset, settings: AuditSettings, *, device: str | None = 
     canaries, included = make_canaries(dataset, m, words=canary_words(run.config.model), seed=settings.seed)
     train_with = with_reports(dataset, canaries.subset(np.flatnonzero(included)))
     workdir = Path(workdir) if workdir is not None else run.run_dir.parent
-    tmp = Path(tempfile.mkdtemp(prefix=".audit-", dir=workdir))
+    tmp = Path(tempfile.mkdtemp(prefix=".audit-", suffix=".tmp", dir=workdir))  # a killed sweep's leftover is cleaned like a run's
     try:
         t0 = time.perf_counter()
         canary_run = train_run(run.config, run_dir=tmp / "canary-run", dataset=train_with, progress=False, device=device)
         seconds = time.perf_counter() - t0
         canary_run = read_run(canary_run.run_dir)
-        probs = model_probabilities(canary_run, canaries, device=canary_run.info.get("device") or "cpu")
+        probs = model_probabilities(canary_run, canaries, device=canary_run.info["device"])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     scores = label_log_likelihood(probs, canaries.labels, canaries.label_mask)
@@ -417,7 +417,9 @@ def audit_run(run_dir: str | Path, settings: AuditSettings | None = None, *, dev
     if not weights.is_dir():
         raise DataError(f"{run.run_dir}: the run kept no weights ({weights.name}/ is missing); the audit needs the trained model.")
     dataset = _load_data(run, dataset)
-    score_device = device or run.info.get("device") or "cpu"
+    from privrad.runs import _device
+
+    score_device = _device(device)  # the first GPU when there is one, as a run picks it
     t0 = time.perf_counter()
     doc: dict[str, Any] = {"run_id": run.run_id, "settings": settings.recorded(), "privrad_version": __version__,
                            "epsilon": run.privacy["epsilon"], "epsilon_spent": run.privacy["epsilon_spent"],

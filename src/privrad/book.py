@@ -304,6 +304,9 @@ def build_book(results_dir: Path, *, profile_name: str, root: Path | None = None
     print("privrad: executing the privacy notebook …", file=sys.stderr)  # what the runs release (a section of methods)
     _execute(papermill, root / "notebooks" / "privacy.ipynb", staging / "privacy.ipynb",
              {"run_dirs": [str(rd) for rd in runs], "profile": manifest["profile"]}, kernel)
+    print("privrad: executing the audit notebook …", file=sys.stderr)  # the audits of the runs (privrad.audit)
+    _execute(papermill, root / "notebooks" / "audit.ipynb", staging / "audit.ipynb",
+             {"run_dirs": [str(rd) for rd in runs], "profile": manifest["profile"]}, kernel)
     print("privrad: executing the data notebook …", file=sys.stderr)
     used = {configs[rd.name]["dataset"] for rd in runs}
     datasets = [[d["dataset"], d["data_dir"]] for d in manifest["datasets"] if d["dataset"] in used]
@@ -314,7 +317,7 @@ def build_book(results_dir: Path, *, profile_name: str, root: Path | None = None
     tokenizer = tokenizer if tokenizer in ran else ran[0]
     _execute(papermill, root / "notebooks" / "data.ipynb", staging / "data.ipynb",
              {"datasets": datasets, "dataset_options": options, "tokenizer": tokenizer}, kernel)
-    for name in ("analysis.ipynb", "data.ipynb"):
+    for name in ("analysis.ipynb", "data.ipynb", "audit.ipynb"):
         _reader_copy(staging / name, staging / name, root, machine)
     write_facts(staging, manifest, runs)
     generated = root / GENERATED
