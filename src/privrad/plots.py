@@ -131,15 +131,18 @@ def audit_bounds(table: pd.DataFrame, *, ax=None, floor: float = 1e-3):
     x_inf = _x_inf(finite)
     x = spent.replace(np.inf, x_inf)
     y = t["epsilon_lower_bound"].clip(lower=floor)
-    for (dataset, model), g in t.groupby(["dataset", "model"]):
-        ax.scatter(x[g.index], y[g.index], s=45, zorder=3, label=f"{dataset} · {model}")
+    markers = "osD^v"
+    for i, ((dataset, model), g) in enumerate(t.groupby(["dataset", "model"])):  # open markers: overlaps stay visible
+        ax.scatter(x[g.index], y[g.index], s=60 - 8 * i, zorder=3, marker=markers[i % len(markers)], facecolors="none",
+                   edgecolors=f"C{i}", linewidths=1.6, label=f"{dataset} · {model}")
+    low = min(floor, *finite) / 2 if len(finite) else floor / 2
     top = max([x_inf, *y]) * 2
-    line = np.logspace(math.log10(floor), math.log10(top), 50)
+    line = np.logspace(math.log10(low), math.log10(top), 50)
     ax.plot(line, line, ls="--", color="grey", lw=1, label="y = x (the accounted ε)")
-    ax.set(xscale="log", yscale="log", ylim=(floor / 2, top), xlabel="accounted ε (∞ = non-private)",
+    ax.set(xscale="log", yscale="log", xlim=(low, top), ylim=(floor / 2, top), xlabel="accounted ε (∞ = non-private)",
            ylabel="empirical ε lower bound (0 drawn at the bottom)")
-    ticks = sorted(set(finite)) + [x_inf]
-    ax.set_xticks(ticks, [f"{v:.2g}" for v in ticks[:-1]] + ["∞"])
+    decades = [10.0 ** k for k in range(math.ceil(math.log10(low)), math.floor(math.log10(x_inf)))]
+    ax.set_xticks(decades + [x_inf], [f"{v:g}" for v in decades] + ["∞"])
     ax.minorticks_off()
     ax.legend(fontsize="small", loc="upper left")
     return ax
