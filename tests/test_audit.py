@@ -235,3 +235,21 @@ def test_audit_refuses_bad_input_and_writes_nothing(ds, tmp_path):
     (res.run_dir / AUDIT_FILE).write_text("{trunc")
     assert read_audit(res.run_dir) is None and run_state(res.run_dir).complete  # a damaged audit is no audit
     assert math.isfinite(one_run_epsilon(10, 10, 10, delta=1e-5))
+
+
+def test_the_profile_audit_block_and_its_set_overrides():
+    from pathlib import Path
+
+    from privrad import profiles
+
+    root = Path(__file__).resolve().parents[1]
+    smoke = profiles.load_profile("smoke", root=root)
+    s = smoke.audit_settings()
+    chosen = [p.config for p in profiles.expand(smoke) if s.selects(p.config)]
+    assert sorted((c.dataset, c.model, c.method, c.epsilon is None) for c in chosen) == [("mimic-cxr", "tiny-bert", "lora", False),
+                                                                                        ("mimic-cxr", "tiny-bert", "lora", True)]
+    assert profiles.load_profile("smoke", root=root, sets=["audit=null"]).audit_settings() is None
+    assert profiles.load_profile("smoke", root=root, sets=["audit.canaries=128"]).audit_settings().canaries == 128
+    assert profiles.load_profile("openi", root=root).audit_settings() is None  # off unless a profile asks
+    with pytest.raises(ConfigError, match=r"smoke.yml: audit canaries = 2 is too few"):
+        profiles.load_profile("smoke", root=root, sets=["audit.canaries=2"])

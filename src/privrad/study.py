@@ -25,6 +25,12 @@ Why this shape:
   point's config and state, its datasets and book settings — and is what ``privrad study
   status`` and ``privrad book build`` read (never the profile again).
 
+* **Audits after the runs.** A profile's ``audit:`` block (:class:`privrad.audit.AuditSettings`)
+  names runs to audit; once every run finished, the sweep audits each of them that has no
+  ``audit.json`` of the same settings (:func:`audit_points`, in this process, one at a time: a
+  canary run trains the run's configuration again). A failed audit is named and makes the sweep
+  exit non-zero; the run itself stays complete.
+
 A run's state is one of :data:`privrad.runs.RUN_STATES` everywhere: in ``study.json``, the
 summary, ``study status`` and the log's ``run_<state>`` events.
 
