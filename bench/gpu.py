@@ -461,7 +461,8 @@ def after_part(tmp: Path, models: dict, data_dirs: dict, *, epochs: float, deadl
     t0 = time.perf_counter()
     result = {}
     th = threading.Thread(target=lambda: result.setdefault("rc", study.run_study(prof, executor=ex, progress=False,
-                                                                                out=open(tmp / "sweep.txt", "w"))))
+                                                                                out=open(tmp / "sweep.txt", "w"))),
+                          daemon=True)  # a stopped sweep's thread must not keep the process alive
     th.start()
     last_save = time.perf_counter()
     while th.is_alive():
@@ -476,13 +477,11 @@ def after_part(tmp: Path, models: dict, data_dirs: dict, *, epochs: float, deadl
         failed, complete = _event_counts(prof.results_dir / "study.jsonl")
         if failed >= min(4, ex.jobs) and not complete:  # the same fault in every run: keep the budget for a rerun
             print(f"  the first {failed} runs failed and none completed: stopping the sweep", flush=True)
-            _kill_children()
-            th.join(60)
+            _stop(th)
             break
         if time.perf_counter() > deadline:  # out of budget: stop what runs; the estimate uses what finished
             print("  budget reached: stopping the runs still in flight", flush=True)
-            _kill_children()
-            th.join(60)
+            _stop(th)
             break
     wall = time.perf_counter() - t0
     rows, failed = _after_rows(prof, models)
@@ -533,6 +532,16 @@ def _after_rows(prof, models: dict) -> tuple[list[dict], list[dict]]:
                      "steps": json.loads((d / "privacy.json").read_text())["steps"]})
     failed = [{"run_id": e["run_id"], "error": e.get("error")} for e in events if e.get("event") == "run_failed"]
     return rows, failed
+
+
+def _stop(th, within_s: float = 15.0) -> None:
+    """Stop a sweep: kill the runs in flight, and again each second the ones the executor starts
+    from its queue in their place, until the sweep's thread ends or ``within_s`` has passed (the
+    estimate then goes on with what finished; the thread is a daemon)."""
+    end = time.perf_counter() + within_s
+    while th.is_alive() and time.perf_counter() < end:
+        _kill_children()
+        th.join(1.0)
 
 
 def _kill_children() -> None:
