@@ -234,7 +234,7 @@ def smoke_book(smoke, tmp_path_factory):
 def test_book_from_the_smoke_study_shows_no_credentialed_text(smoke, smoke_book):
     from privrad.data import load_dataset
 
-    project, stale = smoke_book["project"], smoke_book["stale"]
+    project, stale, results = smoke_book["project"], smoke_book["stale"], smoke_book["results"]
     index = project / "_build" / "html" / "index.html"
     assert index.is_file()
     runs = list((project / "_build" / "html" / "book" / "generated" / "runs").glob("*.html"))
