@@ -23,9 +23,9 @@ this good would have had probability below ``1 - confidence``. It can refute a p
 bound above the accounted ε means a bug, or bad luck at that confidence), never prove one: a weak
 attack gives a small bound for any model.
 
-The bound is computed with :mod:`scipy.stats` (Theorem 3.1 and Proposition 5.1 of the paper: the
-number of correct guesses of an (ε, δ)-DP run is dominated by a binomial with success probability
-``e^ε / (1 + e^ε)``, plus a δ term). ``jax_privacy.auditing`` (Google) implements the same bound,
+The bound is computed with :mod:`scipy.stats` (the paper's analysis: the number of correct guesses
+of an ε-DP run is dominated by a binomial with success probability ``e^ε / (1 + e^ε)``; for
+(ε, δ)-DP a term proportional to ``2 m δ`` is added to the p-value). ``jax_privacy.auditing`` (Google) implements the same bound,
 but the package imports JAX, optax and chex; privrad's tests check agreement with values it gives.
 
 Every number in ``audit.json`` is an aggregate (no per-report score): for a private run on
@@ -148,9 +148,9 @@ def _same(a, b) -> bool:
 def one_run_p_value(m: int, r: int, v: int, epsilon: float, delta: float = 0.0) -> float:
     """P[at least ``v`` of ``r`` guesses correct] for an (ε, δ)-DP run audited with ``m`` canaries.
 
-    Steinke, Nasr and Jagielski (2023), Theorem 3.1 (δ = 0: the correct guesses are dominated by
-    Binomial(r, e^ε / (1 + e^ε))) and Proposition 5.1 (δ > 0: plus ``2 m δ`` times the largest
-    average of the binomial's mass just below ``v``). A p-value: small means the claim is refuted.
+    Steinke, Nasr and Jagielski (2023): with δ = 0 the correct guesses are dominated by
+    Binomial(r, e^ε / (1 + e^ε)); with δ > 0 the p-value gains ``2 m δ`` times the largest average
+    of the binomial's mass just below ``v``. A p-value: small means the claim is refuted.
     """
     if not (0 <= v <= r <= m):
         raise ValueError(f"one_run_p_value needs 0 ≤ v ≤ r ≤ m (got m={m}, r={r}, v={v})")
