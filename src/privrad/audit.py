@@ -296,7 +296,8 @@ def _load_data(run, dataset=None):
         try:
             ds = load_dataset(cfg.dataset, cfg.data_dir, **cfg.dataset_options)
         except (ConfigError, DataError) as exc:
-            raise DataError(f"{run.run_dir}: the run's dataset cannot be read again ({exc}); the audit needs the training reports.") from None
+            raise DataError(f"{run.run_dir}: the run's dataset cannot be read again ({str(exc).rstrip('.')}); "
+                            "the audit needs the training reports.") from None
     if ds.fingerprint != run.info["dataset_fingerprint"]:
         raise DataError(f"{run.run_dir}: the reports in {cfg.data_dir} changed since this run trained (dataset fingerprint differs); "
                         "audit a run of the current data, or restore the data it trained on.")
