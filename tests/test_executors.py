@@ -17,7 +17,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from privrad import executors, profiles, study
+from privrad import executors, gpus, profiles, study
 from privrad.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,8 +28,17 @@ def _probe(free_gb: float, total_gb: float = 80.0):
     return lambda gpus: {g: (free_gb * 1024, total_gb * 1024) for g in gpus}
 
 
+def test_the_executor_seam_keeps_its_public_names():
+    """The Slurm executor and the GPU slots live in their own modules; privrad.executors still names them."""
+    from privrad import executors_slurm
+
+    assert executors.SlurmExecutor is executors_slurm.SlurmExecutor and executors.SlurmRun is executors_slurm.SlurmRun
+    assert (executors.SlotPool, executors.visible_gpus, executors.gpu_memory_mb) == (gpus.SlotPool, gpus.visible_gpus, gpus.gpu_memory_mb)
+    assert issubclass(executors.SlurmExecutor, executors.Executor)
+
+
 def test_a_run_is_never_placed_on_an_occupied_slot():
-    pool = executors.SlotPool([executors.Slot(0, "0", 0), executors.Slot(1, "0", 1)])
+    pool = gpus.SlotPool([gpus.Slot(0, "0", 0), gpus.Slot(1, "0", 1)])
     a, b = pool.acquire(), pool.acquire()
     assert {a.label, b.label} == {"gpu0:0", "gpu0:1"}
     assert pool.acquire(timeout=0.2) is None  # both slots taken: the third run waits, it is not placed
@@ -42,7 +51,7 @@ def test_a_run_is_never_placed_on_an_occupied_slot():
     waiter.join(5)
     assert got == [a]  # the queued run gets the slot that was freed, and only then
     with pytest.raises(RuntimeError, match="released but it was not taken"):
-        pool.release(executors.Slot(5, "0", 5))
+        pool.release(gpus.Slot(5, "0", 5))
     pool.release(b)
     with pytest.raises(RuntimeError, match="released but it was not taken"):
         pool.release(b)

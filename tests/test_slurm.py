@@ -18,7 +18,7 @@ from conftest import ROOT, run_privrad
 from privrad import profiles, study
 from privrad.errors import ConfigError
 from privrad.config import SlurmConfig, minutes
-from privrad.executors import SlurmExecutor
+from privrad.executors_slurm import SlurmExecutor
 
 
 def write_profile(tmp_path: Path, slurm: dict) -> Path:

@@ -58,6 +58,7 @@ import numpy as np
 from privrad import __version__
 from privrad.config import RunConfig, epsilon_label, validate_config
 from privrad.errors import ConfigError, DataError, PrivradWarning
+from privrad.gpus import gpu_peak_gb, resolve_device
 from privrad.io import atomic_dir, atomic_write_json
 
 #: Version of the run-folder layout below; a folder of another format is refused, never guessed at.
@@ -300,42 +301,6 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def _device(device: str | None) -> str:
-    import torch
-
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} was asked for but torch sees no GPU; use device 'cpu' or install a CUDA build of torch.")
-    if str(device).startswith("cuda"):
-        gpu_memory_cap(device)
-    return str(device)
-
-
-def gpu_memory_cap(device: str) -> float | None:
-    """This process's share of its GPU in GB, from ``PRIVRAD_GPU_MEMORY_GB`` (set by the
-    executor when several runs share a GPU, see :class:`privrad.executors.LocalExecutor`), made
-    binding with ``torch.cuda.set_per_process_memory_fraction``: a run that outgrows its share
-    fails with an out-of-memory error instead of starving its neighbours. None without a share."""
-    import os
-
-    import torch
-
-    text = os.environ.get("PRIVRAD_GPU_MEMORY_GB")
-    if not text:
-        return None
-    try:
-        share = float(text)
-    except ValueError:
-        raise ConfigError(f"PRIVRAD_GPU_MEMORY_GB = {text!r} is not a number of gigabytes; unset it or give e.g. 20.") from None
-    dev = torch.device(device)
-    if dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
-    total = torch.cuda.get_device_properties(dev).total_memory / 2**30
-    torch.cuda.set_per_process_memory_fraction(min(1.0, share / total), dev)
-    return share
-
-
 #: What a kernel started ahead of its run executes first (:class:`privrad.executors.WarmKernel`).
 WARM_UP = "import privrad.runs as _privrad_runs; _privrad_runs.warm_up(); del _privrad_runs"
 
@@ -384,7 +349,7 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
     from privrad.train import predict_proba, train
 
     cfg = validate_config(config)
-    device = _device(device)
+    device = resolve_device(device)
     if dataset is None:
         dataset = load_dataset(cfg.dataset, cfg.data_dir, **cfg.dataset_options)
     elif dataset.name != cfg.dataset:
@@ -459,7 +424,7 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
         "precision": precision, "physical_batch_size": result.info["physical_batch_size"],
         "physical_batch_source": result.info["physical_batch_source"],
         "runtime": {"prepare_s": t_prep, "train_s": result.seconds, "calibrate_s": result.info["calibrate_s"],
-                    "evaluate_s": time.perf_counter() - t1, "gpu_peak_gb": _gpu_peak_gb(device),
+                    "evaluate_s": time.perf_counter() - t1, "gpu_peak_gb": gpu_peak_gb(device),
                     "train_steps_per_s": len(result.curve) / max(result.seconds, 1e-9)},
     }
     predictions = {"ids": np.asarray(test.ids, dtype=str), "probabilities": test_probs, "labels": test.labels,
@@ -471,13 +436,6 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
 
     return write_run(run_dir, info=info, metrics=metrics, privacy=privacy, curve=result.curve,
                      predictions=predictions, save_model=save_model)
-
-
-def _gpu_peak_gb(device: str) -> float | None:
-    """Peak GPU memory this process allocated (GB), on a GPU; None on a CPU."""
-    import torch
-
-    return torch.cuda.max_memory_allocated(torch.device(device)) / 2**30 if str(device).startswith("cuda") else None
 
 
 def _reuse(run_dir: Path, rid: str) -> RunResult:

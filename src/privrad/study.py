@@ -51,7 +51,8 @@ from typing import Any, Iterable, Iterator
 
 from privrad.config import validate_config
 from privrad.errors import ConfigError, DataError
-from privrad.executors import Executor, LocalExecutor, SlurmExecutor, Task, default_kernel
+from privrad.executors import Executor, LocalExecutor, Task, default_kernel
+from privrad.executors_slurm import SlurmExecutor
 from privrad.progress import Display
 from privrad.io import atomic_write_json
 from privrad.profiles import (FIELDS, NOTEBOOK_EXTRA_PARAMETERS, RUN_NOTEBOOK, Point, Profile, expand, load_profile,
@@ -458,15 +459,15 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "(no runs)"
     df = pd.DataFrame(rows)
-    df["state"] = [("cached" if c else s) if s == "complete" else s for s, c in zip(df["state"], df["cached"])]
-    columns = ["state", "run_id", "dataset", "model", "method", "epsilon", "seed", "seconds", "error"]
+    df["cached"] = df["cached"].map({True: "yes", False: ""})  # a state is one of RUN_STATES; cached is a column
+    columns = ["state", "cached", "run_id", "dataset", "model", "method", "epsilon", "seed", "seconds", "error"]
     if "job" in df and df["job"].notna().any():  # Slurm: each run's job id and log, beside its error
         columns[-1:-1] = ["job", "log"]
     df = df.reindex(columns=columns)
     df["run_id"] = df["run_id"].map(_short_id)
     df[columns[-3:]] = df[columns[-3:]].fillna("")
-    order = {"failed": 0, "incomplete": 1, "missing": 2, "complete": 3, "cached": 4}
-    df = df.sort_values("state", key=lambda s: s.map(order), kind="stable")
+    order = {s: i for i, s in enumerate(("failed", "incomplete", "missing", "complete"))}
+    df = df.sort_values(["state", "cached"], key=lambda s: s.map(order) if s.name == "state" else s, kind="stable")
     with pd.option_context("display.width", 200, "display.max_colwidth", 80, "display.max_rows", 1000):
         return df.to_string(index=False)
 
