@@ -94,7 +94,7 @@ def paper_run(model, shape, kind, length, n, *, epochs, device, tmp, dry) -> dic
     """
     import privrad
     from privrad.config import RunConfig
-    from privrad.privacy import cached_noise_multiplier, calibrate_noise_multiplier, default_delta
+    from privrad.accounting import cached_noise_multiplier, calibrate_noise_multiplier, default_delta
     from privrad.train import planned_steps
 
     t = {}
@@ -351,7 +351,7 @@ def kernel_part(tmp: Path) -> dict:
 # ----------------------------------------------------------------------------- 5. calibration (background)
 
 def _calibrate_one(args):
-    from privrad.privacy import calibrate_noise_multiplier, compute_epsilon, _prv_eps_error
+    from privrad.accounting import calibrate_noise_multiplier, compute_epsilon, _prv_eps_error
 
     kind, eps, delta, q, steps = args
     t0 = time.perf_counter()
@@ -368,7 +368,7 @@ def calibration_child(spec: dict) -> None:
     from multiprocessing import Pool
 
     from privrad.data import load_dataset
-    from privrad.privacy import default_delta
+    from privrad.accounting import default_delta
     from privrad.train import planned_steps
 
     jobs = []

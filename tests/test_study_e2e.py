@@ -23,27 +23,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import documented, documented_simulate, fresh_project
+from conftest import ROOT, documented, events, fresh_project, metrics, run_dirs
 from conftest import run_privrad as privrad
-from privrad.runs import read_run
+from privrad.manifest import read_manifest
+from privrad.runs import read_run, run_state
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_dirs(results: Path) -> dict[str, Path]:
-    """Finished run folders (written atomically: config.json appears with the folder)."""
-    return {d.name: d for d in (results / "smoke").iterdir()
-            if d.is_dir() and not d.name.startswith(".") and (d / "config.json").is_file()}
-
-
-def events(results: Path) -> list[dict]:
-    return [json.loads(line) for line in (results / "smoke" / "study.jsonl").read_text().splitlines()]
-
-
-def metrics(run_dir: Path) -> dict:
-    return json.loads((run_dir / "metrics.json").read_text())
 
 
 def test_smoke_study_writes_complete_run_folders(smoke):
@@ -155,7 +140,7 @@ def _damage(results: Path, *, last: bool = False) -> dict[str, str]:
     """Three run folders made incomplete as copies off a cluster or full disks leave them:
     config.json truncated, metrics.json truncated, privacy.json missing (the first three run ids,
     or the ``last`` three). Returns folder → file."""
-    last_sweep = json.loads((results / "smoke" / "study.json").read_text())["points"]
+    last_sweep = read_manifest(results / "smoke")["points"]
     ids = sorted(p["run_id"] for p in last_sweep)
     victims = [results / "smoke" / rid for rid in (ids[-3:] if last else ids[:3])]
     for d, name in zip(victims, ("config.json", "metrics.json")):
@@ -231,10 +216,10 @@ def smoke_book(smoke, tmp_path_factory):
     return {"project": project, "html": project / "_build" / "html", "stale": stale, "proc": proc, "results": results}
 
 
-def test_book_from_the_smoke_study_shows_no_credentialed_text(smoke, smoke_book):
+def test_book_from_the_smoke_study_shows_no_credentialed_text(smoke, smoke_book, tmp_path):
     from privrad.data import load_dataset
 
-    project, stale = smoke_book["project"], smoke_book["stale"]
+    project, stale, results = smoke_book["project"], smoke_book["stale"], smoke_book["results"]
     index = project / "_build" / "html" / "index.html"
     assert index.is_file()
     runs = list((project / "_build" / "html" / "book" / "generated" / "runs").glob("*.html"))
@@ -287,7 +272,8 @@ def test_book_from_the_smoke_study_shows_no_credentialed_text(smoke, smoke_book)
     assert not _leaks(published, needles), _leaks(published, needles)[:5]
     found = _leaks({f: _normalized(f) for f in replay.run_dir.rglob("*.json")}, needles)
     assert {what for _, what, _ in found} >= {"loss", "batch_size"}  # … whose statistics the scan finds where published
-    ct_run = read_run(next(d for d in (results / "smoke").iterdir() if d.name.startswith("simulated-ct-rate__tiny-albert__")))
+    ct_run = read_run(next(d for d in sorted((results / "smoke").iterdir())
+                           if d.name.startswith("simulated-ct-rate__") and run_state(d).complete))  # three are damaged
     ct_page = next(t for p, t in text.items() if p.suffix == ".html" and ct_run.run_id[-10:] in p.name)
     assert _leaks({"ct": ct_page}, _training_statistics(ct_run, ct))  # and a public dataset's prevalence in its page
     # structurally: no per-step loss or batch size, no empty-batch count, no training truncation count

@@ -33,7 +33,7 @@ from privrad.executors import KERNEL_CONFIG, default_kernel
 from privrad.io import atomic_write_text
 from privrad.profiles import load_profile
 from privrad.runs import run_state
-from privrad.study import read_manifest
+from privrad.manifest import read_manifest
 
 GENERATED = Path("book") / "generated"
 
@@ -189,9 +189,9 @@ def answer_md(folder: Path, table) -> tuple[str, str]:
 
 def tests_md(table, n_bootstrap: int = 2000) -> str:
     """What the tests can support, one sentence per dataset (the statistics chapter opens with it)."""
-    from privrad import stats
+    from privrad import comparisons
 
-    said = stats.tests_summary(stats.tests_table(table, n_bootstrap=n_bootstrap))
+    said = comparisons.tests_summary(comparisons.tests_table(table, n_bootstrap=n_bootstrap))
     return "\n".join(f"- {s}" for s in said.values()) + "\n" if said else "No test could be run on these runs.\n"
 
 

@@ -345,7 +345,8 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
     from privrad.features import Classifier, frozen_features
     from privrad.io import privrad_cache
     from privrad.models import build_model, count_parameters, get_model_spec, load_tokenizer, quiet_transformers
-    from privrad.privacy import default_delta, privacy_report
+    from privrad.accounting import default_delta
+    from privrad.privacy import privacy_report
     from privrad.train import predict_proba, train
 
     cfg = validate_config(config)

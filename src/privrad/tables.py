@@ -114,7 +114,7 @@ def results_table(runs: pd.DataFrame, *, threshold: str = "tuned", caption: str 
 
 
 def tests_table(tests: pd.DataFrame):
-    """:func:`privrad.stats.tests_table` for reading: the effect with its interval, p-values
+    """:func:`privrad.comparisons.tests_table` for reading: the effect with its interval, p-values
     rounded, a dash for what was not computed, and each row's note as a footnote."""
     marks, notes = footnote_marks(tests["note"])
     table = pd.DataFrame({

@@ -45,7 +45,7 @@ from torch.nn.functional import binary_cross_entropy_with_logits
 from privrad.config import RunConfig
 from privrad.data.tokenize import EncodedDataset, collate
 from privrad.errors import ConfigError
-from privrad.privacy import epsilon_from_history
+from privrad.accounting import epsilon_from_history
 
 GRAD_SAMPLE_MODES = ("hooks",)  # exact for LoRA on BERT and ALBERT; faster modes: see issue 5
 
