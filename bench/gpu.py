@@ -36,7 +36,6 @@ Everything is written to ``--out`` (JSON, log); the summary table is printed las
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import subprocess
@@ -46,41 +45,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-import step  # noqa: E402
+from gpu_estimates import (DATASETS, PAPER, SHAPES, TINY_SHAPES, choose_epochs, dp_ratios, estimate_after,  # noqa: E402
+                           estimate_grid, f1_parity, report)
+from gpu_steps import _free, diagnostics, steps_part  # noqa: E402
 
-#: the paper's models → the local random-weight model of their shape (bench/common.py)
-SHAPES = {"bert-small": "bert-small-shape", "bert-medium": "bert-medium-shape", "albert-base": "albert-base-shape"}
-TINY_SHAPES = {"bert-small": "tiny-bert-shape", "albert-base": "tiny-albert-shape"}
-DATASETS = {"mimic-cxr": 256, "ct-rate": 512}  # the paper profile's max_length per dataset
-PAPER = dict(num_epochs=5, batch_size=256, physical_batch_size=64, lr=1e-3, lora_r=16, lora_alpha=32, seeds=3,
-             lora_epsilons=(0.01, 0.1, 1, 10), n_bootstrap=1000)
 ROOT = common.BENCH_DIR.parent
-
-
-def _free(device):
-    gc.collect()
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.empty_cache()
-
-
-def step_benchmark(shapes, device, *, batch_size, max_length, repeats, warmup, methods) -> list[dict]:
-    rows = []
-    for shape in shapes:
-        common.shaped_model_dir(shape)
-        for method in methods:
-            try:
-                r = step.measure(shape, method, batch_size=batch_size, max_length=max_length, repeats=repeats, warmup=warmup,
-                                 device=device)
-            except Exception as exc:  # noqa: BLE001 - e.g. out of memory: report and go on
-                r = {"model": shape, "method": method, "status": "error", "error": f"{type(exc).__name__}: {exc}"[:300]}
-            r.pop("times_s", None)
-            rows.append(r)
-            print(f"  {shape:18s} {method:14s} batch_size={batch_size} max_length={max_length} {step._brief(r)}", flush=True)
-            _free(device)
-    step._add_ratios(rows)
-    return rows
 
 
 def paper_run(model, shape, kind, length, n, *, epochs, device, tmp, dry) -> dict:
@@ -141,173 +110,6 @@ def _mean_tokens(ds, config, cache_dir) -> float:
 
     enc = tokenize_dataset(ds.split("train"), load_tokenizer(config.model), max_length=config.max_length, cache_dir=cache_dir)
     return float(np.mean([len(x) for x in enc.input_ids]))
-
-
-def estimate_grid(steps_rows, runs, *, kernel_start_s, dry) -> dict:
-    """Paper grid seconds: Σ datasets × models × configs × seeds of (epochs × epoch_s + fixed)."""
-    ratio = {}
-    for r in steps_rows:
-        if r.get("status") == "ok":
-            ratio.setdefault(r["model"], {})[r["method"]] = r["median_s"]
-    lines, total = [], 0.0
-    for model in {r["model"] for r in runs}:
-        for kind in DATASETS:
-            got = [r for r in runs if r["model"] == model and r["kind"] == kind]
-            note = "measured"
-            if not got:  # skipped for the budget: scale the model's other run by the token count
-                other = [r for r in runs if r["model"] == model]
-                if not other:
-                    continue
-                o = other[0]
-                length = DATASETS[kind] if not dry else o["max_length"]
-                got = [{**o, "kind": kind, "max_length": length, "epoch_s": o["epoch_s"] * length / o["max_length"]}]
-                note = f"extrapolated from max_length={o['max_length']} (× tokens)"
-            r = got[0]
-            length = r["max_length"]
-            t = ratio.get(r["shape"], {})
-            dp = t.get("dp-lora")
-            rel_lora = t["lora"] / dp if dp and "lora" in t else 1.0
-            rel_full = t["full"] / dp if dp and "full" in t else 3.0
-            fixed = r["prepare_s"] + r["evaluate_s"] + kernel_start_s
-            epoch = r["epoch_s"]
-            per_seed = (len(PAPER["lora_epsilons"]) * (PAPER["num_epochs"] * epoch + fixed)
-                        + (PAPER["num_epochs"] * epoch * rel_lora + fixed)
-                        + (PAPER["num_epochs"] * epoch * rel_full + fixed))
-            secs = PAPER["seeds"] * per_seed
-            total += secs
-            lines.append({"dataset": kind, "model": model, "max_length": length, "epoch_s": epoch,
-                          "fixed_s": fixed, "nonprivate_lora_vs_dp": rel_lora, "full_vs_dp_lora": rel_full,
-                          "runs": 6 * PAPER["seeds"], "seconds": secs, "source": note})
-    return {"rows": lines, "total_s": total, "total_h": total / 3600, "assumptions": (
-        f"{PAPER['num_epochs']} epochs, batch {PAPER['batch_size']}, ≈25k reports per dataset (n as run), "
-        f"{PAPER['seeds']} seeds, one GPU, runs in sequence, kernel start {kernel_start_s:.1f} s per run"
-        + (" (DRY RUN: tiny shapes on CPU, meaningless figures)" if dry else ""))}
-
-
-
-
-# ----------------------------------------------------------------------------- 1. steps
-
-GROUPS = {  # the old settings, the new ones in fp32 and in bf16
-    "old": dict(physical=64, precision="fp32", methods=["lora", "dp-lora", "full"]),
-    "new-fp32": dict(physical=None, precision="fp32", methods=["lora", "dp-lora"]),
-    "new-bf16": dict(physical=None, precision="bf16", methods=["lora", "dp-lora", "full"]),
-}
-
-
-def steps_part(shapes, device, *, batch, length, repeats, warmup, dry) -> dict:
-    """Interleaved step times per shape and settings group, DP ÷ LoRA per round, and the bf16
-    per-sample gradient check."""
-    import statistics
-
-    import torch
-
-    from privrad.features import Classifier
-    from privrad.models import build_model
-    from privrad.train import BF16_GRAD_RTOL, BF16_NORM_RTOL, bf16_gradient_error, per_sample_gradients
-
-    rows, checks = [], []
-    for shape in shapes:
-        common.shaped_model_dir(shape)
-        for group, g in GROUPS.items():
-            if g["precision"] == "bf16" and device == "cpu" and not dry:
-                continue
-            phys = min(g["physical"] or batch, batch) if not dry else (2 if g["physical"] else batch)
-            try:
-                times = step.measure_interleaved(shape, g["methods"], batch=batch, length=length, repeats=repeats,
-                                                 warmup=warmup, device=device, physical=phys, precision=g["precision"],
-                                                 lora_r=PAPER["lora_r"])
-            except Exception as exc:  # noqa: BLE001 - e.g. out of memory: report and go on
-                print(f"  {shape} {group}: {type(exc).__name__}: {exc}"[:300], flush=True)
-                if dry:
-                    raise
-                continue
-            finally:
-                _free(device)
-            lora = times.get("lora", [])
-            for method, t in times.items():
-                r = {"model": shape, "group": group, "method": method, "batch": batch, "length": length, "physical": phys,
-                     "precision": g["precision"], "median_s": statistics.median(t), "status": "ok"}
-                if lora and method != "lora":
-                    r["ratio_vs_lora"] = statistics.median(a / b for a, b in zip(t, lora))
-                rows.append(r)
-                print(f"  {shape:18s} {group:9s} {method:8s} B={batch} phys={phys:3d} {r['median_s'] * 1000:8.1f} ms"
-                      + (f"  ×{r['ratio_vs_lora']:.3f} vs LoRA" if "ratio_vs_lora" in r else ""), flush=True)
-        # bf16 per-sample gradients against float32, dropout off (the same network twice)
-        model = build_model(common.shaped_model_dir(shape), step.N_LABELS, method="lora", lora_r=PAPER["lora_r"],
-                            lora_alpha=PAPER["lora_alpha"], device=device, seed=0)
-        for m in model.modules():
-            if isinstance(m, torch.nn.Dropout):
-                m.p = 0.0
-        torch.manual_seed(1)
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.data.normal_(0, 0.02)
-        net = Classifier(model)
-        data = step.synthetic_data(8, length)
-        from privrad.train import _batch, _to
-
-        b = _to(_batch(data, list(range(8))), torch.device(device))
-        err = bf16_gradient_error(per_sample_gradients(net, b, "fp32"), per_sample_gradients(net, b, "bf16"))
-        ok = err["grad_rtol"] <= BF16_GRAD_RTOL and err["norm_rtol"] <= BF16_NORM_RTOL
-        checks.append({"model": shape, **err, "within_tolerance": ok, "grad_rtol_limit": BF16_GRAD_RTOL,
-                       "norm_rtol_limit": BF16_NORM_RTOL})
-        print(f"  {shape:18s} bf16 per-sample gradients vs fp32: {err['grad_rtol']:.4f} (≤ {BF16_GRAD_RTOL}), "
-              f"norms {err['norm_rtol']:.4f} (≤ {BF16_NORM_RTOL}): {'within' if ok else 'OUT OF'} tolerance", flush=True)
-        del model, net
-        _free(device)
-    return {"rows": rows, "bf16_check": checks}
-
-
-def diagnostics(shape: str, device: str, *, batch: int, length: int, repeats: int, warmup: int) -> dict:
-    """Where the bf16 DP step's extra time goes: DP-LoRA ÷ LoRA with privrad's float32 per-sample
-    gradients against Opacus' own (bf16) Linear sampler, and the profiler's top operations."""
-    import statistics
-
-    import torch
-    from opacus.grad_sample.linear import compute_linear_grad_sample
-
-    import privrad.privacy as pp
-
-    res = {}
-    ours = pp._linear_grad_sample_float32
-    for name, fn in (("float32 sampler", ours), ("opacus bf16 sampler", compute_linear_grad_sample)):
-        pp._linear_grad_sample_float32 = fn
-        try:
-            t = step.measure_interleaved(shape, ["lora", "dp-lora"], batch=batch, length=length, repeats=repeats,
-                                         warmup=warmup, device=device, precision="bf16", lora_r=PAPER["lora_r"])
-        finally:
-            pp._linear_grad_sample_float32 = ours
-        res[name] = {"lora_s": statistics.median(t["lora"]), "dp_s": statistics.median(t["dp-lora"]),
-                     "ratio": statistics.median(a / b for a, b in zip(t["dp-lora"], t["lora"]))}
-        print(f"  diagnostics {shape} bf16, {name}: LoRA {res[name]['lora_s'] * 1000:.1f} ms, DP-LoRA "
-              f"{res[name]['dp_s'] * 1000:.1f} ms, ×{res[name]['ratio']:.3f}", flush=True)
-        _free(device)
-    try:  # the profiler's view of a DP-LoRA bf16 step
-        from privrad.models import build_model
-
-        model = build_model(common.shaped_model_dir(shape), step.N_LABELS, method="lora", device=device, seed=0,
-                            lora_r=PAPER["lora_r"], lora_alpha=PAPER["lora_alpha"])
-        s = step.Stepper(model, "dp-lora", batch=batch, physical=batch, device=device, precision="bf16")
-        data, idx = step.synthetic_data(batch, length), list(range(batch))
-        for _ in range(3):
-            s.step(data, idx)
-        acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else [])
-        with torch.profiler.profile(activities=acts) as prof:
-            for _ in range(3):
-                s.step(data, idx)
-            if device == "cuda":
-                torch.cuda.synchronize()
-        key = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
-        table = prof.key_averages().table(sort_by=key, row_limit=14, max_name_column_width=48)
-        print(table, flush=True)
-        res["profile"] = table
-        res["profile_cpu"] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10, max_name_column_width=48)
-        print(res["profile_cpu"], flush=True)
-    except Exception as exc:  # noqa: BLE001 - diagnostics only
-        res["profile_error"] = f"{type(exc).__name__}: {exc}"[:300]
-    _free(device)
-    return res
 
 
 # ----------------------------------------------------------------------------- 2. kernel start
@@ -391,7 +193,9 @@ def paper_profile(tmp: Path, models: dict, data_dirs: dict, *, epochs: float, dr
     ``epochs`` epochs, and float32 twins of BERT-small's DP ε = 1 and LoRA ∞ runs."""
     import yaml
 
-    raw = yaml.safe_load((ROOT / "studies" / "paper.yml").read_text())
+    from privrad.profiles import read_yaml_file
+
+    raw = read_yaml_file(ROOT / "studies" / "paper.yml", what="study profile")
     paths = {m: common.shaped_model_dir(s) for m, s in models.items()}
     # the longest runs first (CT-RATE, ALBERT): slots drain evenly, and a budget stop cuts short runs
     raw["datasets"] = [{**d, "dataset": f"simulated-{d['dataset']}", "data_dir": data_dirs[d["name"]]}
@@ -502,116 +306,6 @@ def _kill_children() -> None:
             pass
 
 
-# ----------------------------------------------------------------------------- the estimates
-
-def estimate_after(after: dict, calibrations: list[dict] | None, *, dry: bool) -> dict:
-    """The paper grid (3 seeds, 5 epochs) from the one-seed sweep: each run's seconds with its
-    training scaled to 5 epochs and its calibration replaced by the grid's (each of the 8
-    calibrations cold once, then a cached check per other run); wall from the slots."""
-    import statistics
-
-    runs = [r for r in after["runs"] if not r["twin"]]
-    if not runs:
-        return {}
-    scale = PAPER["num_epochs"] / after["epochs"]
-    slots = after["slots"]
-    per_run = []
-    for r in runs:
-        five = r["seconds"] - r["calibrate_s"] + (scale - 1) * r["train_s"]
-        per_run.append({**r, "paper_run_s": five})
-    # points that did not finish (budget stop, failure): the mean of the same dataset/model/method's runs
-    done = {(r["dataset"], r["model"], r["method"], r["epsilon"]) for r in runs}
-    extrapolated = []
-    for p in after.get("point_list", []):
-        key = (p["dataset"], p["model"], p["method"], p["epsilon"])
-        if p["twin"] or key in done:
-            continue
-        like = [r["paper_run_s"] for r in per_run if (r["dataset"], r["model"], r["method"]) == key[:3]] or \
-               [r["paper_run_s"] for r in per_run if (r["dataset"], r["model"]) == key[:2]]
-        if like:
-            extrapolated.append({**p, "paper_run_s": statistics.mean(like), "kernel_s": 0.0, "extrapolated": True})
-    per_run += extrapolated
-    occupancy = PAPER["seeds"] * sum(r["paper_run_s"] for r in per_run)
-    cal = 0.0
-    if calibrations:
-        models, seeds = len({r["model"] for r in runs}), PAPER["seeds"]
-        cal = sum(c["calibrate_s"] + (models * seeds - 1) * c["check_s"] for c in calibrations)
-    occupancy += cal
-    longest = max(r["paper_run_s"] for r in per_run)
-    lower = occupancy / slots
-    upper = lower + (1 - 1 / slots) * longest
-    share = [r["kernel_s"] / r["paper_run_s"] for r in per_run if not r.get("extrapolated")]
-    # the points of the sweep that did not finish (budget): scaled from the same model/dataset's others
-    missing = after["points"] - len(after["runs"])
-    by = {}
-    for r in per_run:
-        by.setdefault((r["dataset"], r["model"]), []).append(r["paper_run_s"])
-    rows = [{"dataset": k[0], "model": k[1], "runs": PAPER["seeds"] * len(v), "minutes": PAPER["seeds"] * sum(v) / 60,
-             "mean_run_s": statistics.mean(v)} for k, v in sorted(by.items())]
-    done_runs = [r for r in per_run if not r.get("extrapolated")]
-    phases = {k: {"median": statistics.median(r[k] for r in done_runs), "max": max(r[k] for r in done_runs)}
-              for k in ("kernel_s", "imports_s", "data_s", "prepare_s", "calibrate_s", "train_s", "evaluate_s",
-                        "other_cells_s", "seconds", "paper_run_s")}
-    return {"rows": rows, "phases": phases, "occupancy_s": occupancy, "calibration_s": cal, "slots": slots, "longest_run_s": longest,
-            "wall_lower_s": lower, "wall_s": upper, "wall_min": upper / 60, "missing_points": missing,
-            "extrapolated_points": len(extrapolated),
-            "kernel_share": {"min": min(share), "median": statistics.median(share), "max": max(share)},
-            "assumptions": (f"{PAPER['num_epochs']} epochs (training scaled from {after['epochs']:g}), {PAPER['seeds']} seeds, "
-                            f"{slots} runs at once on one GPU; wall = Σ/slots + (1 − 1/slots) × longest run (list scheduling)"
-                            + (" (DRY RUN: tiny shapes on CPU, meaningless figures)" if dry else ""))}
-
-
-def dp_ratios(steps_rows: list[dict], after_runs: list[dict]) -> dict:
-    """DP-LoRA ÷ LoRA: step time (interleaved) per settings group, and training seconds per
-    (model, dataset) in the paper-profile sweep (ε = 1 against ∞, bf16 runs)."""
-    step_r = {f"{r['model']}/{r['group']}": r["ratio_vs_lora"] for r in steps_rows
-              if r["method"] == "dp-lora" and "ratio_vs_lora" in r}
-    run_r = {}
-    for r in after_runs:
-        if r["twin"] or r["method"] != "lora" or r["epsilon"] != 1:
-            continue
-        base = [b for b in after_runs if not b["twin"] and b["method"] == "lora" and b["epsilon"] is None
-                and b["model"] == r["model"] and b["dataset"] == r["dataset"]]
-        if base and base[0]["train_s"] > 0:
-            run_r[f"{r['model']}/{r['dataset']}"] = (r["train_s"] / r["steps"]) / (base[0]["train_s"] / base[0]["steps"])
-    return {"step": step_r, "run_per_step": run_r}
-
-
-def f1_parity(after_runs: list[dict]) -> list[dict]:
-    out = []
-    for t in (r for r in after_runs if r["twin"]):
-        same = [r for r in after_runs if not r["twin"] and r["model"] == t["model"] and r["dataset"] == t["dataset"]
-                and r["method"] == t["method"] and r["epsilon"] == t["epsilon"]]
-        if same:
-            out.append({"dataset": t["dataset"], "model": t["model"], "epsilon": t["epsilon"], "f1_fp32": t["weighted_f1"],
-                        "f1_bf16": same[0]["weighted_f1"], "difference": same[0]["weighted_f1"] - t["weighted_f1"],
-                        "train_s_fp32": t["train_s"], "train_s_bf16": same[0]["train_s"],
-                        "learned_nothing": t["learned_nothing_weighted_f1"]})
-    return out
-
-
-def choose_epochs(steps_rows: list[dict], n_train: dict, budget_s: float, slots: int, dry: bool) -> float:
-    """Epochs per run of the after-sweep so that it fits ``budget_s``: training predicted from the
-    bf16 step times (× padded length ÷ 128) and a fixed 15 s per run, at half the slots' speed-up."""
-    if dry:
-        return 0.5
-    t = {}
-    for r in steps_rows:
-        if r["group"] == ("new-bf16" if any(x["group"] == "new-bf16" for x in steps_rows) else "new-fp32"):
-            t[(r["model"], r["method"])] = r["median_s"]
-    factor = {"mimic-cxr": 1.7, "ct-rate": 3.9}  # padded tokens of a 256-report chunk ÷ 128 (simulated lengths)
-    per_epoch = 0.0
-    for kind, n in n_train.items():
-        steps = n / PAPER["batch_size"]
-        for shape in SHAPES.values():
-            for method, count in (("dp-lora", 4 + 1), ("lora", 1), ("full", 1)):
-                per_epoch += count * steps * factor[kind] * t.get((shape, method), t.get((shape, "dp-lora"), 0.5))
-    fixed = 36 * 15.0
-    speedup = max(1.0, slots / 2)
-    epochs = (budget_s * speedup - fixed) / max(per_epoch, 1e-9)
-    return float(min(1.0, max(0.1, round(epochs, 2))))
-
-
 # ----------------------------------------------------------------------------- main
 
 def main(argv=None) -> int:
@@ -674,10 +368,10 @@ def main(argv=None) -> int:
                    reused={"from": args.reuse, "machine": prev["machine"], "parts": "1-3"})
         print(f"[1-3/4] steps, kernel start and 'before' taken from {args.reuse} ({prev['machine'].get('gpu')}, "
               f"{prev['machine'].get('date')})", flush=True)
-        out["diagnostics"] = diagnostics(list(models.values())[0], device, batch=batch, length=length, repeats=rep, warmup=wu)
+        out["diagnostics"] = diagnostics(list(models.values())[0], device, batch_size=batch, max_length=length, repeats=rep, warmup=wu)
     else:
         print(f"[1/4] steps on {device}: LoRA vs DP-LoRA interleaved, old and new settings; bf16 per-sample gradients", flush=True)
-        out["steps"] = steps_part(list(models.values()), device, batch=batch, length=length, repeats=rep, warmup=wu, dry=dry)
+        out["steps"] = steps_part(list(models.values()), device, batch_size=batch, max_length=length, repeats=rep, warmup=wu, dry=dry)
         save()
 
         print("\n[2/4] kernel start: papermill, a cold kernel vs one warmed up ahead", flush=True)
@@ -745,36 +439,6 @@ def main(argv=None) -> int:
     report(out)
     print(f"\nwritten {Path(args.out) / 'gpu.json'} in {out['wall_s']:.0f} s")
     return 0
-
-
-def report(out: dict) -> None:
-    """The summary, printed last (the device reply carries the end of the output)."""
-    gpu = out["machine"].get("gpu", out["device"])
-    print(f"\n=== summary on {gpu} ===")
-    b, a = out["before"]["grid"], out["after"].get("grid") or {}
-    print(f"paper grid (108 runs, 3 seeds, 5 epochs, ~{out['args']['n']} reports per dataset):")
-    print(f"  before (sequential, physical 64, fp32, cold kernel {out['kernel'].get('cold_s', float('nan')):.1f} s): "
-          f"{b['total_s'] / 60:.1f} min")
-    if a:
-        print(f"  after  ({a['slots']} runs at once, physical auto, bf16 auto, warm kernels, caches): {a['wall_min']:.1f} min "
-              f"(lower bound {a['wall_lower_s'] / 60:.1f} min; {a['missing_points']} sweep points unfinished, "
-              f"{a['extrapolated_points']} extrapolated)")
-        for r in a["rows"]:
-            print(f"    {r['dataset']:9s} {r['model']:12s} {r['runs']:3d} runs  mean run {r['mean_run_s']:6.1f} s")
-        print("  per run (median / max s): " + ", ".join(f"{k[:-2]} {v['median']:.1f}/{v['max']:.1f}" for k, v in a["phases"].items()))
-        ks = a["kernel_share"]
-        print(f"  papermill + kernel start share of a paper-profile run: {100 * ks['min']:.1f}–{100 * ks['max']:.1f} % "
-              f"(median {100 * ks['median']:.1f} %)")
-    for k, v in out["dp_ratio"]["step"].items():
-        print(f"  DP-LoRA ÷ LoRA step time {k}: {v:.3f}")
-    for k, v in out["dp_ratio"]["run_per_step"].items():
-        print(f"  DP-LoRA ÷ LoRA per training step in the sweep {k}: {v:.3f}")
-    for c in out["steps"]["bf16_check"]:
-        print(f"  bf16 per-sample gradients {c['model']}: {c['grad_rtol']:.4f} / norms {c['norm_rtol']:.4f}: "
-              f"{'within' if c['within_tolerance'] else 'OUT OF'} tolerance")
-    for f in out["f1_parity"]:
-        print(f"  weighted F1 {f['dataset']} {f['model']} ε={f['epsilon']}: fp32 {f['f1_fp32']:.4f}, bf16 {f['f1_bf16']:.4f} "
-              f"(Δ {f['difference']:+.4f}); train {f['train_s_fp32']:.1f} s → {f['train_s_bf16']:.1f} s")
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ class SlurmExecutor(Executor):
     ``adopt`` maps run ids to jobs of an earlier sweep that are still queued or running: they
     are waited for instead of submitted again. ``notify(event, run_id, **fields)`` hears
     ``submitted`` / ``adopted`` / ``requeued``; ``on_status(counts, array_ids)`` hears how many
-    runs are queued / running / done / failed whenever that changes."""
+    runs are queued / running / complete / failed whenever that changes."""
 
     def __init__(self, config: "SlurmConfig", folder: str | os.PathLike, *, job_name: str = "privrad",
                  adopt: dict[str, str] | None = None, notify: Callable[..., None] | None = None,
@@ -139,7 +139,7 @@ class SlurmExecutor(Executor):
         state: dict[str, str] = {}
         ended: dict[str, float] = {}  # run id → when Slurm was first seen to have ended the job
         started: set[str] = set()
-        counts = {"queued": len(pending), "running": 0, "done": 0, "failed": 0}
+        counts = {"queued": len(pending), "running": 0, "complete": 0, "failed": 0}
         next_look = 0.0
         try:
             while pending:
@@ -152,7 +152,7 @@ class SlurmExecutor(Executor):
                     if job.paths.result_pickle.exists() or gone:
                         oc = self._outcome(by_id[rid], job, state.get(rid), time.time() - t0)
                         del pending[rid]
-                        counts["done" if oc.state == "complete" else "failed"] += 1
+                        counts[oc.state] += 1
                         changed = True
                         yield oc
                 if pending and time.time() >= next_look:
