@@ -241,7 +241,7 @@ def after_part(tmp: Path, models: dict, data_dirs: dict, *, epochs: float, deadl
     import threading
 
     from privrad import profiles, study
-    from privrad.runs import run_state
+    from privrad.runs import read_run, run_state
 
     path = paper_profile(tmp, models, data_dirs, epochs=epochs, dry=dry)
     prof = profiles.load_profile(str(path), root=ROOT)
@@ -272,7 +272,8 @@ def after_part(tmp: Path, models: dict, data_dirs: dict, *, epochs: float, deadl
         info, rt = state.info, state.info["runtime"]
         cfg = info["config"]
         cells = _cells(d / "run.ipynb")
-        metrics = json.loads((d / "metrics.json").read_text())
+        result = read_run(d)  # the run-folder contract's one reader
+        metrics = result.metrics
         model = next(m for m, s in models.items() if cfg["model"].endswith(s))
         rows.append({"run_id": d.name, "dataset": cfg["dataset"].replace("simulated-", ""), "model": model,
                      "method": cfg["method"], "epsilon": cfg["epsilon"], "precision": info["precision"],
@@ -282,7 +283,7 @@ def after_part(tmp: Path, models: dict, data_dirs: dict, *, epochs: float, deadl
                      "evaluate_s": rt["evaluate_s"], "gpu_peak_gb": rt.get("gpu_peak_gb"),
                      "physical_batch_size": info["physical_batch_size"], "physical_batch_source": info["physical_batch_source"],
                      "weighted_f1": metrics["weighted_f1"], "learned_nothing_weighted_f1": metrics.get("learned_nothing_weighted_f1"),
-                     "steps": json.loads((d / "privacy.json").read_text())["steps"]})
+                     "steps": result.privacy["steps"]})
     points = [{"dataset": p.entry.name, "model": next(m for m, sh in models.items() if p.config.model.endswith(sh)),
                "method": p.config.method, "epsilon": p.config.epsilon, "twin": p.config.precision == "fp32"}
               for p in profiles.expand(prof)]

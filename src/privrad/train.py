@@ -310,8 +310,6 @@ def train(model, data: EncodedDataset, cfg: RunConfig, *, delta: float | None = 
     """Fine-tune ``model`` (a model, or its :class:`~privrad.features.Classifier`) on ``data``
     (the encoded training split, with frozen-layer features if the classifier has a frozen prefix).
     ``units``: the patient of each training example, needed by ``privacy_unit = "patient"``."""
-    from tqdm import tqdm
-
     from privrad.progress import Reporter
 
     from privrad.features import Classifier
@@ -336,7 +334,8 @@ def train(model, data: EncodedDataset, cfg: RunConfig, *, delta: float | None = 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, cfg.warmup_ratio))
     watched = {name: p.detach().clone() for name, p in model.named_parameters()
                if p.requires_grad and ("lora_" in name or cfg.method == "full")}
-    report = Reporter()  # the sweep's progress line for this run (a no-op outside a sweep)
+    # the sweep's progress line for this run (a no-op outside a sweep) and, with ``progress``, a training bar
+    report = Reporter(bar=progress, desc=f"train ε={cfg.epsilon if cfg.private else '∞'}")
     t_cal = time.perf_counter()
     if cfg.private:
         report.phase("calibrating noise")
@@ -350,7 +349,6 @@ def train(model, data: EncodedDataset, cfg: RunConfig, *, delta: float | None = 
     t_cal = time.perf_counter() - t_cal  # noise calibration (cached on disk across runs)
     curve, step = [], 0
     drawn = hashlib.sha256()  # a digest of every batch drawn (kept in memory for checks; never written)
-    bar = tqdm(total=total, disable=not progress, desc=f"train ε={cfg.epsilon if cfg.private else '∞'}", leave=False)
     checkpoints = set(np.linspace(1, total, min(total, CURVE_EPSILON_POINTS)).round().astype(int).tolist())
     epochs = math.ceil(cfg.num_epochs)
     report.step(0, total, epoch=1, num_epochs=epochs)
@@ -376,13 +374,14 @@ def train(model, data: EncodedDataset, cfg: RunConfig, *, delta: float | None = 
                "batch_size": len(indices)}
         if cfg.private and step in checkpoints:
             row["epsilon_spent"] = epsilon_from_history(trainer.history, delta, accountant="pld", pld_interval=cfg.epsilon / 200)
-            bar.set_postfix(loss=f"{row['loss']:.3f}", eps=f"{row['epsilon_spent']:.3g}")
+            shown = {"loss": f"{row['loss']:.3f}", "eps": f"{row['epsilon_spent']:.3g}"}
         elif step % 10 == 0 or step == total:
-            bar.set_postfix(loss=f"{row['loss']:.3f}")
+            shown = {"loss": f"{row['loss']:.3f}"}
+        else:
+            shown = {}
         curve.append(row)
-        bar.update(1)
-        report.step(step, total, epoch=min(epochs, 1 + (step - 1) * epochs // total), num_epochs=epochs)
-    bar.close()
+        report.step(step, total, epoch=min(epochs, 1 + (step - 1) * epochs // total), num_epochs=epochs, **shown)
+    report.close()
     sigma, history = None, []
     if cfg.private:
         sigma, history = trainer.noise_multiplier, trainer.close()
