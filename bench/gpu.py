@@ -129,8 +129,8 @@ def kernel_part(tmp: Path) -> dict:
     nbformat.write(nb, path)
     (tmp / "p.json").write_text("{}")
     t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, "-c", executors._PAPERMILL_DRIVER, str(path), str(tmp / "cold-out.ipynb"),
-                        str(tmp / "p.json"), kernel, str(ROOT), ""], capture_output=True, text=True)
+    p = subprocess.run(executors.papermill_command(path, tmp / "cold-out.ipynb", tmp / "p.json", kernel, ROOT),
+                       capture_output=True, text=True)
     cold = time.perf_counter() - t0
     if p.returncode != 0:
         raise RuntimeError(f"papermill failed: {p.stdout[-1500:]} {p.stderr[-1500:]}")

@@ -20,7 +20,7 @@ from privrad.models import build_model, load_tokenizer
 from privrad.train import (BF16_GRAD_RTOL, BF16_NORM_RTOL, CPU_PHYSICAL_BATCH_SIZE, auto_physical_batch_size,
                            bf16_gradient_error, per_sample_gradients, resolve_precision)
 
-from _synthetic import make_dataset
+from _synthetic import make_dataset, no_dropout
 
 
 def _batch(model: str, n: int = 8):
@@ -31,10 +31,7 @@ def _batch(model: str, n: int = 8):
 
 
 def _net(model: str):
-    m = build_model(model, 14, method="lora", lora_r=8, seed=0)
-    for mod in m.modules():  # the same network in both precisions: no dropout draws
-        if isinstance(mod, torch.nn.Dropout):
-            mod.p = 0.0
+    m = no_dropout(build_model(model, 14, method="lora", lora_r=8, seed=0))  # the same network in both precisions
     torch.manual_seed(1)
     for name, p in m.named_parameters():  # LoRA B starts at 0 (A's gradient would be 0): give it a trained-like value
         if "lora_B" in name:

@@ -21,7 +21,7 @@ from privrad.privacy import TRAINING_STATISTICS, epsilon_from_history, make_priv
 from privrad.runs import CURVE_PUBLIC_KEYS, read_run, run
 from privrad.train import _chunks, planned_steps, train
 
-from _synthetic import make_dataset
+from _synthetic import make_dataset, no_dropout
 
 
 def _encoded(ds):
@@ -102,13 +102,6 @@ def test_patient_level_sampling_keeps_patients_whole_and_the_accountant_counts_e
     assert _chunks([0, 1, 2], data, 2, units=units) == [sorted([0, 1, 2], key=lambda i: len(data.encoded.input_ids[i]))]
 
 
-def _no_dropout(model):
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
-    return model
-
-
 def test_each_patient_contributes_one_gradient_of_its_mean_loss_clipped_once(data):
     """Zero noise, a tiny clipping norm: the summed gradient DP-SGD uses must equal the sum over
     patients of each patient's clipped mean-loss gradient, computed one patient at a time."""
@@ -120,7 +113,7 @@ def test_each_patient_contributes_one_gradient_of_its_mean_loss_clipped_once(dat
     C = 1e-3
 
     def fresh():
-        m = _no_dropout(build_model("tiny-bert", 14, seed=0))
+        m = no_dropout(build_model("tiny-bert", 14, seed=0))
         for n, p in m.named_parameters():  # LoRA B starts at 0: make every factor non-trivial
             if "lora_B" in n:
                 torch.nn.init.normal_(p, std=0.1, generator=torch.Generator().manual_seed(1))

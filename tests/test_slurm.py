@@ -18,6 +18,7 @@ from privrad import profiles, study
 from privrad.errors import ConfigError
 from privrad.config import SlurmConfig, minutes
 from privrad.executors_slurm import SlurmExecutor
+from privrad.runs import read_run
 
 
 # ----------------------------------------------------------------------------- no cluster needed
@@ -155,7 +156,7 @@ def copy_without(results: Path, dst: Path, n_missing: int, smoke: dict) -> tuple
     shutil.copytree(results, dst)
     removed = []
     for rid, d in sorted(run_dirs(dst, placed=True).items()):
-        if len(removed) < n_missing and json.loads((d / "config.json").read_text())["config"]["dataset"] == "mimic-cxr":
+        if len(removed) < n_missing and read_run(d).config.dataset == "mimic-cxr":
             shutil.rmtree(d)
             removed.append(rid)
     return dst, removed

@@ -32,8 +32,7 @@ from privrad.errors import ConfigError, PrivradError
 from privrad.executors import KERNEL_CONFIG, default_kernel
 from privrad.io import atomic_write_text
 from privrad.profiles import load_profile
-from privrad.runs import run_state
-from privrad.manifest import read_manifest
+from privrad.manifest import point_state, read_manifest
 
 GENERATED = Path("book") / "generated"
 
@@ -47,13 +46,11 @@ def completed_runs(results_dir: Path, manifest: dict, *, out=sys.stderr) -> list
         rd = results_dir / point["run_id"]
         if not rd.exists():
             continue  # never run, or failed: `privrad study status` lists these
-        state = run_state(rd, run_id=point["run_id"])
-        if not state.complete:
-            print(f"privrad: left out of the book: {state.problem}", file=out)
-        elif not state.notebook:
-            print(f"privrad: left out of the book: {rd}: run.ipynb is missing (re-run the study to place it)", file=out)
-        else:
+        state, problem = point_state(rd, point["run_id"], results_dir)
+        if state == "complete":
             runs.append(rd)
+        else:
+            print(f"privrad: left out of the book: {problem}", file=out)
     return sorted(runs)
 
 

@@ -59,6 +59,13 @@ def holm(pvalues: Iterable[float]) -> np.ndarray:
     return out
 
 
+def _holm_within(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of one family (a dataset's comparisons) with their Holm-adjusted ``p_holm``."""
+    for r, a in zip(rows, holm([r["p"] for r in rows])):
+        r["p_holm"] = a
+    return rows
+
+
 def _row(test: str, dataset: str, comparison: str, n: int, statistic: float = math.nan, p: float = math.nan,
          effect: float = math.nan, effect_ci95_low: float = math.nan, effect_ci95_high: float = math.nan,
          note: str = "", p_min: float = math.nan) -> dict[str, Any]:
@@ -131,10 +138,7 @@ def paired_vs_nonprivate(runs: pd.DataFrame, *, threshold: str = "tuned") -> lis
             note = f"median difference {np.median(d):+.3f}; {nonzero} non-zero of {n} differences"
             rows.append(_row("Wilcoxon vs ∞", dataset, comp, n, float(res.statistic), float(res.pvalue), effect=float(np.mean(d)),
                              note=note, p_min=2.0 / 2 ** nonzero))
-        adj = holm([r["p"] for r in rows])
-        for r, a in zip(rows, adj):
-            r["p_holm"] = a
-        out.extend(rows)
+        out.extend(_holm_within(rows))
     return out
 
 
@@ -187,10 +191,7 @@ def bootstrap_vs_nonprivate(runs: pd.DataFrame, *, n_bootstrap: int = 2000, seed
                                  effect_ci95_low=b["difference_ci95_low"], effect_ci95_high=b["difference_ci95_high"],
                                  p=b["p"], p_min=b["p_min"],
                                  note=f"these two trained models; {n_bootstrap} resamples of the test reports"))
-        adj = holm([r["p"] for r in rows])
-        for r, a in zip(rows, adj):
-            r["p_holm"] = a
-        out.extend(rows)
+        out.extend(_holm_within(rows))
     return out
 
 

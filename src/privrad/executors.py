@@ -123,6 +123,15 @@ papermill.execute_notebook(nb, out, parameters=json.load(open(params)), kernel_n
                            config=Config(json.loads(config)))
 """
 
+def papermill_command(notebook: str | os.PathLike, out: str | os.PathLike, params_file: str | os.PathLike, kernel: str,
+                      cwd: str | os.PathLike, timeout_s: float | None = None) -> list[str]:
+    """The command that executes ``notebook`` into ``out`` with papermill in a fresh kernel, its
+    parameters read from the JSON ``params_file`` (papermill's own CLI reads parameters as YAML 1.1:
+    ``1e-05`` would arrive as a string), with :data:`KERNEL_CONFIG`."""
+    return [sys.executable, "-c", _PAPERMILL_DRIVER, str(notebook), str(out), str(params_file), kernel, str(cwd),
+            str(timeout_s or ""), json.dumps(KERNEL_CONFIG)]
+
+
 # A kernel started ahead of its run: the driver starts the kernel, runs the warm-up code in it
 # (silently: no output, no execution count, so the executed notebook is the same as from a cold
 # kernel), prints "ready", then waits for one task on stdin and executes it with papermill in
@@ -246,9 +255,7 @@ def execute_task(task: Task, env: dict[str, str] | None = None, *, kernel: WarmK
     if kernel is not None:  # a run's seconds include any wait for its kernel to be ready
         returncode, stdout = kernel.run(task, params_file, env=progress_env)
     else:
-        # papermill's own CLI reads parameters as YAML 1.1 (``1e-05`` would arrive as a string): pass JSON.
-        cmd = [sys.executable, "-c", _PAPERMILL_DRIVER, task.notebook, str(staging), str(params_file), task.kernel,
-               task.cwd, str(task.timeout_s or ""), json.dumps(KERNEL_CONFIG)]
+        cmd = papermill_command(task.notebook, staging, params_file, task.kernel, task.cwd, task.timeout_s)
         proc = subprocess.run(cmd, env={**os.environ, **(env or {}), **progress_env}, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True,
                               preexec_fn=(lambda: _pdeathsig(slurm_job)) if sys.platform.startswith("linux") else None)

@@ -28,17 +28,18 @@ MANIFEST = "study.json"
 
 def point_state(run_dir: Path, rid: str, results_dir: Path) -> tuple[str, str | None]:
     """A point's state (one of :data:`RUN_STATES`) and, unless complete, why, naming the file:
-    complete = a complete run folder (:func:`run_state`) with its executed notebook."""
+    complete = a complete run folder of run ``rid`` (:func:`run_state`) with its executed notebook.
+    The sweep, ``study status`` and the book all judge a point by this."""
     if not run_dir.exists():
         failed = results_dir / "failed" / f"{rid}.ipynb"
         if failed.is_file():
             return "failed", f"the last attempt failed; its notebook is {failed}"
         return "missing", None
-    state = run_state(run_dir)
+    state = run_state(run_dir, run_id=rid)
     if not state.complete:
         return "incomplete", state.problem
     if not state.notebook:
-        return "incomplete", f"{run_dir}: run.ipynb is missing (the study runner had not placed it)"
+        return "incomplete", f"{run_dir}: run.ipynb is missing (run the study again to place it)"
     return "complete", None
 
 
