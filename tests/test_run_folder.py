@@ -12,18 +12,10 @@ import pytest
 from privrad import book, executors, manifest, profiles, stats, study
 from privrad.errors import DataError
 from privrad.runs import REQUIRED, RUN_FILES, RUN_FORMAT, RUN_STATES, read_run, run_state, write_run
-from study_helpers import fabricate_run
+from study_helpers import damage, fabricate_run
 
 ROOT = Path(__file__).resolve().parents[1]
 DAMAGES = [(name, how) for name in ("config.json", "metrics.json", "privacy.json") for how in ("truncated", "missing")]
-
-
-def damage(run_dir: Path, name: str, how: str) -> None:
-    if how == "missing":
-        (run_dir / name).unlink()
-    else:
-        text = (run_dir / name).read_text()
-        (run_dir / name).write_text(text[: len(text) // 2])
 
 
 def test_a_written_folder_is_complete_and_reads_back(tmp_path):

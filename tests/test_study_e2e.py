@@ -26,6 +26,7 @@ import pytest
 from conftest import ROOT, documented, events, fresh_project, metrics, run_dirs
 from conftest import run_privrad as privrad
 from privrad.manifest import read_manifest
+from study_helpers import damage
 from privrad.runs import read_run, run_state
 
 pytestmark = pytest.mark.slow
@@ -143,10 +144,8 @@ def _damage(results: Path, *, last: bool = False) -> dict[str, str]:
     last_sweep = read_manifest(results / "smoke")["points"]
     ids = sorted(p["run_id"] for p in last_sweep)
     victims = [results / "smoke" / rid for rid in (ids[-3:] if last else ids[:3])]
-    for d, name in zip(victims, ("config.json", "metrics.json")):
-        text = (d / name).read_text()
-        (d / name).write_text(text[: len(text) // 2])
-    (victims[2] / "privacy.json").unlink()
+    for d, (name, how) in zip(victims, (("config.json", "truncated"), ("metrics.json", "truncated"), ("privacy.json", "missing"))):
+        damage(d, name, how)
     return dict(zip((v.name for v in victims), ("config.json", "metrics.json", "privacy.json")))
 
 
