@@ -9,7 +9,6 @@ changes nothing), and the free-memory reading (``nvidia-smi`` on a GPU machine, 
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 from pathlib import Path
@@ -89,6 +88,7 @@ def _tasks(tmp_path: Path, n: int) -> list[executors.Task]:
     return out
 
 
+@pytest.mark.slow  # papermill and warm kernels: `make test`, not `make test-fast`
 def test_runs_beyond_the_gpu_slots_wait_and_each_run_gets_its_memory_share(tmp_path):
     """One GPU, runs_per_gpu = 2, 5 runs, --jobs 3: never more than 2 at once on the GPU, each
     on its own slot, with half the GPU's free memory and a kernel warmed up ahead."""
