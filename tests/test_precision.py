@@ -39,7 +39,7 @@ def _net(model: str):
     return Classifier(m)
 
 
-@pytest.mark.parametrize("model", ["tiny-bert", "tiny-albert", "minilm-l6"])
+@pytest.mark.parametrize("model", ["tiny-bert", "tiny-albert", pytest.param("minilm-l6", marks=pytest.mark.slow)])  # a real 6-layer model: `make test`
 def test_bf16_per_sample_gradients_match_float32_within_tolerance(model):
     """What DP-SGD clips and sums: each report's gradient, bf16 autocast against float32, within
     BF16_GRAD_RTOL (relative L2 per report) and BF16_NORM_RTOL (its norm, which decides clipping)."""
