@@ -55,10 +55,44 @@ def estimate_grid(steps_rows, runs, *, kernel_start_s, dry) -> dict:
         + (" (DRY RUN: tiny shapes on CPU, meaningless figures)" if dry else ""))}
 
 
-def estimate_after(after: dict, calibrations: list[dict] | None, *, dry: bool) -> dict:
+def _five_epoch_training(r: dict, scale: float) -> float:
+    """A sweep run's training seconds at the paper's epochs: what it pays once (setup before the
+    first step, the first step, the ε accounting at the curve's fixed number of checkpoints) plus
+    its later steps' mean time × the paper's number of steps. Without those timings (an older
+    run folder): all of its training × ``scale``."""
+    once = [r.get(k) for k in ("setup_s", "first_step_s", "accounting_s")]
+    if None in once or r["steps"] < 2:
+        return scale * r["train_s"]
+    per_step = max(0.0, r["train_s"] - sum(once)) / (r["steps"] - 1)
+    return sum(once) + per_step * (round(r["steps"] * scale) - 1)
+
+
+def single_run_training(steps_rows: list[dict], before_runs: list[dict]) -> dict[str, float]:
+    """Seconds of 5 epochs' training per ``dataset|model|method|private`` for one run alone on the
+    GPU at the new settings: the 'before' run's measured epoch (DP-LoRA, physical 64, fp32) times
+    the step-time ratio of part 1 (new settings, bf16 where measured, ÷ old DP-LoRA)."""
+    t = {(r["model"], r["group"], r["method"]): r["median_s"] for r in steps_rows if r.get("status", "ok") == "ok"}
+    out = {}
+    for b in before_runs:
+        old = t.get((b["shape"], "old", "dp-lora"))
+        group = "new-bf16" if (b["shape"], "new-bf16", "dp-lora") in t else "new-fp32"
+        for method, private, step_method in (("lora", True, "dp-lora"), ("lora", False, "lora"), ("full", False, "full")):
+            new = t.get((b["shape"], group, step_method))
+            if old and new:
+                out[f"{b['kind']}|{b['model']}|{method}|{private}"] = PAPER["num_epochs"] * b["epoch_s"] * new / old
+    return out
+
+
+def estimate_after(after: dict, calibrations: list[dict] | None, *, dry: bool, single: dict | None = None) -> dict:
     """The paper grid (3 seeds, 5 epochs) from the one-seed sweep: each run's seconds with its
     training scaled to 5 epochs and its calibration replaced by the grid's (each of the 8
-    calibrations cold once, then a cached check per other run); wall from the slots."""
+    calibrations cold once, then a cached check per other run; without those timings the runs'
+    own calibrations stay in); wall from the slots.
+
+    A short sweep's runs train beside other runs' fixed phases, so they share the GPU less than
+    5-epoch runs would. ``single`` (:func:`single_run_training`) gives the pessimistic bound
+    ``wall_no_sharing_gain_s``: the runs' training one at a time (as if sharing the GPU gained
+    nothing) plus their fixed phases spread over the slots."""
     import statistics
 
     runs = [r for r in after["runs"] if not r["twin"]]
@@ -67,9 +101,12 @@ def estimate_after(after: dict, calibrations: list[dict] | None, *, dry: bool) -
     scale = PAPER["num_epochs"] / after["epochs"]
     slots = after["slots"]
     per_run = []
+    naive = []  # every second of training × scale, as the 'before' runs were scaled (estimate_grid)
     for r in runs:
-        five = r["seconds"] - r["calibrate_s"] + (scale - 1) * r["train_s"]
-        per_run.append({**r, "paper_run_s": five})
+        rest = r["seconds"] - (r["calibrate_s"] if calibrations else 0.0) - r["train_s"]
+        five = _five_epoch_training(r, scale)
+        naive.append(rest + scale * r["train_s"])
+        per_run.append({**r, "paper_run_s": rest + five, "train5_s": five, "fixed_s": rest})
     # points that did not finish (budget stop, failure): the mean of the same dataset/model/method's runs
     done = {(r["dataset"], r["model"], r["method"], r["epsilon"]) for r in runs}
     extrapolated = []
@@ -81,8 +118,10 @@ def estimate_after(after: dict, calibrations: list[dict] | None, *, dry: bool) -
                [r["paper_run_s"] for r in per_run if (r["dataset"], r["model"]) == key[:2]]
         if like:
             extrapolated.append({**p, "paper_run_s": statistics.mean(like), "kernel_s": 0.0, "extrapolated": True})
+    unestimated = sum(1 for p in after.get("point_list", []) if not p["twin"]) - len(runs) - len(extrapolated)
     per_run += extrapolated
     occupancy = PAPER["seeds"] * sum(r["paper_run_s"] for r in per_run)
+    naive_occupancy = PAPER["seeds"] * (sum(naive) * len(per_run) / len(runs))
     cal = 0.0
     if calibrations:
         models, seeds = len({r["model"] for r in runs}), PAPER["seeds"]
@@ -91,6 +130,12 @@ def estimate_after(after: dict, calibrations: list[dict] | None, *, dry: bool) -
     longest = max(r["paper_run_s"] for r in per_run)
     lower = occupancy / slots
     upper = lower + (1 - 1 / slots) * longest
+    naive_wall = (naive_occupancy + cal) / slots + (1 - 1 / slots) * max(naive)
+    no_gain = None
+    if single and all(f"{r['dataset']}|{r['model']}|{r['method']}|{r['epsilon'] is not None}" in single for r in per_run):
+        train1 = [single[f"{r['dataset']}|{r['model']}|{r['method']}|{r['epsilon'] is not None}"] for r in per_run]
+        fixed = [r.get("fixed_s", statistics.mean(x["fixed_s"] for x in per_run[:len(runs)])) for r in per_run]
+        no_gain = PAPER["seeds"] * (sum(train1) + sum(fixed) / slots) + cal / slots
     share = [r["kernel_s"] / r["paper_run_s"] for r in per_run if not r.get("extrapolated")]
     # the points of the sweep that did not finish (budget): scaled from the same model/dataset's others
     missing = after["points"] - len(after["runs"])
@@ -105,7 +150,9 @@ def estimate_after(after: dict, calibrations: list[dict] | None, *, dry: bool) -
                         "other_cells_s", "seconds", "paper_run_s")}
     return {"rows": rows, "phases": phases, "occupancy_s": occupancy, "calibration_s": cal, "slots": slots, "longest_run_s": longest,
             "wall_lower_s": lower, "wall_s": upper, "wall_min": upper / 60, "missing_points": missing,
-            "extrapolated_points": len(extrapolated),
+            "extrapolated_points": len(extrapolated), "unestimated_points": unestimated,
+            "wall_no_sharing_gain_s": no_gain, "partial": bool(after.get("partial")),
+            "wall_scaled_as_before_s": naive_wall,
             "kernel_share": {"min": min(share), "median": statistics.median(share), "max": max(share)},
             "assumptions": (f"{PAPER['num_epochs']} epochs (training scaled from {after['epochs']:g}), {PAPER['seeds']} seeds, "
                             f"{slots} runs at once on one GPU; wall = Σ/slots + (1 − 1/slots) × longest run (list scheduling)"
@@ -163,6 +210,14 @@ def choose_epochs(steps_rows: list[dict], n_train: dict, budget_s: float, slots:
     return float(min(1.0, max(0.1, round(epochs, 2))))
 
 
+def finish(out: dict, *, dry: bool) -> None:
+    """The estimates and ratios from the parts' results (also for a gpu.json saved mid-sweep)."""
+    out["after"]["grid"] = estimate_after(out["after"], out.get("calibration"), dry=dry,
+                                          single=single_run_training(out["steps"]["rows"], out["before"]["runs"]))
+    out["dp_ratio"] = dp_ratios(out["steps"]["rows"], out["after"]["runs"])
+    out["f1_parity"] = f1_parity(out["after"]["runs"])
+
+
 def report(out: dict) -> None:
     """The summary, printed last (the device reply carries the end of the output)."""
     gpu = out["machine"].get("gpu", out["device"])
@@ -175,9 +230,21 @@ def report(out: dict) -> None:
         print(f"  after  ({a['slots']} runs at once, physical auto, bf16 auto, warm kernels, caches): {a['wall_min']:.1f} min "
               f"(lower bound {a['wall_lower_s'] / 60:.1f} min; {a['missing_points']} sweep points unfinished, "
               f"{a['extrapolated_points']} extrapolated)")
+        if a.get("unestimated_points"):
+            print(f"  INCOMPLETE: {a['unestimated_points']} of the sweep's points have no finished run of their "
+                  "dataset and model: the 'after' figure leaves them out")
+        if a.get("wall_scaled_as_before_s"):
+            print(f"  after, its training scaled as 'before' was (setup, first step and ε accounting × epochs too): "
+                  f"{a['wall_scaled_as_before_s'] / 60:.1f} min")
+        if a.get("wall_no_sharing_gain_s"):
+            print(f"  after, if runs sharing the GPU trained no faster than one at a time: "
+                  f"{a['wall_no_sharing_gain_s'] / 60:.1f} min")
         for r in a["rows"]:
             print(f"    {r['dataset']:9s} {r['model']:12s} {r['runs']:3d} runs  mean run {r['mean_run_s']:6.1f} s")
         print("  per run (median / max s): " + ", ".join(f"{k[:-2]} {v['median']:.1f}/{v['max']:.1f}" for k, v in a["phases"].items()))
+        phys = sorted({(r["dataset"], r["model"], r["physical_batch_size"], r["precision"]) for r in out["after"]["runs"]
+                       if not r["twin"]})
+        print("  physical batch (auto) and precision: " + ", ".join(f"{d}/{m} {p} {q}" for d, m, p, q in phys))
         ks = a["kernel_share"]
         print(f"  papermill + kernel start share of a paper-profile run: {100 * ks['min']:.1f}–{100 * ks['max']:.1f} % "
               f"(median {100 * ks['median']:.1f} %)")
@@ -191,4 +258,3 @@ def report(out: dict) -> None:
     for f in out["f1_parity"]:
         print(f"  weighted F1 {f['dataset']} {f['model']} ε={f['epsilon']}: fp32 {f['f1_fp32']:.4f}, bf16 {f['f1_bf16']:.4f} "
               f"(Δ {f['difference']:+.4f}); train {f['train_s_fp32']:.1f} s → {f['train_s_bf16']:.1f} s")
-
