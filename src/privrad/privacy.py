@@ -653,14 +653,19 @@ PRIVACY_UNITS = ("report", "patient")
 PUBLIC_SPLITS = ("validation", "test")
 
 #: Statistics of the training split that a run could publish outside the accountant. For private
-#: runs on credentialed data the run writer withholds every one of them; otherwise they are
-#: published and listed as not covered.
+#: runs on credentialed data every one of them is withheld — by the run writer
+#: (:func:`privrad.runs.withhold_training_statistics`) and, for what is printed or measured while
+#: training, by the training loop (``train(..., withheld=...)``); otherwise they are published and
+#: listed as not covered.
 TRAINING_STATISTICS = {
     "loss": "per-step training loss (curve.json, the run notebook's loss plot)",
     "batch_size": "realised Poisson batch sizes (curve.json)",
     "empty_batches": "the count of empty Poisson batches (privacy.json)",
     "n_truncated": "how many training reports were cut at max_length (config.json)",
-    "train_prevalence": "training-split label prevalence (run notebook, data chapter)",
+    "train_prevalence": "training-split label prevalence (run notebook, data chapter; the warning that a label has "
+                        "no positive training report)",
+    "longest_report": "the length of the longest training reports, as GPU memory: physical_batch_size auto's probe "
+                      "(config.json's physical_batch_size and physical_batch_source) and the peak GPU memory (runtime.gpu_peak_gb)",
 }
 
 
@@ -695,6 +700,8 @@ def release_terms(*, private: bool, dp_randomness: str = "secure", privacy_unit:
         "hyperparameters chosen by looking at results on private data (e.g. repeated runs with --set): "
         "that choice spends privacy no accountant counts",
         "wall-clock times in config.json (they vary with the realised Poisson batch sizes)",
+        "the dataset fingerprint in config.json and the run id (a SHA-256 of every report: it reveals nothing about a "
+        "report to someone who lacks the others, but one who holds every other report could test a candidate against it)",
     ]
     if not private:
         return {"dp_release": False, "release": "not a DP release: non-private training, no noise and no clipping",
