@@ -656,7 +656,7 @@ PUBLIC_SPLITS = ("validation", "test")
 #: runs on credentialed data every one of them is withheld — by the run writer
 #: (:func:`privrad.runs.withhold_training_statistics`) and, for what is printed or measured while
 #: training, by the training loop (``train(..., withheld=...)``); otherwise they are published and
-#: listed as not covered.
+#: listed as not covered. Each value names the statistic, then (in brackets) where it would appear.
 TRAINING_STATISTICS = {
     "loss": "per-step training loss (curve.json, the run notebook's loss plot)",
     "batch_size": "realised Poisson batch sizes (curve.json)",
@@ -664,8 +664,9 @@ TRAINING_STATISTICS = {
     "n_truncated": "how many training reports were cut at max_length (config.json)",
     "train_prevalence": "training-split label prevalence (run notebook, data chapter; the warning that a label has "
                         "no positive training report)",
-    "longest_report": "the length of the longest training reports, as GPU memory: physical_batch_size auto's probe "
-                      "(config.json's physical_batch_size and physical_batch_source) and the peak GPU memory (runtime.gpu_peak_gb)",
+    "longest_report": "the length of the longest training reports (as GPU memory: the probe of physical_batch_size "
+                      "auto on a GPU, config.json's physical_batch_size and physical_batch_source; the peak GPU memory, "
+                      "runtime.gpu_peak_gb)",
 }
 
 
