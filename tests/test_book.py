@@ -124,3 +124,18 @@ def test_the_book_states_coverage_unit_threshold_policy_delta_and_mode():
     appendix = (ROOT / "book" / "appendix.md").read_text()
     assert "release_terms" in appendix and "not a DP release" in appendix
     assert "spends privacy that no accountant counts" in (ROOT / "book" / "reproduce.md").read_text()
+
+
+def test_the_profiles_the_book_names_reproducible_are_those_that_are():
+    """Issue 8 point 1: which profile draws its DP randomness from the seed is a fact of studies/*.yml."""
+    from privrad.profiles import load_profile
+
+    names = sorted(p.stem for p in (ROOT / "studies").glob("*.yml"))
+    mode = {n: load_profile(n).params.get("dp_randomness", "secure") for n in names}
+    reproducible = {n for n, m in mode.items() if m == "reproducible"}
+    assert {"smoke", "openi", "course"} <= reproducible and {"default", "paper"}.isdisjoint(reproducible)
+    sentence = re.search(r"[^.]*use `reproducible`[^.]*\.", " ".join((ROOT / "book" / "reproduce.md").read_text().split())).group(0)
+    named = set(re.findall(r"`(\w+)`", sentence)) & set(names)
+    assert named == reproducible - {"tune"}, (named, reproducible)
+    appendix = " ".join((ROOT / "book" / "appendix.md").read_text().split())
+    assert "`dp_randomness: reproducible` (the course and smoke profiles)" in appendix
