@@ -670,9 +670,11 @@ TRAINING_STATISTICS = {
 }
 
 
-def withholds_training_statistics(*, private: bool, credentialed: bool) -> bool:
-    """Whether a run withholds :data:`TRAINING_STATISTICS`: private runs on credentialed data."""
-    return bool(private and credentialed)
+def withheld_statistics(*, private: bool, credentialed: bool) -> list[str]:
+    """The :data:`TRAINING_STATISTICS` a run withholds: all of them for a private run on
+    credentialed data, none otherwise (``release_terms["withheld"]``; the training loop and the
+    run writer read it)."""
+    return list(TRAINING_STATISTICS) if private and credentialed else []
 
 
 def release_terms(*, private: bool, dp_randomness: str = "secure", privacy_unit: str = "report",
@@ -689,7 +691,7 @@ def release_terms(*, private: bool, dp_randomness: str = "secure", privacy_unit:
         raise PrivacyError(f"dp_randomness {dp_randomness!r} is unknown; use one of {', '.join(DP_RANDOMNESS)}.")
     if privacy_unit not in PRIVACY_UNITS:
         raise PrivacyError(f"privacy_unit {privacy_unit!r} is unknown; use one of {', '.join(PRIVACY_UNITS)}.")
-    withheld = withholds_training_statistics(private=private, credentialed=credentialed)
+    withheld = withheld_statistics(private=private, credentialed=credentialed)
     public_splits = ("the validation and test splits are declared public: thresholds tuned on the validation split "
                      "and every validation or test metric and prediction (metrics.json, predictions.npz) are "
                      "computed from them without noise" if threshold == "tuned" else
@@ -725,7 +727,7 @@ def release_terms(*, private: bool, dp_randomness: str = "secure", privacy_unit:
                        "mechanism, not this adapter",
             "covers": [],
             "does_not_cover": ["the adapter and everything computed from it: its DP randomness is reproducible"] + not_covered,
-            "withheld": [k for k in TRAINING_STATISTICS] if withheld else [],
+            "withheld": withheld,
             "dp_randomness": dp_randomness, "privacy_unit": privacy_unit,
         }
     return {
@@ -739,7 +741,7 @@ def release_terms(*, private: bool, dp_randomness: str = "secure", privacy_unit:
             "training split only through its size)",
         ],
         "does_not_cover": not_covered,
-        "withheld": [k for k in TRAINING_STATISTICS] if withheld else [],
+        "withheld": withheld,
         "dp_randomness": dp_randomness, "privacy_unit": privacy_unit,
     }
 

@@ -392,7 +392,7 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
     from privrad.features import Classifier, frozen_features
     from privrad.io import privrad_cache
     from privrad.models import build_model, count_parameters, get_model_spec, load_tokenizer, quiet_transformers
-    from privrad.privacy import TRAINING_STATISTICS, default_delta, privacy_report, withholds_training_statistics
+    from privrad.privacy import default_delta, privacy_report, withheld_statistics
     from privrad.train import predict_proba, train
 
     cfg = validate_config(config)
@@ -402,8 +402,7 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
     elif dataset.name != cfg.dataset:
         raise ConfigError(f"the dataset passed is {dataset.name!r} but the config says dataset = {cfg.dataset!r}; pass the matching dataset or fix the config.")
     # what this run must not publish about its training split (release_terms' ``withheld``)
-    withheld = tuple(TRAINING_STATISTICS) if withholds_training_statistics(private=cfg.private,
-                                                                           credentialed=bool(dataset.credentialed)) else ()
+    withheld = withheld_statistics(private=cfg.private, credentialed=bool(dataset.credentialed))
     splits = _check_data(cfg, dataset, withheld=withheld)
     n_train = len(splits["train"])
     cfg = validate_config(cfg, n_train=n_train)
