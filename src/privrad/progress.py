@@ -49,7 +49,7 @@ class Reporter:
 
                 self._bar = tqdm(total=total, desc=self._desc, leave=False)
             if shown:
-                self._bar.set_postfix(shown, refresh=False)
+                self._bar.set_postfix(shown)  # shown at once (as tqdm does by default)
             self._bar.update(step - self._bar.n)
         now = time.monotonic()
         if self._train_t0 is None:
