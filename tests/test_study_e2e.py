@@ -231,10 +231,10 @@ def smoke_book(smoke, tmp_path_factory):
     return {"project": project, "html": project / "_build" / "html", "stale": stale, "proc": proc, "results": results}
 
 
-def test_book_from_the_smoke_study_shows_no_credentialed_text(smoke, smoke_book):
+def test_book_from_the_smoke_study_shows_no_credentialed_text(smoke, smoke_book, tmp_path):
     from privrad.data import load_dataset
 
-    project, stale = smoke_book["project"], smoke_book["stale"]
+    project, stale, results = smoke_book["project"], smoke_book["stale"], smoke_book["results"]
     index = project / "_build" / "html" / "index.html"
     assert index.is_file()
     runs = list((project / "_build" / "html" / "book" / "generated" / "runs").glob("*.html"))
