@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from typing import Any, Iterable
 
 import pandas as pd
@@ -31,6 +32,8 @@ def number(x: Any, digits: int = 3) -> str:
         return str(x)
     if isinstance(x, int):
         return f"{x:,}".replace(",", " ") if abs(x) >= 10_000 else str(x)
+    if x != 0 and math.isfinite(x) and abs(x) < 0.5 * 10 ** -digits:  # never a non-zero shown as 0.000 (δ)
+        return f"{x:.2g}".replace("-", "−")
     return f"{x:.{digits}f}".replace("-", "−")
 
 
@@ -92,15 +95,44 @@ def config_table(config):
     return pd.Series(rows).to_frame("value").rename_axis("parameter").style
 
 
+_INTERVAL = re.compile(r"^(\S+) (\[[^\]]+\])$")  # "0.48 [0.43, 0.55]"
+# one look for every reader table: no cell wraps inside a number or an interval (the interval goes
+# under its value, smaller), headers wrap, and a table wider than the page scrolls on its own
+_TABLE_STYLES = [
+    {"selector": "", "props": "border-collapse: collapse; font-size: 0.9em; margin: 0 0 0.5em 0;"},
+    {"selector": "caption", "props": "caption-side: top; text-align: left; font-weight: 600; padding: 0.3em 0;"},
+    {"selector": "th", "props": "padding: 0.3em 0.6em; text-align: left; vertical-align: bottom;"
+                                " border-bottom: 1px solid currentColor;"},
+    {"selector": "td", "props": "padding: 0.3em 0.6em; vertical-align: top;"},
+    {"selector": "td .privrad-ci", "props": "font-size: 0.85em; opacity: 0.75; white-space: nowrap;"},
+    {"selector": "td .privrad-nowrap", "props": "white-space: nowrap;"},
+]
+
+
+def _cell_html(x: Any) -> str:
+    """A formatted cell as HTML: an interval as its value with the interval under it, a number
+    kept on one line, text as it is (escaped)."""
+    text = str(x)
+    m = _INTERVAL.match(text)
+    if m:
+        return f'<span class="privrad-nowrap">{html.escape(m[1])}</span><br><span class="privrad-ci">{html.escape(m[2])}</span>'
+    if (len(text) <= 12 and " " not in text.strip()) or re.match(r"^\S+ ± \S+$", text):
+        return f'<span class="privrad-nowrap">{html.escape(text)}</span>'
+    return html.escape(text)
+
+
 def html_table(df: pd.DataFrame, *, notes: list[str] = (), caption: str | None = None):
-    """``df`` (already formatted as text) as an HTML table without its index, with numbered notes under it."""
+    """``df`` (already formatted as text) as an HTML table without its index, with numbered notes
+    under it: intervals ``0.48 [0.43, 0.55]`` are shown with the interval under the value."""
     from IPython.display import HTML
 
-    body = df.style.hide(axis="index").set_table_attributes('class="privrad-table"')
+    body = (df.map(_cell_html).style.hide(axis="index").set_table_attributes('class="privrad-table"')
+            .set_table_styles(_TABLE_STYLES))
     if caption:
-        body = body.set_caption(caption)
+        body = body.set_caption(html.escape(caption))
     notes_html = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
-    return HTML(body.to_html() + (f'<ol class="privrad-notes">{notes_html}</ol>' if notes else ""))
+    return HTML('<div class="privrad-table-wrap" style="overflow-x: auto;">' + body.to_html()
+                + (f'<ol class="privrad-notes">{notes_html}</ol>' if notes else "") + "</div>")
 
 
 def results_table(runs: pd.DataFrame, *, threshold: str = "tuned", caption: str | None = None):
@@ -113,14 +145,17 @@ def results_table(runs: pd.DataFrame, *, threshold: str = "tuned", caption: str 
     return html_table(table, caption=caption)
 
 
-def tests_table(tests: pd.DataFrame):
+def tests_table(tests: pd.DataFrame, *, threshold: str | None = None, caption: str | None = None):
     """:func:`privrad.stats.tests_table` for reading: the effect with its interval, p-values
-    rounded, a dash for what was not computed, and each row's note as a footnote."""
+    rounded, a dash for what was not computed, and each row's note as a footnote. ``threshold``
+    (as :data:`privrad.stats.THRESHOLDS`) keeps the tests of one threshold and drops that column."""
+    if threshold is not None and "threshold" in tests:
+        tests = tests[tests["threshold"] == threshold]
     marks, notes = footnote_marks(tests["note"])
     table = pd.DataFrame({
         "test": [f"{t}{m}" for t, m in zip(tests["test"], marks)],
         "dataset": tests["dataset"],
-        **({"threshold": tests["threshold"]} if "threshold" in tests else {}),
+        **({"threshold": tests["threshold"]} if "threshold" in tests and threshold is None else {}),
         "comparison": tests["comparison"],
         "n": [number(int(n)) if not missing(n) else DASH for n in tests["n"]],
         "statistic": [number(x, 3) for x in tests["statistic"]],
@@ -130,4 +165,4 @@ def tests_table(tests: pd.DataFrame):
         "p (Holm)": [pvalue(p) for p in tests["p_holm"]],
         **({"smallest possible p": [pvalue(p) for p in tests["p_min"]]} if "p_min" in tests else {}),
     })
-    return html_table(table, notes=notes)
+    return html_table(table, notes=notes, caption=caption)
