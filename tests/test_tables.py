@@ -19,14 +19,15 @@ def test_numbers_are_never_nan_and_a_small_delta_is_not_rounded_to_zero():
     assert tables.interval(0.48, 0.43, 0.55) == "0.48 [0.43, 0.55]"
 
 
-def test_results_table_shows_each_interval_under_its_value_and_scrolls_when_wide(tmp_path):
-    runs = make_grid(tmp_path, models=("tiny-bert",))
+def test_results_table_shows_each_interval_under_its_value_scrolls_when_wide_and_drops_empty_columns(tmp_path):
+    runs = make_grid(tmp_path, models=("tiny-bert",), with_full=False)
     out = tables.results_table(runs, caption="Weighted F1 at the runs' thresholds").data
-    assert out.startswith('<div class="privrad-table-wrap" style="overflow-x: auto;">')
+    assert re.search(r"display: block;\s*max-width: 100%;\s*overflow-x: auto;", out)  # a wide table scrolls, not the page
     assert re.search(r'<span class="privrad-nowrap">0\.\d\d</span><br><span class="privrad-ci">\[0\.\d\d, 0\.\d\d\]</span>', out)
     text = _text(out)
     assert "Weighted F1 at the runs&#x27; thresholds" in out and "NaN" not in text and "nan" not in text
     assert re.search(r"0\.\d\d \[0\.\d\d, 0\.\d\d\]", text)  # read as text: "0.48 [0.43, 0.55]"
+    assert "ε=0.01" in text and "paper: full" in text and not re.search(r">full</th>", out)  # no column without a run
 
 
 def test_tests_table_of_one_threshold_drops_that_column_and_numbers_its_own_notes(tmp_path):

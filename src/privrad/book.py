@@ -314,7 +314,7 @@ def build_book(results_dir: Path, *, profile_name: str, root: Path | None = None
     tokenizer = tokenizer if tokenizer in ran else ran[0]
     _execute(papermill, root / "notebooks" / "data.ipynb", staging / "data.ipynb",
              {"datasets": datasets, "dataset_options": options, "tokenizer": tokenizer}, kernel)
-    for name in ("analysis.ipynb", "data.ipynb"):
+    for name in ("analysis.ipynb", "privacy.ipynb", "data.ipynb"):
         _reader_copy(staging / name, staging / name, root, machine)
     write_facts(staging, manifest, runs)
     generated = root / GENERATED

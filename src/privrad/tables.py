@@ -67,9 +67,25 @@ def footnote_marks(notes: Iterable[str]) -> tuple[list[str], list[str]]:
     return marks, order
 
 
+_INTERVAL = re.compile(r"^(\S+) (\[[^\]]+\])$")  # "0.48 [0.43, 0.55]"
+# one look for every reader table: no cell wraps inside a number or an interval (the interval goes
+# under its value, smaller), headers wrap, and a table wider than the page scrolls on its own
+_TABLE_STYLES = [
+    {"selector": "", "props": "display: block; max-width: 100%; overflow-x: auto; border-collapse: collapse;"
+                              " font-size: 0.88em; margin: 0 0 0.5em 0;"},
+    {"selector": "caption", "props": "caption-side: top; text-align: left; font-weight: 600; padding: 0.3em 0;"},
+    {"selector": "th", "props": "padding: 0.25em 0.45em; text-align: left; vertical-align: bottom;"},
+    {"selector": "thead th", "props": "border-bottom: 1px solid currentColor;"},
+    {"selector": "td", "props": "padding: 0.25em 0.45em; vertical-align: top;"},
+    {"selector": "td .privrad-ci", "props": "font-size: 0.85em; opacity: 0.75; white-space: nowrap;"},
+    {"selector": "td .privrad-nowrap", "props": "white-space: nowrap;"},
+]
+
+
 def show(df: pd.DataFrame, *, digits: int = 3, index: bool = True, caption: str | None = None):
     """Any table for reading: floats rounded, undefined values as a dash."""
-    styler = df.style.format(lambda x: number(x, digits)).format_index(lambda x: DASH if missing(x) else x, axis=0)
+    styler = (df.style.format(lambda x: number(x, digits)).format_index(lambda x: DASH if missing(x) else x, axis=0)
+              .set_table_styles(_TABLE_STYLES))
     if not index:
         styler = styler.hide(axis="index")
     if caption:
@@ -92,21 +108,7 @@ def config_table(config):
         return json.dumps(v, ensure_ascii=False) if isinstance(v, (dict, list, tuple)) else str(v)
 
     rows = {name: value(name, v) for name, v in config.to_dict().items()}
-    return pd.Series(rows).to_frame("value").rename_axis("parameter").style
-
-
-_INTERVAL = re.compile(r"^(\S+) (\[[^\]]+\])$")  # "0.48 [0.43, 0.55]"
-# one look for every reader table: no cell wraps inside a number or an interval (the interval goes
-# under its value, smaller), headers wrap, and a table wider than the page scrolls on its own
-_TABLE_STYLES = [
-    {"selector": "", "props": "border-collapse: collapse; font-size: 0.9em; margin: 0 0 0.5em 0;"},
-    {"selector": "caption", "props": "caption-side: top; text-align: left; font-weight: 600; padding: 0.3em 0;"},
-    {"selector": "th", "props": "padding: 0.3em 0.6em; text-align: left; vertical-align: bottom;"
-                                " border-bottom: 1px solid currentColor;"},
-    {"selector": "td", "props": "padding: 0.3em 0.6em; vertical-align: top;"},
-    {"selector": "td .privrad-ci", "props": "font-size: 0.85em; opacity: 0.75; white-space: nowrap;"},
-    {"selector": "td .privrad-nowrap", "props": "white-space: nowrap;"},
-]
+    return pd.Series(rows).to_frame("value").rename_axis("parameter").style.set_table_styles(_TABLE_STYLES)
 
 
 def _cell_html(x: Any) -> str:
@@ -131,17 +133,18 @@ def html_table(df: pd.DataFrame, *, notes: list[str] = (), caption: str | None =
     if caption:
         body = body.set_caption(html.escape(caption))
     notes_html = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
-    return HTML('<div class="privrad-table-wrap" style="overflow-x: auto;">' + body.to_html()
-                + (f'<ol class="privrad-notes">{notes_html}</ol>' if notes else "") + "</div>")
+    return HTML(body.to_html() + (f'<ol class="privrad-notes">{notes_html}</ol>' if notes else ""))
 
 
 def results_table(runs: pd.DataFrame, *, threshold: str = "tuned", caption: str | None = None):
     """:func:`privrad.stats.paper_table` for reading: each cell ``mean [bootstrap 95 % CI]``
-    (or ``mean ± sd`` over seeds), a dash where the study has no such run; ``threshold`` as
+    (or ``mean ± sd`` over seeds), a dash where the study has no such run (a column with no run
+    at all is left out); ``threshold`` as
     :data:`privrad.stats.THRESHOLDS` (the runs' tuned thresholds, or a fixed 0.5)."""
     from privrad import stats
 
     table = stats.paper_table(runs, threshold=threshold).map(lambda x: DASH if missing(x) else x)
+    table = table.loc[:, [c for c in table.columns if not (table[c] == DASH).all()]]  # no column the study has no run for
     return html_table(table, caption=caption)
 
 
