@@ -17,6 +17,7 @@ def test_numbers_are_never_nan_and_a_small_delta_is_not_rounded_to_zero():
     assert tables.number(float("nan")) == tables.DASH and tables.number(None) == tables.DASH
     assert tables.number(1.2e-5) == "1.2e−05" and tables.number(0.0) == "0.000" and tables.number(0.12345) == "0.123"
     assert tables.interval(0.48, 0.43, 0.55) == "0.48 [0.43, 0.55]"
+    assert tables.interval(0.01, 0.0043, 0.08) == "0.01 [0.00, 0.08]"  # an interval keeps one precision
 
 
 def test_results_table_shows_each_interval_under_its_value_scrolls_when_wide_and_drops_empty_columns(tmp_path):

@@ -24,15 +24,16 @@ def missing(x: Any) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x)) or (isinstance(x, str) and not x.strip())
 
 
-def number(x: Any, digits: int = 3) -> str:
-    """A number for reading: ``digits`` decimals for floats, as is for integers, a dash if undefined."""
+def number(x: Any, digits: int = 3, *, small: bool = True) -> str:
+    """A number for reading: ``digits`` decimals for floats, as is for integers, a dash if undefined;
+    a non-zero float too small for ``digits`` (a δ) in two significant digits unless ``small`` is False."""
     if missing(x):
         return DASH
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         return str(x)
     if isinstance(x, int):
         return f"{x:,}".replace(",", " ") if abs(x) >= 10_000 else str(x)
-    if x != 0 and math.isfinite(x) and abs(x) < 0.5 * 10 ** -digits:  # never a non-zero shown as 0.000 (δ)
+    if small and x != 0 and math.isfinite(x) and abs(x) < 0.5 * 10 ** -digits:  # never a δ shown as 0.000
         return f"{x:.2g}".replace("-", "−")
     return f"{x:.{digits}f}".replace("-", "−")
 
@@ -42,8 +43,8 @@ def interval(value: Any, low: Any, high: Any, digits: int = 2) -> str:
     if missing(value):
         return DASH
     if missing(low) or missing(high):
-        return number(value, digits)
-    return f"{number(value, digits)} [{number(low, digits)}, {number(high, digits)}]"
+        return number(value, digits, small=False)
+    return f"{number(value, digits, small=False)} [{number(low, digits, small=False)}, {number(high, digits, small=False)}]"
 
 
 def pvalue(p: Any) -> str:
