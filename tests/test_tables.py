@@ -43,3 +43,12 @@ def test_tests_table_of_one_threshold_drops_that_column_and_numbers_its_own_note
     assert "smallest possible p" in _text(tuned) and "NaN" not in _text(tuned) + _text(half)
     notes = re.findall(r"<li>", tuned)
     assert len(notes) == len({n for n in tests[tests["threshold"] == "tuned"]["note"] if n})
+
+
+def test_the_tests_summary_counts_the_comparisons_at_the_runs_thresholds_only(tmp_path):
+    runs = make_grid(tmp_path)
+    tests = stats.tests_table(runs, n_bootstrap=100)
+    tuned = tests[(tests["threshold"] == "tuned") & tests["test"].str.startswith("paired bootstrap") & tests["p_holm"].notna()]
+    (sentence,) = stats.tests_summary(tests).values()
+    assert ", at the runs' thresholds, " in sentence
+    assert f"of {len(tuned)} model × ε comparisons" in sentence and len(tuned) == 3 * 4
