@@ -189,13 +189,13 @@ def estimate_grid(steps_rows, runs, *, kernel_start_s, dry) -> dict:
 # ----------------------------------------------------------------------------- 1. steps
 
 GROUPS = {  # the old settings, the new ones in fp32 and in bf16
-    "old": dict(physical=64, precision="fp32", methods=["lora", "dp-lora", "full"]),
-    "new-fp32": dict(physical=None, precision="fp32", methods=["lora", "dp-lora"]),
-    "new-bf16": dict(physical=None, precision="bf16", methods=["lora", "dp-lora", "full"]),
+    "old": dict(physical_batch_size=64, precision="fp32", methods=["lora", "dp-lora", "full"]),
+    "new-fp32": dict(physical_batch_size=None, precision="fp32", methods=["lora", "dp-lora"]),
+    "new-bf16": dict(physical_batch_size=None, precision="bf16", methods=["lora", "dp-lora", "full"]),
 }
 
 
-def steps_part(shapes, device, *, batch, length, repeats, warmup, dry) -> dict:
+def steps_part(shapes, device, *, batch_size, max_length, repeats, warmup, dry) -> dict:
     """Interleaved step times per shape and settings group, DP ÷ LoRA per round, and the bf16
     per-sample gradient check."""
     import statistics
@@ -212,10 +212,12 @@ def steps_part(shapes, device, *, batch, length, repeats, warmup, dry) -> dict:
         for group, g in GROUPS.items():
             if g["precision"] == "bf16" and device == "cpu" and not dry:
                 continue
-            phys = min(g["physical"] or batch, batch) if not dry else (2 if g["physical"] else batch)
+            physical = g["physical_batch_size"]
+            physical = min(physical or batch_size, batch_size) if not dry else (2 if physical else batch_size)
             try:
-                times = step.measure_interleaved(shape, g["methods"], batch=batch, length=length, repeats=repeats,
-                                                 warmup=warmup, device=device, physical=phys, precision=g["precision"],
+                times = step.measure_interleaved(shape, g["methods"], batch_size=batch_size, max_length=max_length,
+                                                 repeats=repeats, warmup=warmup, device=device,
+                                                 physical_batch_size=physical, precision=g["precision"],
                                                  lora_r=PAPER["lora_r"])
             except Exception as exc:  # noqa: BLE001 - e.g. out of memory: report and go on
                 print(f"  {shape} {group}: {type(exc).__name__}: {exc}"[:300], flush=True)
@@ -226,12 +228,13 @@ def steps_part(shapes, device, *, batch, length, repeats, warmup, dry) -> dict:
                 _free(device)
             lora = times.get("lora", [])
             for method, t in times.items():
-                r = {"model": shape, "group": group, "method": method, "batch": batch, "length": length, "physical": phys,
+                r = {"model": shape, "group": group, "method": method, "batch_size": batch_size, "max_length": max_length,
+                     "physical_batch_size": physical,
                      "precision": g["precision"], "median_s": statistics.median(t), "status": "ok"}
                 if lora and method != "lora":
                     r["ratio_vs_lora"] = statistics.median(a / b for a, b in zip(t, lora))
                 rows.append(r)
-                print(f"  {shape:18s} {group:9s} {method:8s} B={batch} phys={phys:3d} {r['median_s'] * 1000:8.1f} ms"
+                print(f"  {shape:18s} {group:9s} {method:8s} B={batch_size} phys={physical:3d} {r['median_s'] * 1000:8.1f} ms"
                       + (f"  ×{r['ratio_vs_lora']:.3f} vs LoRA" if "ratio_vs_lora" in r else ""), flush=True)
         # bf16 per-sample gradients against float32, dropout off (the same network twice)
         model = build_model(common.shaped_model_dir(shape), step.N_LABELS, method="lora", lora_r=PAPER["lora_r"],
@@ -244,7 +247,7 @@ def steps_part(shapes, device, *, batch, length, repeats, warmup, dry) -> dict:
             if "lora_B" in name:
                 p.data.normal_(0, 0.02)
         net = Classifier(model)
-        data = step.synthetic_data(8, length)
+        data = step.synthetic_data(8, max_length)
         from privrad.train import _batch, _to
 
         b = _to(_batch(data, list(range(8))), torch.device(device))
@@ -259,7 +262,7 @@ def steps_part(shapes, device, *, batch, length, repeats, warmup, dry) -> dict:
     return {"rows": rows, "bf16_check": checks}
 
 
-def diagnostics(shape: str, device: str, *, batch: int, length: int, repeats: int, warmup: int) -> dict:
+def diagnostics(shape: str, device: str, *, batch_size: int, max_length: int, repeats: int, warmup: int) -> dict:
     """Where the bf16 DP step's extra time goes: DP-LoRA ÷ LoRA with privrad's float32 per-sample
     gradients against Opacus' own (bf16) Linear sampler, and the profiler's top operations."""
     import statistics
@@ -274,7 +277,7 @@ def diagnostics(shape: str, device: str, *, batch: int, length: int, repeats: in
     for name, fn in (("float32 sampler", ours), ("opacus bf16 sampler", compute_linear_grad_sample)):
         pp._linear_grad_sample_float32 = fn
         try:
-            t = step.measure_interleaved(shape, ["lora", "dp-lora"], batch=batch, length=length, repeats=repeats,
+            t = step.measure_interleaved(shape, ["lora", "dp-lora"], batch_size=batch_size, max_length=max_length, repeats=repeats,
                                          warmup=warmup, device=device, precision="bf16", lora_r=PAPER["lora_r"])
         finally:
             pp._linear_grad_sample_float32 = ours
@@ -288,8 +291,9 @@ def diagnostics(shape: str, device: str, *, batch: int, length: int, repeats: in
 
         model = build_model(common.shaped_model_dir(shape), step.N_LABELS, method="lora", device=device, seed=0,
                             lora_r=PAPER["lora_r"], lora_alpha=PAPER["lora_alpha"])
-        s = step.Stepper(model, "dp-lora", batch=batch, physical=batch, device=device, precision="bf16")
-        data, idx = step.synthetic_data(batch, length), list(range(batch))
+        s = step.Stepper(model, "dp-lora", batch_size=batch_size, physical_batch_size=batch_size, device=device,
+                         precision="bf16")
+        data, idx = step.synthetic_data(batch_size, max_length), list(range(batch_size))
         for _ in range(3):
             s.step(data, idx)
         acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else [])
@@ -328,7 +332,8 @@ def kernel_part(tmp: Path) -> dict:
     (tmp / "p.json").write_text("{}")
     t0 = time.perf_counter()
     p = subprocess.run([sys.executable, "-c", executors._PAPERMILL_DRIVER, str(path), str(tmp / "cold-out.ipynb"),
-                        str(tmp / "p.json"), kernel, str(ROOT), ""], capture_output=True, text=True)
+                        str(tmp / "p.json"), kernel, str(ROOT), "", json.dumps(executors.KERNEL_CONFIG)],
+                       capture_output=True, text=True)
     cold = time.perf_counter() - t0
     if p.returncode != 0:
         raise RuntimeError(f"papermill failed: {p.stdout[-1500:]} {p.stderr[-1500:]}")
@@ -432,12 +437,15 @@ def _cells(nb_path: Path) -> dict:
 
 
 def after_part(tmp: Path, models: dict, data_dirs: dict, *, epochs: float, deadline: float, dry: bool,
-               runs_per_gpu: int | None) -> dict:
-    """The paper profile's sweep (one seed, ``epochs``) through privrad's own study runner."""
+               runs_per_gpu: int | None, save_partial=None) -> dict:
+    """The paper profile's sweep (one seed, ``epochs``) through privrad's own study runner.
+
+    ``save_partial(after)``, when given, is called every ~15 s with what has finished so far (the
+    same dict as the return value, ``"partial": True``), so a call stopped from outside still
+    leaves its finished runs in gpu.json (``--summarize`` estimates from them)."""
     import threading
 
     from privrad import profiles, study
-    from privrad.runs import run_state
 
     path = paper_profile(tmp, models, data_dirs, epochs=epochs, dry=dry)
     prof = profiles.load_profile(str(path), root=ROOT)
@@ -445,20 +453,62 @@ def after_part(tmp: Path, models: dict, data_dirs: dict, *, epochs: float, deadl
     ex = study.local_executor(prof, jobs=2 if dry else None, runs_per_gpu=runs_per_gpu)
     print(f"  {len(profiles.expand(prof))} runs, {ex.jobs} at once (runs_per_gpu {ex.runs_per_gpu}, GPUs {ex.gpus or 'none'}), "
           f"{epochs:g} epoch(s) each; " + " ".join(ex.notes), flush=True)
+    points = [{"dataset": p.entry.name, "model": next(m for m, sh in models.items() if p.config.model.endswith(sh)),
+               "method": p.config.method, "epsilon": p.config.epsilon, "twin": p.config.precision == "fp32"}
+              for p in profiles.expand(prof)]
+    base = {"runs_per_gpu": ex.runs_per_gpu, "slots": ex.jobs, "epochs": epochs, "points": len(points),
+            "memory_share_gb": ex.memory_share_gb, "notes": ex.notes, "point_list": points}
     t0 = time.perf_counter()
     result = {}
     th = threading.Thread(target=lambda: result.setdefault("rc", study.run_study(prof, executor=ex, progress=False,
-                                                                                out=open(tmp / "sweep.txt", "w"))))
+                                                                                out=open(tmp / "sweep.txt", "w"))),
+                          daemon=True)  # a stopped sweep's thread must not keep the process alive
     th.start()
+    last_save = time.perf_counter()
     while th.is_alive():
         th.join(1.0)
+        if save_partial and time.perf_counter() - last_save > 15:
+            last_save = time.perf_counter()
+            try:
+                rows, failed = _after_rows(prof, models)
+                save_partial({**base, "wall_s": last_save - t0, "runs": rows, "failed": failed, "partial": True})
+            except (OSError, ValueError, KeyError) as exc:  # a file being written: next time
+                print(f"  (partial save skipped: {type(exc).__name__}: {exc})"[:200], flush=True)
+        failed, complete = _event_counts(prof.results_dir / "study.jsonl")
+        if failed >= min(4, ex.jobs) and not complete:  # the same fault in every run: keep the budget for a rerun
+            print(f"  the first {failed} runs failed and none completed: stopping the sweep", flush=True)
+            _stop(th)
+            break
         if time.perf_counter() > deadline:  # out of budget: stop what runs; the estimate uses what finished
             print("  budget reached: stopping the runs still in flight", flush=True)
-            _kill_children()
-            th.join(60)
+            _stop(th)
             break
     wall = time.perf_counter() - t0
-    events = [json.loads(line) for line in (prof.results_dir / "study.jsonl").read_text().splitlines()]
+    rows, failed = _after_rows(prof, models)
+    print(f"  {len(rows)} of {len(points)} runs complete in {wall:.0f} s; {len(failed)} failed", flush=True)
+    for f in failed[:5]:
+        print(f"    failed {f['run_id']}: {f['error']}"[:400], flush=True)
+    return {**base, "wall_s": wall, "runs": rows, "failed": failed, "rc": result.get("rc")}
+
+
+def _event_counts(log: Path) -> tuple[int, int]:
+    """Runs failed and completed so far, from the study's event log."""
+    text = log.read_text() if log.exists() else ""
+    return text.count('"event": "run_failed"'), text.count('"event": "run_complete"')
+
+
+def _after_rows(prof, models: dict) -> tuple[list[dict], list[dict]]:
+    """The sweep's finished runs (one row each, from the run folders and study.jsonl) and its failures."""
+    from privrad.runs import run_state
+
+    log = prof.results_dir / "study.jsonl"
+    lines = log.read_text().splitlines() if log.exists() else []
+    events = []
+    for line in lines:
+        try:
+            events.append(json.loads(line))
+        except ValueError:  # the line being written
+            pass
     seconds = {e["run_id"]: e["seconds"] for e in events if e.get("event") == "run_complete"}
     rows = []
     for d in sorted(x for x in prof.results_dir.iterdir() if x.is_dir()):
@@ -475,21 +525,23 @@ def after_part(tmp: Path, models: dict, data_dirs: dict, *, epochs: float, deadl
                      "twin": cfg["precision"] == "fp32", "seconds": seconds[d.name], **cells,
                      "kernel_s": max(0.0, seconds[d.name] - cells["cells_s"]), "prepare_s": rt["prepare_s"],
                      "train_s": rt["train_s"] - rt["calibrate_s"], "calibrate_s": rt["calibrate_s"],
+                     **{k: rt.get(k) for k in ("setup_s", "first_step_s", "accounting_s")},
                      "evaluate_s": rt["evaluate_s"], "gpu_peak_gb": rt.get("gpu_peak_gb"),
                      "physical_batch_size": info["physical_batch_size"], "physical_batch_source": info["physical_batch_source"],
                      "weighted_f1": metrics["weighted_f1"], "learned_nothing_weighted_f1": metrics.get("learned_nothing_weighted_f1"),
                      "steps": json.loads((d / "privacy.json").read_text())["steps"]})
-    points = [{"dataset": p.entry.name, "model": next(m for m, sh in models.items() if p.config.model.endswith(sh)),
-               "method": p.config.method, "epsilon": p.config.epsilon, "twin": p.config.precision == "fp32"}
-              for p in profiles.expand(prof)]
-    n_points = len(points)
     failed = [{"run_id": e["run_id"], "error": e.get("error")} for e in events if e.get("event") == "run_failed"]
-    print(f"  {len(rows)} of {n_points} runs complete in {wall:.0f} s; {len(failed)} failed", flush=True)
-    for f in failed[:5]:
-        print(f"    failed {f['run_id']}: {f['error']}"[:400], flush=True)
-    return {"wall_s": wall, "runs_per_gpu": ex.runs_per_gpu, "slots": ex.jobs, "epochs": epochs, "points": n_points,
-            "memory_share_gb": ex.memory_share_gb, "runs": rows, "notes": ex.notes, "failed": failed, "point_list": points,
-            "rc": result.get("rc")}
+    return rows, failed
+
+
+def _stop(th, within_s: float = 15.0) -> None:
+    """Stop a sweep: kill the runs in flight, and again each second the ones the executor starts
+    from its queue in their place, until the sweep's thread ends or ``within_s`` has passed (the
+    estimate then goes on with what finished; the thread is a daemon)."""
+    end = time.perf_counter() + within_s
+    while th.is_alive() and time.perf_counter() < end:
+        _kill_children()
+        th.join(1.0)
 
 
 def _kill_children() -> None:
@@ -504,10 +556,44 @@ def _kill_children() -> None:
 
 # ----------------------------------------------------------------------------- the estimates
 
-def estimate_after(after: dict, calibrations: list[dict] | None, *, dry: bool) -> dict:
+def _five_epoch_training(r: dict, scale: float) -> float:
+    """A sweep run's training seconds at the paper's epochs: what it pays once (setup before the
+    first step, the first step, the ε accounting at the curve's fixed number of checkpoints) plus
+    its later steps' mean time × the paper's number of steps. Without those timings (an older
+    run folder): all of its training × ``scale``."""
+    once = [r.get(k) for k in ("setup_s", "first_step_s", "accounting_s")]
+    if None in once or r["steps"] < 2:
+        return scale * r["train_s"]
+    per_step = max(0.0, r["train_s"] - sum(once)) / (r["steps"] - 1)
+    return sum(once) + per_step * (round(r["steps"] * scale) - 1)
+
+
+def single_run_training(steps_rows: list[dict], before_runs: list[dict]) -> dict[str, float]:
+    """Seconds of 5 epochs' training per ``dataset|model|method|private`` for one run alone on the
+    GPU at the new settings: the 'before' run's measured epoch (DP-LoRA, physical 64, fp32) times
+    the step-time ratio of part 1 (new settings, bf16 where measured, ÷ old DP-LoRA)."""
+    t = {(r["model"], r["group"], r["method"]): r["median_s"] for r in steps_rows if r.get("status", "ok") == "ok"}
+    out = {}
+    for b in before_runs:
+        old = t.get((b["shape"], "old", "dp-lora"))
+        group = "new-bf16" if (b["shape"], "new-bf16", "dp-lora") in t else "new-fp32"
+        for method, private, step_method in (("lora", True, "dp-lora"), ("lora", False, "lora"), ("full", False, "full")):
+            new = t.get((b["shape"], group, step_method))
+            if old and new:
+                out[f"{b['kind']}|{b['model']}|{method}|{private}"] = PAPER["num_epochs"] * b["epoch_s"] * new / old
+    return out
+
+
+def estimate_after(after: dict, calibrations: list[dict] | None, *, dry: bool, single: dict | None = None) -> dict:
     """The paper grid (3 seeds, 5 epochs) from the one-seed sweep: each run's seconds with its
     training scaled to 5 epochs and its calibration replaced by the grid's (each of the 8
-    calibrations cold once, then a cached check per other run); wall from the slots."""
+    calibrations cold once, then a cached check per other run; without those timings the runs'
+    own calibrations stay in); wall from the slots.
+
+    A short sweep's runs train beside other runs' fixed phases, so they share the GPU less than
+    5-epoch runs would. ``single`` (:func:`single_run_training`) gives the pessimistic bound
+    ``wall_no_sharing_gain_s``: the runs' training one at a time (as if sharing the GPU gained
+    nothing) plus their fixed phases spread over the slots."""
     import statistics
 
     runs = [r for r in after["runs"] if not r["twin"]]
@@ -516,9 +602,12 @@ def estimate_after(after: dict, calibrations: list[dict] | None, *, dry: bool) -
     scale = PAPER["num_epochs"] / after["epochs"]
     slots = after["slots"]
     per_run = []
+    naive = []  # every second of training × scale, as the 'before' runs were scaled (estimate_grid)
     for r in runs:
-        five = r["seconds"] - r["calibrate_s"] + (scale - 1) * r["train_s"]
-        per_run.append({**r, "paper_run_s": five})
+        rest = r["seconds"] - (r["calibrate_s"] if calibrations else 0.0) - r["train_s"]
+        five = _five_epoch_training(r, scale)
+        naive.append(rest + scale * r["train_s"])
+        per_run.append({**r, "paper_run_s": rest + five, "train5_s": five, "fixed_s": rest})
     # points that did not finish (budget stop, failure): the mean of the same dataset/model/method's runs
     done = {(r["dataset"], r["model"], r["method"], r["epsilon"]) for r in runs}
     extrapolated = []
@@ -530,8 +619,10 @@ def estimate_after(after: dict, calibrations: list[dict] | None, *, dry: bool) -
                [r["paper_run_s"] for r in per_run if (r["dataset"], r["model"]) == key[:2]]
         if like:
             extrapolated.append({**p, "paper_run_s": statistics.mean(like), "kernel_s": 0.0, "extrapolated": True})
+    unestimated = sum(1 for p in after.get("point_list", []) if not p["twin"]) - len(runs) - len(extrapolated)
     per_run += extrapolated
     occupancy = PAPER["seeds"] * sum(r["paper_run_s"] for r in per_run)
+    naive_occupancy = PAPER["seeds"] * (sum(naive) * len(per_run) / len(runs))
     cal = 0.0
     if calibrations:
         models, seeds = len({r["model"] for r in runs}), PAPER["seeds"]
@@ -540,6 +631,12 @@ def estimate_after(after: dict, calibrations: list[dict] | None, *, dry: bool) -
     longest = max(r["paper_run_s"] for r in per_run)
     lower = occupancy / slots
     upper = lower + (1 - 1 / slots) * longest
+    naive_wall = (naive_occupancy + cal) / slots + (1 - 1 / slots) * max(naive)
+    no_gain = None
+    if single and all(f"{r['dataset']}|{r['model']}|{r['method']}|{r['epsilon'] is not None}" in single for r in per_run):
+        train1 = [single[f"{r['dataset']}|{r['model']}|{r['method']}|{r['epsilon'] is not None}"] for r in per_run]
+        fixed = [r.get("fixed_s", statistics.mean(x["fixed_s"] for x in per_run[:len(runs)])) for r in per_run]
+        no_gain = PAPER["seeds"] * (sum(train1) + sum(fixed) / slots) + cal / slots
     share = [r["kernel_s"] / r["paper_run_s"] for r in per_run if not r.get("extrapolated")]
     # the points of the sweep that did not finish (budget): scaled from the same model/dataset's others
     missing = after["points"] - len(after["runs"])
@@ -554,7 +651,9 @@ def estimate_after(after: dict, calibrations: list[dict] | None, *, dry: bool) -
                         "other_cells_s", "seconds", "paper_run_s")}
     return {"rows": rows, "phases": phases, "occupancy_s": occupancy, "calibration_s": cal, "slots": slots, "longest_run_s": longest,
             "wall_lower_s": lower, "wall_s": upper, "wall_min": upper / 60, "missing_points": missing,
-            "extrapolated_points": len(extrapolated),
+            "extrapolated_points": len(extrapolated), "unestimated_points": unestimated,
+            "wall_no_sharing_gain_s": no_gain, "partial": bool(after.get("partial")),
+            "wall_scaled_as_before_s": naive_wall,
             "kernel_share": {"min": min(share), "median": statistics.median(share), "max": max(share)},
             "assumptions": (f"{PAPER['num_epochs']} epochs (training scaled from {after['epochs']:g}), {PAPER['seeds']} seeds, "
                             f"{slots} runs at once on one GPU; wall = Σ/slots + (1 − 1/slots) × longest run (list scheduling)"
@@ -619,7 +718,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="tiny shapes, tiny data, CPU: checks the script, not the GPU")
     ap.add_argument("--n", type=int, default=25_000, help="simulated reports per dataset")
     ap.add_argument("--old-epochs", type=float, default=0.15, help="epochs of each 'before' run (scaled to 5)")
-    ap.add_argument("--budget-s", type=float, default=420.0, help="the whole script ends by then (runs in flight are stopped)")
+    ap.add_argument("--budget-s", type=float, help="the whole script ends by then (runs in flight are stopped); "
+                                                   "default 420, 1200 with --dry-run (the shared CPU is slow)")
     ap.add_argument("--runs-per-gpu", type=int, default=None, help="override the paper profile's gpu.runs_per_gpu")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
@@ -628,7 +728,18 @@ def main(argv=None) -> int:
     ap.add_argument("--reuse", help="a gpu.json of an earlier call on the same machine kind: its parts 1-3 are "
                                     "taken from it (say so when reporting) and only part 4 runs")
     ap.add_argument("--after-epochs", type=float, help="epochs per run of part 4 (default: chosen from part 1)")
+    ap.add_argument("--diagnostics", action="store_true", help="with --reuse: also time where the bf16 DP step's "
+                                                                  "extra time goes (costs GPU time)")
+    ap.add_argument("--summarize", metavar="GPU_JSON", help="print the summary of a gpu.json, estimating the 'after' "
+                                                           "grid from the runs it holds (a call stopped in part 4)")
     args = ap.parse_args(argv)
+    if args.summarize:
+        out = json.loads(Path(args.summarize).read_text())
+        finish(out, dry=out["args"].get("dry_run", False))
+        report(out)
+        return 0
+    if args.budget_s is None:
+        args.budget_s = 1200.0 if args.dry_run else 420.0
     if args.calibration_child:
         calibration_child(json.loads(args.calibration_child))
         return 0
@@ -661,23 +772,30 @@ def main(argv=None) -> int:
     sims = [subprocess.Popen([sys.executable, "-c", f"import common; common.report_dataset({kind!r}, {n}, root={str(tmp / 'data')!r})"],
                              env=env, cwd=common.BENCH_DIR) for kind in DATASETS]
     spec = {"datasets": data_dirs, "epsilons": [1] if dry else list(PAPER["lora_epsilons"]), "dry": dry}
-    calib = subprocess.Popen([sys.executable, str(Path(__file__)), "--calibration-child", json.dumps(spec)], env=env,
-                             stdout=subprocess.PIPE, text=True)
+    calib = None if args.reuse else subprocess.Popen(
+        [sys.executable, str(Path(__file__)), "--calibration-child", json.dumps(spec)], env=env, stdout=subprocess.PIPE, text=True)
     for shape in models.values():
         common.shaped_model_dir(shape)
 
-    batch, length = (8, 16) if dry else (PAPER["batch_size"], 128)
+    batch_size, max_length = (8, 16) if dry else (PAPER["batch_size"], 128)
     rep, wu = (1, 0) if dry else (args.repeats, args.warmup)
     if args.reuse:
         prev = json.loads(Path(args.reuse).read_text())
-        out.update(steps=prev["steps"], kernel=prev["kernel"], before=prev["before"],
-                   reused={"from": args.reuse, "machine": prev["machine"], "parts": "1-3"})
-        print(f"[1-3/4] steps, kernel start and 'before' taken from {args.reuse} ({prev['machine'].get('gpu')}, "
-              f"{prev['machine'].get('date')})", flush=True)
-        out["diagnostics"] = diagnostics(list(models.values())[0], device, batch=batch, length=length, repeats=rep, warmup=wu)
+        for r in prev["steps"]["rows"]:  # a gpu.json written before the rows took the contract's names
+            for old, new in (("batch", "batch_size"), ("length", "max_length"), ("physical", "physical_batch_size")):
+                if old in r:
+                    r[new] = r.pop(old)
+        out.update(steps=prev["steps"], kernel=prev["kernel"], before=prev["before"], calibration=prev.get("calibration"),
+                   reused={"from": args.reuse, "machine": prev["machine"], "parts": "1-3 and the calibration timings"})
+        print(f"[1-3/4] steps, kernel start, 'before' and calibration timings taken from {args.reuse} "
+              f"({prev['machine'].get('gpu')}, {prev['machine'].get('date')})", flush=True)
+        if args.diagnostics:
+            out["diagnostics"] = diagnostics(list(models.values())[0], device, batch_size=batch_size, max_length=max_length,
+                                             repeats=rep, warmup=wu)
     else:
         print(f"[1/4] steps on {device}: LoRA vs DP-LoRA interleaved, old and new settings; bf16 per-sample gradients", flush=True)
-        out["steps"] = steps_part(list(models.values()), device, batch=batch, length=length, repeats=rep, warmup=wu, dry=dry)
+        out["steps"] = steps_part(list(models.values()), device, batch_size=batch_size, max_length=max_length, repeats=rep,
+                                  warmup=wu, dry=dry)
         save()
 
         print("\n[2/4] kernel start: papermill, a cold kernel vs one warmed up ahead", flush=True)
@@ -697,7 +815,7 @@ def main(argv=None) -> int:
         print(f"\n[3/4] before: one run at a time, physical 64, fp32; {args.old_epochs:g} epoch per model and dataset", flush=True)
     for kind, L in ({} if args.reuse else lengths).items():
         for model, shape in models.items():
-            if time.perf_counter() > t_start + 0.45 * args.budget_s and old_runs:
+            if not dry and time.perf_counter() > t_start + 0.45 * args.budget_s and old_runs:
                 print(f"  skipped {model}/{kind} (budget)", flush=True)
                 continue
             t_run = time.perf_counter()
@@ -728,23 +846,39 @@ def main(argv=None) -> int:
     epochs = args.after_epochs or choose_epochs(out["steps"]["rows"], n_train, deadline - time.perf_counter() - 30, slots, dry)
     print(f"\n[4/4] after: the paper profile's sweep, one seed, {epochs:g} epoch(s) per run (scaled to 5)", flush=True)
     _free(device)
-    out["after"] = after_part(tmp, models, data_dirs, epochs=epochs, deadline=deadline, dry=dry, runs_per_gpu=args.runs_per_gpu)
+
+    def save_partial(after):
+        out["after"] = after
+        save()
+
+    out["after"] = after_part(tmp, models, data_dirs, epochs=epochs, deadline=deadline, dry=dry, runs_per_gpu=args.runs_per_gpu,
+                              save_partial=save_partial)
     save()
-    try:
-        cal_out, _ = calib.communicate(timeout=5 if not dry else 120)
-        out["calibration"] = json.loads(cal_out.strip().splitlines()[-1])
-    except Exception as exc:  # noqa: BLE001 - not finished in time
-        calib.kill()
-        out["calibration"] = None
-        print(f"  calibration timings not available ({type(exc).__name__})", flush=True)
-    out["after"]["grid"] = estimate_after(out["after"], out["calibration"], dry=dry)
-    out["dp_ratio"] = dp_ratios(out["steps"]["rows"], out["after"]["runs"])
-    out["f1_parity"] = f1_parity(out["after"]["runs"])
+    if calib is not None:
+        try:
+            cal_out, _ = calib.communicate(timeout=5 if not dry else 120)
+            out["calibration"] = json.loads(cal_out.strip().splitlines()[-1])
+        except Exception as exc:  # noqa: BLE001 - not finished in time
+            calib.kill()
+            out["calibration"] = None
+            print(f"  calibration timings not available ({type(exc).__name__})", flush=True)
+    finish(out, dry=dry)
     out["wall_s"] = time.perf_counter() - t_start
     save()
     report(out)
     print(f"\nwritten {Path(args.out) / 'gpu.json'} in {out['wall_s']:.0f} s")
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
     return 0
+
+
+def finish(out: dict, *, dry: bool) -> None:
+    """The estimates and ratios from the parts' results (also for a gpu.json saved mid-sweep)."""
+    out["after"]["grid"] = estimate_after(out["after"], out.get("calibration"), dry=dry,
+                                          single=single_run_training(out["steps"]["rows"], out["before"]["runs"]))
+    out["dp_ratio"] = dp_ratios(out["steps"]["rows"], out["after"]["runs"])
+    out["f1_parity"] = f1_parity(out["after"]["runs"])
 
 
 def report(out: dict) -> None:
@@ -759,9 +893,21 @@ def report(out: dict) -> None:
         print(f"  after  ({a['slots']} runs at once, physical auto, bf16 auto, warm kernels, caches): {a['wall_min']:.1f} min "
               f"(lower bound {a['wall_lower_s'] / 60:.1f} min; {a['missing_points']} sweep points unfinished, "
               f"{a['extrapolated_points']} extrapolated)")
+        if a.get("unestimated_points"):
+            print(f"  INCOMPLETE: {a['unestimated_points']} of the sweep's points have no finished run of their "
+                  "dataset and model: the 'after' figure leaves them out")
+        if a.get("wall_scaled_as_before_s"):
+            print(f"  after, its training scaled as 'before' was (setup, first step and ε accounting × epochs too): "
+                  f"{a['wall_scaled_as_before_s'] / 60:.1f} min")
+        if a.get("wall_no_sharing_gain_s"):
+            print(f"  after, if runs sharing the GPU trained no faster than one at a time: "
+                  f"{a['wall_no_sharing_gain_s'] / 60:.1f} min")
         for r in a["rows"]:
             print(f"    {r['dataset']:9s} {r['model']:12s} {r['runs']:3d} runs  mean run {r['mean_run_s']:6.1f} s")
         print("  per run (median / max s): " + ", ".join(f"{k[:-2]} {v['median']:.1f}/{v['max']:.1f}" for k, v in a["phases"].items()))
+        phys = sorted({(r["dataset"], r["model"], r["physical_batch_size"], r["precision"]) for r in out["after"]["runs"]
+                       if not r["twin"]})
+        print("  physical batch (auto) and precision: " + ", ".join(f"{d}/{m} {p} {q}" for d, m, p, q in phys))
         ks = a["kernel_share"]
         print(f"  papermill + kernel start share of a paper-profile run: {100 * ks['min']:.1f}–{100 * ks['max']:.1f} % "
               f"(median {100 * ks['median']:.1f} %)")

@@ -107,6 +107,9 @@ def test_a_bf16_run_with_an_auto_physical_batch_records_what_it_used(tmp_path):
     n = info["split_sizes"]["train"]
     assert info["precision"] == "bf16" and info["physical_batch_source"] == "auto on a CPU"
     assert info["physical_batch_size"] == math.ceil(8 + 4 * math.sqrt(8 * (1 - 8 / n)))
-    assert info["runtime"]["calibrate_s"] >= 0 and 0 <= res.weighted_f1 <= 1
+    rt = info["runtime"]
+    assert rt["calibrate_s"] >= 0 and 0 <= res.weighted_f1 <= 1
+    assert 0 < rt["first_step_s"] and rt["setup_s"] >= 0 and rt["accounting_s"] > 0  # private: ε checkpoints
+    assert rt["setup_s"] + rt["calibrate_s"] + rt["first_step_s"] + rt["accounting_s"] <= rt["train_s"]
     fp32 = run({**cfg, "precision": "auto"}, results_dir=tmp_path, dataset=ds, progress=False)
     assert json.loads((fp32.run_dir / "config.json").read_text())["precision"] == "fp32" and fp32.run_id != res.run_id

@@ -5,6 +5,7 @@ equal to the local run, resumable after ``scancel``, requeued without double cou
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -160,7 +161,22 @@ def test_the_smoke_study_through_slurm_equals_the_local_run(slurm_smoke, smoke, 
         assert r["state"] == "complete" and Path(r["log"]).is_file() and f"{r['job']} " in slurm_smoke["stdout"] and r["log"] in slurm_smoke["stdout"]
     log = events(results)
     assert [e["event"] for e in log].count("run_submitted") == 8 and [e["event"] for e in log].count("run_complete") == 8
-    assert "Slurm job" in slurm_smoke["stderr"] and "running" in slurm_smoke["stderr"]  # the progress display
+    # the progress display: the runs-done bar with Slurm's counts and the array's job id, and under it each
+    # running run's line, read from the progress file its job writes into the shared results folder
+    shown = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "\n", slurm_smoke["stderr"]).replace("\r", "\n")
+    lines = [ln.strip() for ln in shown.splitlines()]
+    assert any(ln.startswith("study smoke:") and "/8" in ln and "running" in ln and f"Slurm job {arrays.pop()}" in ln
+               for ln in lines), "\n".join(lines[-40:])
+    progress = [ln for ln in lines if re.search(r"\| epoch \d+/\d+ · step \d+/\d+ · ETA (\d+:\d\d|\?)$", ln)]
+    assert progress, "\n".join(lines[-40:])  # a job's steps, seen from the login node
+    # run_start is logged when Slurm runs the job, not at submission: after every run_submitted, before that
+    # run's end, and (two jobs at once) at most three starts before the first end
+    sweep = [(e["event"], e.get("run_id")) for e in log[: [e["event"] for e in log].index("sweep_end")]]
+    starts = [i for i, (e, _) in enumerate(sweep) if e == "run_start"]
+    ends = [i for i, (e, _) in enumerate(sweep) if e in ("run_complete", "run_failed")]
+    assert len(starts) == 8 and min(starts) > max(i for i, (e, _) in enumerate(sweep) if e == "run_submitted")
+    assert all(sweep.index(("run_start", rid)) < sweep.index(("run_complete", rid)) for rid in ran), sweep
+    assert sum(i < min(ends) for i in starts) <= 3, sweep
     assert not live_jobs(slurm_cluster)
     # the cache is the local one: nothing runs again, nothing is submitted
     n_jobs = len(all_jobs(slurm_cluster))
@@ -189,6 +205,10 @@ def test_scancel_then_rerun_completes_only_the_missing_runs(slurm_smoke, smoke, 
     sweep = sweep_in_background(results, smoke, slurm_cluster)
     try:
         running = wait_for(lambda: [j for j, s in live_jobs(slurm_cluster).items() if s == "RUNNING"], 120, "a running job", sweep)
+        cancelled = next(r["run_id"] for r in json.loads((results / "smoke" / "study.json").read_text())["points"]
+                         if r.get("job") == running[0])
+        # its notebook has started (what the book's exercise cancels: a run part-way through)
+        wait_for((results / "smoke" / ".notebooks" / f"{cancelled}.ipynb").is_file, 180, "the run's notebook to start", sweep)
         status = run_privrad("study", "status", "--profile", "smoke", "--results-dir", str(results), env=slurm_cluster.env)
         row = next(line for line in status.stdout.splitlines() if line.rstrip().endswith(f"{running[0]} RUNNING"))
         assert status.returncode == 0 and row.split()[0] == "missing", status.stdout  # on disk: not there yet
@@ -205,6 +225,7 @@ def test_scancel_then_rerun_completes_only_the_missing_runs(slurm_smoke, smoke, 
     status = run_privrad("study", "status", "--profile", "smoke", "--results-dir", str(results), env=slurm_cluster.env)
     row = next(line for line in status.stdout.splitlines() if line.rstrip().endswith(f"{running[0]} CANCELLED"))
     assert row.split()[0] == "failed" and "failed: 1, complete: 7" in status.stdout, status.stdout
+    assert (results / "smoke" / "failed" / f"{cancelled}.ipynb").is_file()  # its half-executed notebook
     again = run_privrad("study", "run", "--profile", "smoke", "--executor", "slurm", "--results-dir", str(results), *smoke["sets"],
                         env=slurm_cluster.env)
     assert again.returncode == 0 and "8 complete (1 run now, 7 cached), 0 failed" in again.stdout, again.stdout + again.stderr[-3000:]
@@ -212,6 +233,8 @@ def test_scancel_then_rerun_completes_only_the_missing_runs(slurm_smoke, smoke, 
     for rid in removed:
         assert metrics(run_dirs(results)[rid]) == metrics(local[rid]), f"run {rid} differs after scancel + re-run"
     assert not live_jobs(slurm_cluster)
+    status = run_privrad("study", "status", "--profile", "smoke", "--results-dir", str(results), env=slurm_cluster.env)
+    assert "complete: 8" in status.stdout and "CANCELLED" not in status.stdout, status.stdout
 
 
 @pytest.mark.slow
@@ -290,13 +313,25 @@ def test_a_sweep_killed_while_its_jobs_run_is_resumed_by_waiting_for_them(slurm_
         sweep.wait()
     job = next(e["job"] for e in events(results)[n_events:] if e["event"] == "run_submitted")
     assert live_jobs(slurm_cluster).get(job) == "RUNNING"
-    # the local executor must not run it a second time beside the Slurm job
-    local = run_privrad("study", "run", "--profile", "smoke", "--results-dir", str(results), *smoke["sets"], env=slurm_cluster.env)
-    assert local.returncode == 2 and f"1 run(s) of this study are still queued or running on Slurm (e.g. {removed[0]} as job {job})" in local.stderr
-    n_jobs = len(all_jobs(slurm_cluster))
-    again = run_privrad("study", "run", "--profile", "smoke", "--executor", "slurm", "--results-dir", str(results), *smoke["sets"],
-                        env=slurm_cluster.env)
-    assert again.returncode == 0 and "8 complete (1 run now, 7 cached), 0 failed" in again.stdout, again.stdout + again.stderr[-3000:]
+    # the job is held (SIGSTOP) until the next Slurm sweep has taken it over, however slow the machine
+    slurm_cluster.run("scontrol", "suspend", job)
+    again = None
+    try:
+        # the local executor must not run it a second time beside the Slurm job
+        local = run_privrad("study", "run", "--profile", "smoke", "--results-dir", str(results), *smoke["sets"], env=slurm_cluster.env)
+        assert local.returncode == 2 and f"1 run(s) of this study are still queued or running on Slurm (e.g. {removed[0]} as job {job})" in local.stderr
+        n_jobs = len(all_jobs(slurm_cluster))
+        again = sweep_in_background(results, smoke, slurm_cluster)
+        wait_for(lambda: any(e["event"] == "run_adopted" for e in events(results)[n_events:]), 180, "the sweep to adopt the job", again)
+    finally:
+        slurm_cluster.run("scontrol", "resume", job, check=False)
+        if again is not None:
+            try:
+                out, _ = again.communicate(timeout=600)
+            finally:
+                if again.poll() is None:
+                    again.kill()
+    assert again.returncode == 0 and "8 complete (1 run now, 7 cached), 0 failed" in out, out
     assert len(all_jobs(slurm_cluster)) == n_jobs  # waited for, not submitted again
     log = events(results)[n_events:]
     assert [e["job"] for e in log if e["event"] == "run_adopted"] == [job]

@@ -598,7 +598,8 @@ class SlurmExecutor(Executor):
         check_cluster(self.config, self.script(max(1, n_tasks)))
 
     def run(self, tasks: Sequence[Task], on_start: Callable[[Task], None] | None = None) -> Iterator[Outcome]:
-        """One job per task; ``on_start(task)`` when Slurm is first seen running its job."""
+        """One job per task; ``on_start(task)`` when Slurm is first seen running its job (or, for a
+        job that ran and ended between two looks at the queue, just before its outcome)."""
         from privrad.slurm import LIVE_STATES, QUEUED_STATES, cancel, job_states
 
         submitit = self._submitit_module()
@@ -630,6 +631,9 @@ class SlurmExecutor(Executor):
                     wait = self.grace_s if state.get(rid) in ("COMPLETED", "FAILED") else min(5.0, self.grace_s)
                     gone = rid in ended and time.time() - ended[rid] > wait
                     if job.paths.result_pickle.exists() or gone:
+                        if on_start is not None and rid not in started and job.paths.result_pickle.exists():
+                            started.add(rid)  # it ran and ended between two looks: its start comes before its end
+                            on_start(by_id[rid])
                         oc = self._outcome(by_id[rid], job, state.get(rid), time.time() - t0)
                         del pending[rid]
                         counts["done" if oc.state == "complete" else "failed"] += 1

@@ -11,7 +11,8 @@ and its one rule of completeness (:func:`run_state`); nothing else opens these f
                     ``n_truncated``, ``privrad_version``, ``versions``, ``device``,
                     ``precision`` and ``physical_batch_size`` as used (``auto`` resolved; with
                     ``physical_batch_source``), ``runtime`` (seconds: prepare, train, of which
-                    calibrate, evaluate)
+                    calibrate, setup before the first step, first step and ε accounting in the
+                    loop, evaluate)
 ``metrics.json``    ``weighted_f1`` (the paper's metric) and ``weighted_f1_ci95 = [low, high]``
                     (bootstrap over test reports; absent when ``n_bootstrap = 0``), ``macro_f1``,
                     ``micro_f1``, ``macro_auroc``, ``per_label`` (label, P/R/F1, support,
@@ -458,7 +459,8 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
         "versions": library_versions(), "device": device,
         "precision": precision, "physical_batch_size": result.info["physical_batch_size"],
         "physical_batch_source": result.info["physical_batch_source"],
-        "runtime": {"prepare_s": t_prep, "train_s": result.seconds, "calibrate_s": result.info["calibrate_s"],
+        "runtime": {"prepare_s": t_prep, "train_s": result.seconds,
+                    **{k: result.info[k] for k in ("calibrate_s", "setup_s", "first_step_s", "accounting_s")},
                     "evaluate_s": time.perf_counter() - t1, "gpu_peak_gb": _gpu_peak_gb(device),
                     "train_steps_per_s": len(result.curve) / max(result.seconds, 1e-9)},
     }

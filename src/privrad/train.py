@@ -354,6 +354,8 @@ def train(model, data: EncodedDataset, cfg: RunConfig, *, delta: float | None = 
     checkpoints = set(np.linspace(1, total, min(total, CURVE_EPSILON_POINTS)).round().astype(int).tolist())
     epochs = math.ceil(cfg.num_epochs)
     report.step(0, total, epoch=1, num_epochs=epochs)
+    t_loop = time.perf_counter()
+    first_step_s, accounting_s = 0.0, 0.0  # what a short run has more of per step than a long one
     for indices in trainer.batches:
         drawn.update(np.asarray(sorted(indices), dtype=np.int64).tobytes() + b"|")
         chunks = _chunks(indices, data, physical, units=getattr(trainer, "units", None))
@@ -372,10 +374,13 @@ def train(model, data: EncodedDataset, cfg: RunConfig, *, delta: float | None = 
         scheduler.step()
         if step == 1:
             _check_first_step(model, watched)
+            first_step_s = time.perf_counter() - t_loop
         row = {"step": step, "loss": loss_sum / max(1, len(indices)), "lr": scheduler.get_last_lr()[0],
                "batch_size": len(indices)}
         if cfg.private and step in checkpoints:
+            t_acc = time.perf_counter()
             row["epsilon_spent"] = epsilon_from_history(trainer.history, delta, accountant="pld", pld_interval=cfg.epsilon / 200)
+            accounting_s += time.perf_counter() - t_acc
             bar.set_postfix(loss=f"{row['loss']:.3f}", eps=f"{row['epsilon_spent']:.3g}")
         elif step % 10 == 0 or step == total:
             bar.set_postfix(loss=f"{row['loss']:.3f}")
@@ -391,7 +396,8 @@ def train(model, data: EncodedDataset, cfg: RunConfig, *, delta: float | None = 
     return TrainResult(model, curve, history, sigma, q, total, delta, time.perf_counter() - t0,
                        info={"empty_batches": sum(r["batch_size"] == 0 for r in curve), "batches_digest": drawn.hexdigest(),
                              "precision": precision, "physical_batch_size": int(physical),
-                             "physical_batch_source": physical_source, "calibrate_s": t_cal})
+                             "physical_batch_source": physical_source, "calibrate_s": t_cal,
+                             "setup_s": t_loop - t0 - t_cal, "first_step_s": first_step_s, "accounting_s": accounting_s})
 
 
 def _to(batch: dict, device: torch.device) -> dict:
