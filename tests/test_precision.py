@@ -113,3 +113,17 @@ def test_a_bf16_run_with_an_auto_physical_batch_records_what_it_used(tmp_path):
     assert rt["setup_s"] + rt["calibrate_s"] + rt["first_step_s"] + rt["accounting_s"] <= rt["train_s"]
     fp32 = run({**cfg, "precision": "auto"}, results_dir=tmp_path, dataset=ds, progress=False)
     assert json.loads((fp32.run_dir / "config.json").read_text())["precision"] == "fp32" and fp32.run_id != res.run_id
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the probe measures GPU memory; on a CPU auto is a fixed size")
+def test_on_a_gpu_a_withholding_run_probes_max_length_placeholders_not_its_training_reports():
+    """Issue 8: the probe's width is recorded in config.json. A run that withholds the training
+    lengths records max_length, whatever its training reports; a published run, the longest one's."""
+    _, data = _batch("tiny-bert")
+    net = _net("tiny-bert").to("cuda")
+    cfg = RunConfig(model="tiny-bert", batch_size=8, max_length=64)
+    longest = max(len(x) for x in data.encoded.input_ids)
+    size, source = auto_physical_batch_size(net, data, cfg, "bf16")
+    assert f"at {longest} tokens," in source and size >= 1
+    size, source = auto_physical_batch_size(net, data, cfg, "bf16", lengths_public=False)
+    assert f"at {cfg.max_length} tokens (max_length" in source and size >= 1

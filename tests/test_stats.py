@@ -200,3 +200,34 @@ def test_the_seeds_note_says_what_a_seed_controls_under_each_dp_randomness(tmp_p
     assert "another draw of the noise" in stats.seeds_note(runs) and "replay" not in stats.seeds_note(runs)
     runs["dp_randomness"] = runs["dp_randomness"].where(runs["dp_randomness"].isna(), "reproducible")
     assert "not DP releases" in stats.seeds_note(runs)
+
+
+def test_the_analysis_notebook_shows_each_tuned_result_beside_its_fixed_threshold_twin(tmp_path):
+    """Issue 8 points 3 and 6 as the reader sees them: the tests table (each test at both
+    thresholds, with the smallest p each can give), the two results tables, and the trade-off
+    figure's dotted 0.5 lines — rendered by privrad.tables and privrad.plots from fabricated runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from privrad import plots, tables
+
+    runs = make_grid(tmp_path, models=("tiny-bert", "tiny-albert"))
+    tests = stats.tests_table(runs, n_bootstrap=100)
+    page = tables.tests_table(tests).data
+    for column in ("<th", ">threshold<", ">smallest possible p<", ">p (Holm)<", stats.PAGE):
+        assert column in page, column
+    assert page.count(">0.5<") == page.count(">tuned<") > 0
+    # no p-value is printed below the test's smallest possible one (here Page's 1/24 per model)
+    assert "0.042" in page and "< 0.001" not in page.split(stats.PAGE, 1)[1].split("</tr>", 1)[0]
+    tuned = tables.results_table(runs, caption="at the runs' thresholds").data
+    half = tables.results_table(runs, threshold="0.5", caption="at a fixed 0.5 threshold").data
+    assert "at a fixed 0.5 threshold" in half and tuned != half
+    ax = plots.tradeoff(runs, runs["dataset"].iloc[0])
+    dotted = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
+    solid = [line for line in ax.get_lines() if line.get_linestyle() == "-" and line.get_marker() == "o"]
+    assert len(dotted) == len(solid) == 2  # one dotted 0.5 twin per model, in its colour
+    assert {line.get_color() for line in dotted} == {line.get_color() for line in solid}
+    assert "dotted: threshold 0.5" in ax.get_legend().get_title().get_text()
+    plt.close("all")

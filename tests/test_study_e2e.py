@@ -460,6 +460,8 @@ def test_the_lab_notebook_reruns_one_point_and_marks_it_on_the_curve(smoke, tmp_
     assert not [o for o in outputs if o.get("output_type") == "error"]
     text = "".join("".join(o.get("text", "")) for o in outputs)
     assert "training mimic-cxr · tiny-bert · lora · ε=5 · seed 0" in text and "weighted F1 0." in text
+    # a private run on the credentialed loader: its progress bar reaches the notebook with ε only, no loss
+    assert "eps=" in text and "loss=" not in text
     assert any("image/png" in o.get("data", {}) for o in outputs)  # the curve with the student's star
     lab_runs = [d for d in (smoke["results"] / "smoke-lab").iterdir() if d.is_dir()]
     assert len(lab_runs) == 1 and json.loads((lab_runs[0] / "config.json").read_text())["config"]["epsilon"] == 5

@@ -653,20 +653,28 @@ PRIVACY_UNITS = ("report", "patient")
 PUBLIC_SPLITS = ("validation", "test")
 
 #: Statistics of the training split that a run could publish outside the accountant. For private
-#: runs on credentialed data the run writer withholds every one of them; otherwise they are
-#: published and listed as not covered.
+#: runs on credentialed data every one of them is withheld — by the run writer
+#: (:func:`privrad.runs.withhold_training_statistics`) and, for what is printed or measured while
+#: training, by the training loop (``train(..., withheld=...)``); otherwise they are published and
+#: listed as not covered. Each value names the statistic, then (in brackets) where it would appear.
 TRAINING_STATISTICS = {
     "loss": "per-step training loss (curve.json, the run notebook's loss plot)",
     "batch_size": "realised Poisson batch sizes (curve.json)",
     "empty_batches": "the count of empty Poisson batches (privacy.json)",
     "n_truncated": "how many training reports were cut at max_length (config.json)",
-    "train_prevalence": "training-split label prevalence (run notebook, data chapter)",
+    "train_prevalence": "training-split label prevalence (run notebook, data chapter; the warning that a label has "
+                        "no positive training report)",
+    "longest_report": "the length of the longest training reports (as GPU memory: the probe of physical_batch_size "
+                      "auto on a GPU, config.json's physical_batch_size and physical_batch_source; the peak GPU memory, "
+                      "runtime.gpu_peak_gb)",
 }
 
 
-def withholds_training_statistics(*, private: bool, credentialed: bool) -> bool:
-    """Whether a run withholds :data:`TRAINING_STATISTICS`: private runs on credentialed data."""
-    return bool(private and credentialed)
+def withheld_statistics(*, private: bool, credentialed: bool) -> list[str]:
+    """The :data:`TRAINING_STATISTICS` a run withholds: all of them for a private run on
+    credentialed data, none otherwise (``release_terms["withheld"]``; the training loop and the
+    run writer read it)."""
+    return list(TRAINING_STATISTICS) if private and credentialed else []
 
 
 def release_terms(*, private: bool, dp_randomness: str = "secure", privacy_unit: str = "report",
@@ -683,7 +691,7 @@ def release_terms(*, private: bool, dp_randomness: str = "secure", privacy_unit:
         raise PrivacyError(f"dp_randomness {dp_randomness!r} is unknown; use one of {', '.join(DP_RANDOMNESS)}.")
     if privacy_unit not in PRIVACY_UNITS:
         raise PrivacyError(f"privacy_unit {privacy_unit!r} is unknown; use one of {', '.join(PRIVACY_UNITS)}.")
-    withheld = withholds_training_statistics(private=private, credentialed=credentialed)
+    withheld = withheld_statistics(private=private, credentialed=credentialed)
     public_splits = ("the validation and test splits are declared public: thresholds tuned on the validation split "
                      "and every validation or test metric and prediction (metrics.json, predictions.npz) are "
                      "computed from them without noise" if threshold == "tuned" else
@@ -695,6 +703,8 @@ def release_terms(*, private: bool, dp_randomness: str = "secure", privacy_unit:
         "hyperparameters chosen by looking at results on private data (e.g. repeated runs with --set): "
         "that choice spends privacy no accountant counts",
         "wall-clock times in config.json (they vary with the realised Poisson batch sizes)",
+        "the dataset fingerprint in config.json and the run id (a SHA-256 of every report: it reveals nothing about a "
+        "report to someone who lacks the others, but one who holds every other report could test a candidate against it)",
     ]
     if not private:
         return {"dp_release": False, "release": "not a DP release: non-private training, no noise and no clipping",
@@ -717,7 +727,7 @@ def release_terms(*, private: bool, dp_randomness: str = "secure", privacy_unit:
                        "mechanism, not this adapter",
             "covers": [],
             "does_not_cover": ["the adapter and everything computed from it: its DP randomness is reproducible"] + not_covered,
-            "withheld": [k for k in TRAINING_STATISTICS] if withheld else [],
+            "withheld": withheld,
             "dp_randomness": dp_randomness, "privacy_unit": privacy_unit,
         }
     return {
@@ -731,7 +741,7 @@ def release_terms(*, private: bool, dp_randomness: str = "secure", privacy_unit:
             "training split only through its size)",
         ],
         "does_not_cover": not_covered,
-        "withheld": [k for k in TRAINING_STATISTICS] if withheld else [],
+        "withheld": withheld,
         "dp_randomness": dp_randomness, "privacy_unit": privacy_unit,
     }
 

@@ -12,7 +12,8 @@ and its one rule of completeness (:func:`run_state`); nothing else opens these f
                     ``precision`` and ``physical_batch_size`` as used (``auto`` resolved; with
                     ``physical_batch_source``), ``runtime`` (seconds: prepare, train, of which
                     calibrate, setup before the first step, first step and ε accounting in the
-                    loop, evaluate)
+                    loop, evaluate; ``gpu_peak_gb``). A private run on credentialed data keeps
+                    only the validation and test ``n_truncated`` and no ``gpu_peak_gb``
 ``metrics.json``    ``weighted_f1`` (the paper's metric) and ``weighted_f1_ci95 = [low, high]``
                     (bootstrap over test reports; absent when ``n_bootstrap = 0``), ``macro_f1``,
                     ``micro_f1``, ``macro_auroc``, ``per_label`` (label, P/R/F1, support,
@@ -232,8 +233,11 @@ def withhold_training_statistics(info: dict, privacy: dict, curve: list[dict]) -
     :func:`privrad.privacy.release_terms` decides (private runs on credentialed data withhold
     every entry of :data:`privrad.privacy.TRAINING_STATISTICS`); this is where it is enforced, for
     every run folder privrad writes: per-step loss and realised batch size leave ``curve.json``
-    (only :data:`CURVE_PUBLIC_KEYS` stay), the empty-batch count leaves ``privacy.json`` and the
-    training split's truncation count leaves ``config.json``."""
+    (only :data:`CURVE_PUBLIC_KEYS` stay), the empty-batch count leaves ``privacy.json``, the
+    training split's truncation count and the peak GPU memory (``runtime.gpu_peak_gb``: it
+    grows with the longest training reports) leave ``config.json``. The training loop does its
+    part before: no loss on its progress bar, an auto physical batch probed without the
+    training lengths (``privrad.train.train(..., withheld=...)``)."""
     withheld = set((privacy.get("release_terms") or {}).get("withheld") or ())
     if not withheld:
         return info, privacy, curve
@@ -245,6 +249,8 @@ def withhold_training_statistics(info: dict, privacy: dict, curve: list[dict]) -
         privacy = {k: v for k, v in privacy.items() if k != "empty_batches"}
     if "n_truncated" in withheld and isinstance(info.get("n_truncated"), dict):
         info = {**info, "n_truncated": {k: v for k, v in info["n_truncated"].items() if k in PUBLIC_SPLITS}}
+    if "longest_report" in withheld and isinstance(info.get("runtime"), dict):
+        info = {**info, "runtime": {k: v for k, v in info["runtime"].items() if k != "gpu_peak_gb"}}
     return info, privacy, curve
 
 
@@ -275,11 +281,17 @@ def write_run(run_dir: str | Path, *, info: dict, metrics: dict, privacy: dict, 
 # ----------------------------------------------------------------------------- one run
 
 
-def _check_data(cfg: RunConfig, dataset) -> dict:
+def _check_data(cfg: RunConfig, dataset, *, withheld=()) -> dict:
+    """The three splits of ``dataset``, refused if one is empty; a warning for each label without a
+    positive training report — unless the run withholds ``train_prevalence`` (the warning would
+    publish a training statistic in the run's notebook; ``privrad data describe`` says it on the
+    terminal)."""
     splits = {s: dataset.split(s) for s in ("train", "validation", "test")}
     for s, d in splits.items():
         if len(d) == 0:
             raise DataError(f"the {s!r} split of dataset {cfg.dataset!r} is empty; every run needs train, validation and test examples.")
+    if "train_prevalence" in withheld:
+        return splits
     tr = splits["train"]
     positives = (tr.labels * tr.label_mask).sum(0)
     for name, p in zip(dataset.label_names, positives):
@@ -381,7 +393,7 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
     from privrad.features import Classifier, frozen_features
     from privrad.io import privrad_cache
     from privrad.models import build_model, count_parameters, get_model_spec, load_tokenizer, quiet_transformers
-    from privrad.privacy import default_delta, privacy_report
+    from privrad.privacy import default_delta, privacy_report, withheld_statistics
     from privrad.train import predict_proba, train
 
     cfg = validate_config(config)
@@ -390,7 +402,9 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
         dataset = load_dataset(cfg.dataset, cfg.data_dir, **cfg.dataset_options)
     elif dataset.name != cfg.dataset:
         raise ConfigError(f"the dataset passed is {dataset.name!r} but the config says dataset = {cfg.dataset!r}; pass the matching dataset or fix the config.")
-    splits = _check_data(cfg, dataset)
+    # what this run must not publish about its training split (release_terms' ``withheld``)
+    withheld = withheld_statistics(private=cfg.private, credentialed=bool(dataset.credentialed))
+    splits = _check_data(cfg, dataset, withheld=withheld)
     n_train = len(splits["train"])
     cfg = validate_config(cfg, n_train=n_train)
     units, n_patients = None, None
@@ -422,7 +436,7 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
         for split, e in enc.items():
             e.features = frozen_features(net, e.encoded, cache_dir=where, key_value=split == "train")
     t_prep = time.perf_counter() - t0
-    result = train(net, enc["train"], cfg, delta=delta, progress=progress, units=units)
+    result = train(net, enc["train"], cfg, delta=delta, progress=progress, units=units, withheld=withheld)
     t1 = time.perf_counter()
     report.phase("evaluating")
     precision = result.info["precision"]
