@@ -205,11 +205,15 @@ def smoke_book(smoke, tmp_path_factory):
     stale = project / "_build" / "html" / "book" / "generated" / "runs" / "stale-page.html"
     stale.parent.mkdir(parents=True)
     stale.write_text("<p>from an earlier build</p>")
+    kept = project / "_build" / "screenshots" / "smoke" / "index.png"  # the browser check's, not the build's
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"\x89PNG")
     t0 = time.time()
     proc = privrad(*documented("book"), cwd=project)  # `make book`'s last command
     print(f"\nbook build: {time.time() - t0:.1f} s")
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
+    assert kept.read_bytes() == b"\x89PNG"
     for folder, name in damaged.items():
         assert f"left out of the book: {results / 'smoke' / folder}: {name}" in proc.stderr
     return {"project": project, "html": project / "_build" / "html", "stale": stale, "proc": proc, "results": results}

@@ -247,8 +247,11 @@ def build_problems(output: str, root: Path) -> list[str]:
 def jupyter_book_build(root: Path) -> Path:
     """Build ``root``'s book into an empty ``_build/html`` (no page of an earlier build survives)
     with warnings as errors. A failed build prints its warnings and errors, one line each, and
-    raises a :class:`PrivradError` naming the first; the full output is kept in ``_build``."""
-    shutil.rmtree(root / "_build", ignore_errors=True)
+    raises a :class:`PrivradError` naming the first; the full output is kept in ``_build``.
+    Only what a build writes is removed first: other folders under ``_build`` (the browser
+    check's screenshots) stay."""
+    for made_by_a_build in ("html", ".doctrees", "jupyter_execute"):
+        shutil.rmtree(root / "_build" / made_by_a_build, ignore_errors=True)
     print("privrad: building the book …", file=sys.stderr)
     cmd = [sys.executable, "-c", "import sys; from jupyter_book.cli.main import main; sys.argv[0] = 'jupyter-book'; main()",
            "build", str(root), "--warningiserror", "--nitpick", "--keep-going", "--all"]

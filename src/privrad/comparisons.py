@@ -259,9 +259,12 @@ def tests_table(runs: pd.DataFrame, *, n_bootstrap: int = 2000, seed: int = 0) -
 
 
 def tests_summary(tests: pd.DataFrame, *, alpha: float = 0.05) -> dict[str, str]:
-    """One sentence per dataset on what the tests can support (from :func:`tests_table`)."""
+    """One sentence per dataset on what the tests can support (from :func:`tests_table`), at the
+    runs' thresholds (the tests at a fixed 0.5 are in the table beside them)."""
     from privrad.tables import pvalue
 
+    if "threshold" in tests:
+        tests = tests[tests["threshold"] == "tuned"]
     out = {}
     for dataset, t in tests.groupby("dataset", sort=True):
         parts = []
@@ -283,5 +286,5 @@ def tests_summary(tests: pd.DataFrame, *, alpha: float = 0.05) -> dict[str, str]
                 sig = wx[wx["p_holm"] < alpha]
                 parts.append(f"Wilcoxon across models: {len(sig)} of {len(wx)} ε levels differ from ∞ (Holm-corrected)")
         if parts:
-            out[dataset] = f"On {dataset}, " + "; ".join(parts) + "."
+            out[dataset] = f"On {dataset}, at the runs' thresholds, " + "; ".join(parts) + "."
     return out
