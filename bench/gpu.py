@@ -36,7 +36,6 @@ Everything is written to ``--out`` (JSON, log); the summary table is printed las
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import subprocess
@@ -46,41 +45,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-import step  # noqa: E402
+from gpu_estimates import (DATASETS, PAPER, SHAPES, TINY_SHAPES, choose_epochs, estimate_grid, finish,  # noqa: E402
+                           report)
+from gpu_steps import _free, diagnostics, kernel_part, steps_part  # noqa: E402
 
-#: the paper's models → the local random-weight model of their shape (bench/common.py)
-SHAPES = {"bert-small": "bert-small-shape", "bert-medium": "bert-medium-shape", "albert-base": "albert-base-shape"}
-TINY_SHAPES = {"bert-small": "tiny-bert-shape", "albert-base": "tiny-albert-shape"}
-DATASETS = {"mimic-cxr": 256, "ct-rate": 512}  # the paper profile's max_length per dataset
-PAPER = dict(num_epochs=5, batch_size=256, physical_batch_size=64, lr=1e-3, lora_r=16, lora_alpha=32, seeds=3,
-             lora_epsilons=(0.01, 0.1, 1, 10), n_bootstrap=1000)
 ROOT = common.BENCH_DIR.parent
-
-
-def _free(device):
-    gc.collect()
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.empty_cache()
-
-
-def step_benchmark(shapes, device, *, batch_size, max_length, repeats, warmup, methods) -> list[dict]:
-    rows = []
-    for shape in shapes:
-        common.shaped_model_dir(shape)
-        for method in methods:
-            try:
-                r = step.measure(shape, method, batch_size=batch_size, max_length=max_length, repeats=repeats, warmup=warmup,
-                                 device=device)
-            except Exception as exc:  # noqa: BLE001 - e.g. out of memory: report and go on
-                r = {"model": shape, "method": method, "status": "error", "error": f"{type(exc).__name__}: {exc}"[:300]}
-            r.pop("times_s", None)
-            rows.append(r)
-            print(f"  {shape:18s} {method:14s} batch_size={batch_size} max_length={max_length} {step._brief(r)}", flush=True)
-            _free(device)
-    step._add_ratios(rows)
-    return rows
 
 
 def paper_run(model, shape, kind, length, n, *, epochs, device, tmp, dry) -> dict:
@@ -143,216 +112,6 @@ def _mean_tokens(ds, config, cache_dir) -> float:
     return float(np.mean([len(x) for x in enc.input_ids]))
 
 
-def estimate_grid(steps_rows, runs, *, kernel_start_s, dry) -> dict:
-    """Paper grid seconds: Σ datasets × models × configs × seeds of (epochs × epoch_s + fixed)."""
-    ratio = {}
-    for r in steps_rows:
-        if r.get("status") == "ok":
-            ratio.setdefault(r["model"], {})[r["method"]] = r["median_s"]
-    lines, total = [], 0.0
-    for model in {r["model"] for r in runs}:
-        for kind in DATASETS:
-            got = [r for r in runs if r["model"] == model and r["kind"] == kind]
-            note = "measured"
-            if not got:  # skipped for the budget: scale the model's other run by the token count
-                other = [r for r in runs if r["model"] == model]
-                if not other:
-                    continue
-                o = other[0]
-                length = DATASETS[kind] if not dry else o["max_length"]
-                got = [{**o, "kind": kind, "max_length": length, "epoch_s": o["epoch_s"] * length / o["max_length"]}]
-                note = f"extrapolated from max_length={o['max_length']} (× tokens)"
-            r = got[0]
-            length = r["max_length"]
-            t = ratio.get(r["shape"], {})
-            dp = t.get("dp-lora")
-            rel_lora = t["lora"] / dp if dp and "lora" in t else 1.0
-            rel_full = t["full"] / dp if dp and "full" in t else 3.0
-            fixed = r["prepare_s"] + r["evaluate_s"] + kernel_start_s
-            epoch = r["epoch_s"]
-            per_seed = (len(PAPER["lora_epsilons"]) * (PAPER["num_epochs"] * epoch + fixed)
-                        + (PAPER["num_epochs"] * epoch * rel_lora + fixed)
-                        + (PAPER["num_epochs"] * epoch * rel_full + fixed))
-            secs = PAPER["seeds"] * per_seed
-            total += secs
-            lines.append({"dataset": kind, "model": model, "max_length": length, "epoch_s": epoch,
-                          "fixed_s": fixed, "nonprivate_lora_vs_dp": rel_lora, "full_vs_dp_lora": rel_full,
-                          "runs": 6 * PAPER["seeds"], "seconds": secs, "source": note})
-    return {"rows": lines, "total_s": total, "total_h": total / 3600, "assumptions": (
-        f"{PAPER['num_epochs']} epochs, batch {PAPER['batch_size']}, ≈25k reports per dataset (n as run), "
-        f"{PAPER['seeds']} seeds, one GPU, runs in sequence, kernel start {kernel_start_s:.1f} s per run"
-        + (" (DRY RUN: tiny shapes on CPU, meaningless figures)" if dry else ""))}
-
-
-
-
-# ----------------------------------------------------------------------------- 1. steps
-
-GROUPS = {  # the old settings, the new ones in fp32 and in bf16
-    "old": dict(physical_batch_size=64, precision="fp32", methods=["lora", "dp-lora", "full"]),
-    "new-fp32": dict(physical_batch_size=None, precision="fp32", methods=["lora", "dp-lora"]),
-    "new-bf16": dict(physical_batch_size=None, precision="bf16", methods=["lora", "dp-lora", "full"]),
-}
-
-
-def steps_part(shapes, device, *, batch_size, max_length, repeats, warmup, dry) -> dict:
-    """Interleaved step times per shape and settings group, DP ÷ LoRA per round, and the bf16
-    per-sample gradient check."""
-    import statistics
-
-    import torch
-
-    from privrad.features import Classifier
-    from privrad.models import build_model
-    from privrad.train import BF16_GRAD_RTOL, BF16_NORM_RTOL, bf16_gradient_error, per_sample_gradients
-
-    rows, checks = [], []
-    for shape in shapes:
-        common.shaped_model_dir(shape)
-        for group, g in GROUPS.items():
-            if g["precision"] == "bf16" and device == "cpu" and not dry:
-                continue
-            physical = g["physical_batch_size"]
-            physical = min(physical or batch_size, batch_size) if not dry else (2 if physical else batch_size)
-            try:
-                times = step.measure_interleaved(shape, g["methods"], batch_size=batch_size, max_length=max_length,
-                                                 repeats=repeats, warmup=warmup, device=device,
-                                                 physical_batch_size=physical, precision=g["precision"],
-                                                 lora_r=PAPER["lora_r"])
-            except Exception as exc:  # noqa: BLE001 - e.g. out of memory: report and go on
-                print(f"  {shape} {group}: {type(exc).__name__}: {exc}"[:300], flush=True)
-                if dry:
-                    raise
-                continue
-            finally:
-                _free(device)
-            lora = times.get("lora", [])
-            for method, t in times.items():
-                r = {"model": shape, "group": group, "method": method, "batch_size": batch_size, "max_length": max_length,
-                     "physical_batch_size": physical,
-                     "precision": g["precision"], "median_s": statistics.median(t), "status": "ok"}
-                if lora and method != "lora":
-                    r["ratio_vs_lora"] = statistics.median(a / b for a, b in zip(t, lora))
-                rows.append(r)
-                print(f"  {shape:18s} {group:9s} {method:8s} B={batch_size} phys={physical:3d} {r['median_s'] * 1000:8.1f} ms"
-                      + (f"  ×{r['ratio_vs_lora']:.3f} vs LoRA" if "ratio_vs_lora" in r else ""), flush=True)
-        # bf16 per-sample gradients against float32, dropout off (the same network twice)
-        model = build_model(common.shaped_model_dir(shape), step.N_LABELS, method="lora", lora_r=PAPER["lora_r"],
-                            lora_alpha=PAPER["lora_alpha"], device=device, seed=0)
-        for m in model.modules():
-            if isinstance(m, torch.nn.Dropout):
-                m.p = 0.0
-        torch.manual_seed(1)
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.data.normal_(0, 0.02)
-        net = Classifier(model)
-        data = step.synthetic_data(8, max_length)
-        from privrad.train import _batch, _to
-
-        b = _to(_batch(data, list(range(8))), torch.device(device))
-        err = bf16_gradient_error(per_sample_gradients(net, b, "fp32"), per_sample_gradients(net, b, "bf16"))
-        ok = err["grad_rtol"] <= BF16_GRAD_RTOL and err["norm_rtol"] <= BF16_NORM_RTOL
-        checks.append({"model": shape, **err, "within_tolerance": ok, "grad_rtol_limit": BF16_GRAD_RTOL,
-                       "norm_rtol_limit": BF16_NORM_RTOL})
-        print(f"  {shape:18s} bf16 per-sample gradients vs fp32: {err['grad_rtol']:.4f} (≤ {BF16_GRAD_RTOL}), "
-              f"norms {err['norm_rtol']:.4f} (≤ {BF16_NORM_RTOL}): {'within' if ok else 'OUT OF'} tolerance", flush=True)
-        del model, net
-        _free(device)
-    return {"rows": rows, "bf16_check": checks}
-
-
-def diagnostics(shape: str, device: str, *, batch_size: int, max_length: int, repeats: int, warmup: int) -> dict:
-    """Where the bf16 DP step's extra time goes: DP-LoRA ÷ LoRA with privrad's float32 per-sample
-    gradients against Opacus' own (bf16) Linear sampler, and the profiler's top operations."""
-    import statistics
-
-    import torch
-    from opacus.grad_sample.linear import compute_linear_grad_sample
-
-    import privrad.privacy as pp
-
-    res = {}
-    ours = pp._linear_grad_sample_float32
-    for name, fn in (("float32 sampler", ours), ("opacus bf16 sampler", compute_linear_grad_sample)):
-        pp._linear_grad_sample_float32 = fn
-        try:
-            t = step.measure_interleaved(shape, ["lora", "dp-lora"], batch_size=batch_size, max_length=max_length, repeats=repeats,
-                                         warmup=warmup, device=device, precision="bf16", lora_r=PAPER["lora_r"])
-        finally:
-            pp._linear_grad_sample_float32 = ours
-        res[name] = {"lora_s": statistics.median(t["lora"]), "dp_s": statistics.median(t["dp-lora"]),
-                     "ratio": statistics.median(a / b for a, b in zip(t["dp-lora"], t["lora"]))}
-        print(f"  diagnostics {shape} bf16, {name}: LoRA {res[name]['lora_s'] * 1000:.1f} ms, DP-LoRA "
-              f"{res[name]['dp_s'] * 1000:.1f} ms, ×{res[name]['ratio']:.3f}", flush=True)
-        _free(device)
-    try:  # the profiler's view of a DP-LoRA bf16 step
-        from privrad.models import build_model
-
-        model = build_model(common.shaped_model_dir(shape), step.N_LABELS, method="lora", device=device, seed=0,
-                            lora_r=PAPER["lora_r"], lora_alpha=PAPER["lora_alpha"])
-        s = step.Stepper(model, "dp-lora", batch_size=batch_size, physical_batch_size=batch_size, device=device,
-                         precision="bf16")
-        data, idx = step.synthetic_data(batch_size, max_length), list(range(batch_size))
-        for _ in range(3):
-            s.step(data, idx)
-        acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else [])
-        with torch.profiler.profile(activities=acts) as prof:
-            for _ in range(3):
-                s.step(data, idx)
-            if device == "cuda":
-                torch.cuda.synchronize()
-        key = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
-        table = prof.key_averages().table(sort_by=key, row_limit=14, max_name_column_width=48)
-        print(table, flush=True)
-        res["profile"] = table
-        res["profile_cpu"] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10, max_name_column_width=48)
-        print(res["profile_cpu"], flush=True)
-    except Exception as exc:  # noqa: BLE001 - diagnostics only
-        res["profile_error"] = f"{type(exc).__name__}: {exc}"[:300]
-    _free(device)
-    return res
-
-
-# ----------------------------------------------------------------------------- 2. kernel start
-
-def kernel_part(tmp: Path) -> dict:
-    """Seconds papermill needs for a notebook whose one cell is the run notebook's warm-up (imports,
-    CUDA start) in a cold kernel, and what the same notebook waits for in a kernel warmed up ahead."""
-    import nbformat
-
-    from privrad import executors
-    from privrad.runs import WARM_UP
-
-    kernel = executors.default_kernel()
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(WARM_UP)])
-    nb.metadata["kernelspec"] = {"name": kernel, "display_name": kernel, "language": "python"}
-    path = tmp / "warm.ipynb"
-    nbformat.write(nb, path)
-    (tmp / "p.json").write_text("{}")
-    t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, "-c", executors._PAPERMILL_DRIVER, str(path), str(tmp / "cold-out.ipynb"),
-                        str(tmp / "p.json"), kernel, str(ROOT), "", json.dumps(executors.KERNEL_CONFIG)],
-                       capture_output=True, text=True)
-    cold = time.perf_counter() - t0
-    if p.returncode != 0:
-        raise RuntimeError(f"papermill failed: {p.stdout[-1500:]} {p.stderr[-1500:]}")
-    t0 = time.perf_counter()
-    k = executors.WarmKernel(kernel, str(ROOT), WARM_UP, {})
-    ready = k.wait_ready()
-    warm_start = time.perf_counter() - t0
-    task = executors.Task(run_id="w", label="w", notebook=str(path), parameters={}, run_dir=str(tmp / "w"),
-                          staging=str(tmp / "warm-out.ipynb"), failed=str(tmp / "w.failed"), kernel=kernel, cwd=str(ROOT))
-    t0 = time.perf_counter()
-    code, out = k.run(task, tmp / "p.json")
-    warm = time.perf_counter() - t0
-    res = {"kernel": kernel, "cold_s": cold, "warm_start_s": warm_start, "warm_run_s": warm, "warm_ok": code == 0,
-           "warm_up": ready.get("warm_up")}
-    print(f"  papermill + kernel start + imports + CUDA: cold {cold:.1f} s; warmed up ahead: {warm_start:.1f} s "
-          f"beside the previous run, then {warm:.2f} s for the run (status {code})", flush=True)
-    return res
-
-
 # ----------------------------------------------------------------------------- 5. calibration (background)
 
 def _calibrate_one(args):
@@ -396,7 +155,9 @@ def paper_profile(tmp: Path, models: dict, data_dirs: dict, *, epochs: float, dr
     ``epochs`` epochs, and float32 twins of BERT-small's DP ε = 1 and LoRA ∞ runs."""
     import yaml
 
-    raw = yaml.safe_load((ROOT / "studies" / "paper.yml").read_text())
+    from privrad.profiles import read_yaml_file
+
+    raw = read_yaml_file(ROOT / "studies" / "paper.yml", what="study profile")
     paths = {m: common.shaped_model_dir(s) for m, s in models.items()}
     # the longest runs first (CT-RATE, ALBERT): slots drain evenly, and a budget stop cuts short runs
     raw["datasets"] = [{**d, "dataset": f"simulated-{d['dataset']}", "data_dir": data_dirs[d["name"]]}
@@ -499,7 +260,7 @@ def _event_counts(log: Path) -> tuple[int, int]:
 
 def _after_rows(prof, models: dict) -> tuple[list[dict], list[dict]]:
     """The sweep's finished runs (one row each, from the run folders and study.jsonl) and its failures."""
-    from privrad.runs import run_state
+    from privrad.runs import read_run, run_state
 
     log = prof.results_dir / "study.jsonl"
     lines = log.read_text().splitlines() if log.exists() else []
@@ -518,7 +279,8 @@ def _after_rows(prof, models: dict) -> tuple[list[dict], list[dict]]:
         info, rt = state.info, state.info["runtime"]
         cfg = info["config"]
         cells = _cells(d / "run.ipynb")
-        metrics = json.loads((d / "metrics.json").read_text())
+        result = read_run(d)  # the run-folder contract's one reader
+        metrics = result.metrics
         model = next(m for m, s in models.items() if cfg["model"].endswith(s))
         rows.append({"run_id": d.name, "dataset": cfg["dataset"].replace("simulated-", ""), "model": model,
                      "method": cfg["method"], "epsilon": cfg["epsilon"], "precision": info["precision"],
@@ -529,7 +291,7 @@ def _after_rows(prof, models: dict) -> tuple[list[dict], list[dict]]:
                      "evaluate_s": rt["evaluate_s"], "gpu_peak_gb": rt.get("gpu_peak_gb"),
                      "physical_batch_size": info["physical_batch_size"], "physical_batch_source": info["physical_batch_source"],
                      "weighted_f1": metrics["weighted_f1"], "learned_nothing_weighted_f1": metrics.get("learned_nothing_weighted_f1"),
-                     "steps": json.loads((d / "privacy.json").read_text())["steps"]})
+                     "steps": result.privacy["steps"]})
     failed = [{"run_id": e["run_id"], "error": e.get("error")} for e in events if e.get("event") == "run_failed"]
     return rows, failed
 
@@ -552,163 +314,6 @@ def _kill_children() -> None:
             child.kill()
         except psutil.Error:
             pass
-
-
-# ----------------------------------------------------------------------------- the estimates
-
-def _five_epoch_training(r: dict, scale: float) -> float:
-    """A sweep run's training seconds at the paper's epochs: what it pays once (setup before the
-    first step, the first step, the ε accounting at the curve's fixed number of checkpoints) plus
-    its later steps' mean time × the paper's number of steps. Without those timings (an older
-    run folder): all of its training × ``scale``."""
-    once = [r.get(k) for k in ("setup_s", "first_step_s", "accounting_s")]
-    if None in once or r["steps"] < 2:
-        return scale * r["train_s"]
-    per_step = max(0.0, r["train_s"] - sum(once)) / (r["steps"] - 1)
-    return sum(once) + per_step * (round(r["steps"] * scale) - 1)
-
-
-def single_run_training(steps_rows: list[dict], before_runs: list[dict]) -> dict[str, float]:
-    """Seconds of 5 epochs' training per ``dataset|model|method|private`` for one run alone on the
-    GPU at the new settings: the 'before' run's measured epoch (DP-LoRA, physical 64, fp32) times
-    the step-time ratio of part 1 (new settings, bf16 where measured, ÷ old DP-LoRA)."""
-    t = {(r["model"], r["group"], r["method"]): r["median_s"] for r in steps_rows if r.get("status", "ok") == "ok"}
-    out = {}
-    for b in before_runs:
-        old = t.get((b["shape"], "old", "dp-lora"))
-        group = "new-bf16" if (b["shape"], "new-bf16", "dp-lora") in t else "new-fp32"
-        for method, private, step_method in (("lora", True, "dp-lora"), ("lora", False, "lora"), ("full", False, "full")):
-            new = t.get((b["shape"], group, step_method))
-            if old and new:
-                out[f"{b['kind']}|{b['model']}|{method}|{private}"] = PAPER["num_epochs"] * b["epoch_s"] * new / old
-    return out
-
-
-def estimate_after(after: dict, calibrations: list[dict] | None, *, dry: bool, single: dict | None = None) -> dict:
-    """The paper grid (3 seeds, 5 epochs) from the one-seed sweep: each run's seconds with its
-    training scaled to 5 epochs and its calibration replaced by the grid's (each of the 8
-    calibrations cold once, then a cached check per other run; without those timings the runs'
-    own calibrations stay in); wall from the slots.
-
-    A short sweep's runs train beside other runs' fixed phases, so they share the GPU less than
-    5-epoch runs would. ``single`` (:func:`single_run_training`) gives the pessimistic bound
-    ``wall_no_sharing_gain_s``: the runs' training one at a time (as if sharing the GPU gained
-    nothing) plus their fixed phases spread over the slots."""
-    import statistics
-
-    runs = [r for r in after["runs"] if not r["twin"]]
-    if not runs:
-        return {}
-    scale = PAPER["num_epochs"] / after["epochs"]
-    slots = after["slots"]
-    per_run = []
-    naive = []  # every second of training × scale, as the 'before' runs were scaled (estimate_grid)
-    for r in runs:
-        rest = r["seconds"] - (r["calibrate_s"] if calibrations else 0.0) - r["train_s"]
-        five = _five_epoch_training(r, scale)
-        naive.append(rest + scale * r["train_s"])
-        per_run.append({**r, "paper_run_s": rest + five, "train5_s": five, "fixed_s": rest})
-    # points that did not finish (budget stop, failure): the mean of the same dataset/model/method's runs
-    done = {(r["dataset"], r["model"], r["method"], r["epsilon"]) for r in runs}
-    extrapolated = []
-    for p in after.get("point_list", []):
-        key = (p["dataset"], p["model"], p["method"], p["epsilon"])
-        if p["twin"] or key in done:
-            continue
-        like = [r["paper_run_s"] for r in per_run if (r["dataset"], r["model"], r["method"]) == key[:3]] or \
-               [r["paper_run_s"] for r in per_run if (r["dataset"], r["model"]) == key[:2]]
-        if like:
-            extrapolated.append({**p, "paper_run_s": statistics.mean(like), "kernel_s": 0.0, "extrapolated": True})
-    unestimated = sum(1 for p in after.get("point_list", []) if not p["twin"]) - len(runs) - len(extrapolated)
-    per_run += extrapolated
-    occupancy = PAPER["seeds"] * sum(r["paper_run_s"] for r in per_run)
-    naive_occupancy = PAPER["seeds"] * (sum(naive) * len(per_run) / len(runs))
-    cal = 0.0
-    if calibrations:
-        models, seeds = len({r["model"] for r in runs}), PAPER["seeds"]
-        cal = sum(c["calibrate_s"] + (models * seeds - 1) * c["check_s"] for c in calibrations)
-    occupancy += cal
-    longest = max(r["paper_run_s"] for r in per_run)
-    lower = occupancy / slots
-    upper = lower + (1 - 1 / slots) * longest
-    naive_wall = (naive_occupancy + cal) / slots + (1 - 1 / slots) * max(naive)
-    no_gain = None
-    if single and all(f"{r['dataset']}|{r['model']}|{r['method']}|{r['epsilon'] is not None}" in single for r in per_run):
-        train1 = [single[f"{r['dataset']}|{r['model']}|{r['method']}|{r['epsilon'] is not None}"] for r in per_run]
-        fixed = [r.get("fixed_s", statistics.mean(x["fixed_s"] for x in per_run[:len(runs)])) for r in per_run]
-        no_gain = PAPER["seeds"] * (sum(train1) + sum(fixed) / slots) + cal / slots
-    share = [r["kernel_s"] / r["paper_run_s"] for r in per_run if not r.get("extrapolated")]
-    # the points of the sweep that did not finish (budget): scaled from the same model/dataset's others
-    missing = after["points"] - len(after["runs"])
-    by = {}
-    for r in per_run:
-        by.setdefault((r["dataset"], r["model"]), []).append(r["paper_run_s"])
-    rows = [{"dataset": k[0], "model": k[1], "runs": PAPER["seeds"] * len(v), "minutes": PAPER["seeds"] * sum(v) / 60,
-             "mean_run_s": statistics.mean(v)} for k, v in sorted(by.items())]
-    done_runs = [r for r in per_run if not r.get("extrapolated")]
-    phases = {k: {"median": statistics.median(r[k] for r in done_runs), "max": max(r[k] for r in done_runs)}
-              for k in ("kernel_s", "imports_s", "data_s", "prepare_s", "calibrate_s", "train_s", "evaluate_s",
-                        "other_cells_s", "seconds", "paper_run_s")}
-    return {"rows": rows, "phases": phases, "occupancy_s": occupancy, "calibration_s": cal, "slots": slots, "longest_run_s": longest,
-            "wall_lower_s": lower, "wall_s": upper, "wall_min": upper / 60, "missing_points": missing,
-            "extrapolated_points": len(extrapolated), "unestimated_points": unestimated,
-            "wall_no_sharing_gain_s": no_gain, "partial": bool(after.get("partial")),
-            "wall_scaled_as_before_s": naive_wall,
-            "kernel_share": {"min": min(share), "median": statistics.median(share), "max": max(share)},
-            "assumptions": (f"{PAPER['num_epochs']} epochs (training scaled from {after['epochs']:g}), {PAPER['seeds']} seeds, "
-                            f"{slots} runs at once on one GPU; wall = Σ/slots + (1 − 1/slots) × longest run (list scheduling)"
-                            + (" (DRY RUN: tiny shapes on CPU, meaningless figures)" if dry else ""))}
-
-
-def dp_ratios(steps_rows: list[dict], after_runs: list[dict]) -> dict:
-    """DP-LoRA ÷ LoRA: step time (interleaved) per settings group, and training seconds per
-    (model, dataset) in the paper-profile sweep (ε = 1 against ∞, bf16 runs)."""
-    step_r = {f"{r['model']}/{r['group']}": r["ratio_vs_lora"] for r in steps_rows
-              if r["method"] == "dp-lora" and "ratio_vs_lora" in r}
-    run_r = {}
-    for r in after_runs:
-        if r["twin"] or r["method"] != "lora" or r["epsilon"] != 1:
-            continue
-        base = [b for b in after_runs if not b["twin"] and b["method"] == "lora" and b["epsilon"] is None
-                and b["model"] == r["model"] and b["dataset"] == r["dataset"]]
-        if base and base[0]["train_s"] > 0:
-            run_r[f"{r['model']}/{r['dataset']}"] = (r["train_s"] / r["steps"]) / (base[0]["train_s"] / base[0]["steps"])
-    return {"step": step_r, "run_per_step": run_r}
-
-
-def f1_parity(after_runs: list[dict]) -> list[dict]:
-    out = []
-    for t in (r for r in after_runs if r["twin"]):
-        same = [r for r in after_runs if not r["twin"] and r["model"] == t["model"] and r["dataset"] == t["dataset"]
-                and r["method"] == t["method"] and r["epsilon"] == t["epsilon"]]
-        if same:
-            out.append({"dataset": t["dataset"], "model": t["model"], "epsilon": t["epsilon"], "f1_fp32": t["weighted_f1"],
-                        "f1_bf16": same[0]["weighted_f1"], "difference": same[0]["weighted_f1"] - t["weighted_f1"],
-                        "train_s_fp32": t["train_s"], "train_s_bf16": same[0]["train_s"],
-                        "learned_nothing": t["learned_nothing_weighted_f1"]})
-    return out
-
-
-def choose_epochs(steps_rows: list[dict], n_train: dict, budget_s: float, slots: int, dry: bool) -> float:
-    """Epochs per run of the after-sweep so that it fits ``budget_s``: training predicted from the
-    bf16 step times (× padded length ÷ 128) and a fixed 15 s per run, at half the slots' speed-up."""
-    if dry:
-        return 0.5
-    t = {}
-    for r in steps_rows:
-        if r["group"] == ("new-bf16" if any(x["group"] == "new-bf16" for x in steps_rows) else "new-fp32"):
-            t[(r["model"], r["method"])] = r["median_s"]
-    factor = {"mimic-cxr": 1.7, "ct-rate": 3.9}  # padded tokens of a 256-report chunk ÷ 128 (simulated lengths)
-    per_epoch = 0.0
-    for kind, n in n_train.items():
-        steps = n / PAPER["batch_size"]
-        for shape in SHAPES.values():
-            for method, count in (("dp-lora", 4 + 1), ("lora", 1), ("full", 1)):
-                per_epoch += count * steps * factor[kind] * t.get((shape, method), t.get((shape, "dp-lora"), 0.5))
-    fixed = 36 * 15.0
-    speedup = max(1.0, slots / 2)
-    epochs = (budget_s * speedup - fixed) / max(per_epoch, 1e-9)
-    return float(min(1.0, max(0.1, round(epochs, 2))))
 
 
 # ----------------------------------------------------------------------------- main
@@ -871,56 +476,6 @@ def main(argv=None) -> int:
 
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
-
-
-def finish(out: dict, *, dry: bool) -> None:
-    """The estimates and ratios from the parts' results (also for a gpu.json saved mid-sweep)."""
-    out["after"]["grid"] = estimate_after(out["after"], out.get("calibration"), dry=dry,
-                                          single=single_run_training(out["steps"]["rows"], out["before"]["runs"]))
-    out["dp_ratio"] = dp_ratios(out["steps"]["rows"], out["after"]["runs"])
-    out["f1_parity"] = f1_parity(out["after"]["runs"])
-
-
-def report(out: dict) -> None:
-    """The summary, printed last (the device reply carries the end of the output)."""
-    gpu = out["machine"].get("gpu", out["device"])
-    print(f"\n=== summary on {gpu} ===")
-    b, a = out["before"]["grid"], out["after"].get("grid") or {}
-    print(f"paper grid (108 runs, 3 seeds, 5 epochs, ~{out['args']['n']} reports per dataset):")
-    print(f"  before (sequential, physical 64, fp32, cold kernel {out['kernel'].get('cold_s', float('nan')):.1f} s): "
-          f"{b['total_s'] / 60:.1f} min")
-    if a:
-        print(f"  after  ({a['slots']} runs at once, physical auto, bf16 auto, warm kernels, caches): {a['wall_min']:.1f} min "
-              f"(lower bound {a['wall_lower_s'] / 60:.1f} min; {a['missing_points']} sweep points unfinished, "
-              f"{a['extrapolated_points']} extrapolated)")
-        if a.get("unestimated_points"):
-            print(f"  INCOMPLETE: {a['unestimated_points']} of the sweep's points have no finished run of their "
-                  "dataset and model: the 'after' figure leaves them out")
-        if a.get("wall_scaled_as_before_s"):
-            print(f"  after, its training scaled as 'before' was (setup, first step and ε accounting × epochs too): "
-                  f"{a['wall_scaled_as_before_s'] / 60:.1f} min")
-        if a.get("wall_no_sharing_gain_s"):
-            print(f"  after, if runs sharing the GPU trained no faster than one at a time: "
-                  f"{a['wall_no_sharing_gain_s'] / 60:.1f} min")
-        for r in a["rows"]:
-            print(f"    {r['dataset']:9s} {r['model']:12s} {r['runs']:3d} runs  mean run {r['mean_run_s']:6.1f} s")
-        print("  per run (median / max s): " + ", ".join(f"{k[:-2]} {v['median']:.1f}/{v['max']:.1f}" for k, v in a["phases"].items()))
-        phys = sorted({(r["dataset"], r["model"], r["physical_batch_size"], r["precision"]) for r in out["after"]["runs"]
-                       if not r["twin"]})
-        print("  physical batch (auto) and precision: " + ", ".join(f"{d}/{m} {p} {q}" for d, m, p, q in phys))
-        ks = a["kernel_share"]
-        print(f"  papermill + kernel start share of a paper-profile run: {100 * ks['min']:.1f}–{100 * ks['max']:.1f} % "
-              f"(median {100 * ks['median']:.1f} %)")
-    for k, v in out["dp_ratio"]["step"].items():
-        print(f"  DP-LoRA ÷ LoRA step time {k}: {v:.3f}")
-    for k, v in out["dp_ratio"]["run_per_step"].items():
-        print(f"  DP-LoRA ÷ LoRA per training step in the sweep {k}: {v:.3f}")
-    for c in out["steps"]["bf16_check"]:
-        print(f"  bf16 per-sample gradients {c['model']}: {c['grad_rtol']:.4f} / norms {c['norm_rtol']:.4f}: "
-              f"{'within' if c['within_tolerance'] else 'OUT OF'} tolerance")
-    for f in out["f1_parity"]:
-        print(f"  weighted F1 {f['dataset']} {f['model']} ε={f['epsilon']}: fp32 {f['f1_fp32']:.4f}, bf16 {f['f1_bf16']:.4f} "
-              f"(Δ {f['difference']:+.4f}); train {f['train_s_fp32']:.1f} s → {f['train_s_bf16']:.1f} s")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ def test_step_benchmark_tiny_runs_every_method(tmp_path):
     assert rows[("tiny-bert", "dp-lora")]["trainable"] < rows[("tiny-bert", "dp-lora")]["total"] / 2
 
 
+@pytest.mark.slow  # a whole benchmark, tiny: `make test`, not `make test-fast`
 def test_fastpath_benchmark_tiny_times_every_variant(tmp_path, monkeypatch):
     import fastpath
 

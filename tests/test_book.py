@@ -91,7 +91,8 @@ def test_every_number_glued_into_a_chapter_is_computed_by_the_privacy_notebook()
     used = set()
     for c in CHAPTERS:
         used |= set(re.findall(r"\{glue:text\}`generated/privacy\.ipynb::([a-z0-9_]+):", (ROOT / "book" / f"{c}.md").read_text()))
-    assert {"trainable_share_range", "pooler_share_range", "delta_ratio_25k", "eps_at_default_delta_all_mimic"} <= used
+    assert {"trainable_share_range", "pooler_share_range", "delta_ratio_25k", "eps_at_default_delta_all_mimic",
+            "withheld_statistics"} <= used  # the withheld list: privrad.privacy.TRAINING_STATISTICS, never typed
     for key in used:
         assert f'glue("{key}"' in source, key
 
@@ -134,3 +135,18 @@ def test_the_book_states_coverage_unit_threshold_policy_delta_and_mode():
     appendix = (ROOT / "book" / "appendix.md").read_text()
     assert "release_terms" in appendix and "not a DP release" in appendix
     assert "spends privacy that no accountant counts" in (ROOT / "book" / "reproduce.md").read_text()
+
+
+def test_the_profiles_the_book_names_reproducible_are_those_that_are():
+    """Issue 8 point 1: which profile draws its DP randomness from the seed is a fact of studies/*.yml."""
+    from privrad.profiles import load_profile
+
+    names = sorted(p.stem for p in (ROOT / "studies").glob("*.yml"))
+    mode = {n: load_profile(n).params.get("dp_randomness", "secure") for n in names}
+    reproducible = {n for n, m in mode.items() if m == "reproducible"}
+    assert {"smoke", "openi", "course"} <= reproducible and {"default", "paper"}.isdisjoint(reproducible)
+    sentence = re.search(r"[^.]*use `reproducible`[^.]*\.", " ".join((ROOT / "book" / "reproduce.md").read_text().split())).group(0)
+    named = set(re.findall(r"`(\w+)`", sentence)) & set(names)
+    assert named == reproducible - {"tune"}, (named, reproducible)
+    appendix = " ".join((ROOT / "book" / "appendix.md").read_text().split())
+    assert "`dp_randomness: reproducible` (the course and smoke profiles)" in appendix

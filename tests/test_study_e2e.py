@@ -23,27 +23,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import documented, documented_simulate, fresh_project
+from conftest import ROOT, documented, events, fresh_project, metrics, run_dirs
 from conftest import run_privrad as privrad
-from privrad.runs import read_run
+from privrad.manifest import read_manifest
+from study_helpers import damage
+from privrad.runs import read_run, run_state
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_dirs(results: Path) -> dict[str, Path]:
-    """Finished run folders (written atomically: config.json appears with the folder)."""
-    return {d.name: d for d in (results / "smoke").iterdir()
-            if d.is_dir() and not d.name.startswith(".") and (d / "config.json").is_file()}
-
-
-def events(results: Path) -> list[dict]:
-    return [json.loads(line) for line in (results / "smoke" / "study.jsonl").read_text().splitlines()]
-
-
-def metrics(run_dir: Path) -> dict:
-    return json.loads((run_dir / "metrics.json").read_text())
 
 
 def test_smoke_study_writes_complete_run_folders(smoke):
@@ -177,13 +163,11 @@ def _damage(results: Path, *, last: bool = False) -> dict[str, str]:
     """Three run folders made incomplete as copies off a cluster or full disks leave them:
     config.json truncated, metrics.json truncated, privacy.json missing (the first three run ids,
     or the ``last`` three). Returns folder → file."""
-    last_sweep = json.loads((results / "smoke" / "study.json").read_text())["points"]
+    last_sweep = read_manifest(results / "smoke")["points"]
     ids = sorted(p["run_id"] for p in last_sweep)
     victims = [results / "smoke" / rid for rid in (ids[-3:] if last else ids[:3])]
-    for d, name in zip(victims, ("config.json", "metrics.json")):
-        text = (d / name).read_text()
-        (d / name).write_text(text[: len(text) // 2])
-    (victims[2] / "privacy.json").unlink()
+    for d, (name, how) in zip(victims, (("config.json", "truncated"), ("metrics.json", "truncated"), ("privacy.json", "missing"))):
+        damage(d, name, how)
     return dict(zip((v.name for v in victims), ("config.json", "metrics.json", "privacy.json")))
 
 
@@ -243,17 +227,21 @@ def smoke_book(smoke, tmp_path_factory):
     stale = project / "_build" / "html" / "book" / "generated" / "runs" / "stale-page.html"
     stale.parent.mkdir(parents=True)
     stale.write_text("<p>from an earlier build</p>")
+    kept = project / "_build" / "screenshots" / "smoke" / "index.png"  # the browser check's, not the build's
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"\x89PNG")
     t0 = time.time()
     proc = privrad(*documented("book"), cwd=project)  # `make book`'s last command
     print(f"\nbook build: {time.time() - t0:.1f} s")
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
+    assert kept.read_bytes() == b"\x89PNG"
     for folder, name in damaged.items():
         assert f"left out of the book: {results / 'smoke' / folder}: {name}" in proc.stderr
     return {"project": project, "html": project / "_build" / "html", "stale": stale, "proc": proc, "results": results}
 
 
-def test_book_from_the_smoke_study_shows_no_credentialed_text(smoke, smoke_book):
+def test_book_from_the_smoke_study_shows_no_credentialed_text(smoke, smoke_book, tmp_path):
     from privrad.data import load_dataset
 
     project, stale, results = smoke_book["project"], smoke_book["stale"], smoke_book["results"]
@@ -309,7 +297,8 @@ def test_book_from_the_smoke_study_shows_no_credentialed_text(smoke, smoke_book)
     assert not _leaks(published, needles), _leaks(published, needles)[:5]
     found = _leaks({f: _normalized(f) for f in replay.run_dir.rglob("*.json")}, needles)
     assert {what for _, what, _ in found} >= {"loss", "batch_size"}  # … whose statistics the scan finds where published
-    ct_run = read_run(next(d for d in (results / "smoke").iterdir() if d.name.startswith("simulated-ct-rate__tiny-albert__")))
+    ct_run = read_run(next(d for d in sorted((results / "smoke").iterdir())
+                           if d.name.startswith("simulated-ct-rate__") and run_state(d).complete))  # three are damaged
     ct_page = next(t for p, t in text.items() if p.suffix == ".html" and ct_run.run_id[-10:] in p.name)
     assert _leaks({"ct": ct_page}, _training_statistics(ct_run, ct))  # and a public dataset's prevalence in its page
     # structurally: no per-step loss or batch size, no empty-batch count, no training truncation count
@@ -479,6 +468,8 @@ def test_the_lab_notebook_reruns_one_point_and_marks_it_on_the_curve(smoke, tmp_
     assert not [o for o in outputs if o.get("output_type") == "error"]
     text = "".join("".join(o.get("text", "")) for o in outputs)
     assert "training mimic-cxr · tiny-bert · lora · ε=5 · seed 0" in text and "weighted F1 0." in text
+    # a private run on the credentialed loader: its progress bar reaches the notebook with ε only, no loss
+    assert "eps=" in text and "loss=" not in text
     assert any("image/png" in o.get("data", {}) for o in outputs)  # the curve with the student's star
     lab_runs = [d for d in (smoke["results"] / "smoke-lab").iterdir() if d.is_dir()]
     assert len(lab_runs) == 1 and json.loads((lab_runs[0] / "config.json").read_text())["config"]["epsilon"] == 5

@@ -2,8 +2,9 @@
 
 :func:`tradeoff` draws weighted F1 against ε for one dataset: one line per model for DP-LoRA
 with its bootstrap 95 % band, ∞ (non-private) at the right end of the log axis, full
-fine-tuning as a diamond, and the learned-nothing reference (a classifier that ignores the text)
-as a dashed grey line. The results chapter opens with it, the analysis notebook shows it for every
+fine-tuning as a diamond, the learned-nothing reference (a classifier that ignores the text)
+as a dashed grey line, and (dotted) the same runs at a fixed 0.5 threshold; the legend sits
+beside the axes. The results chapter opens with it, the analysis notebook shows it for every
 dataset and the lab notebook marks a student's own run on it.
 
 :func:`audit_roc` and :func:`audit_bounds` are the audit chapter's figures (rows of
@@ -18,6 +19,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+
+#: the trade-off figure's size in inches: the axes and, to their right, the legend
+FIGSIZE = (8, 4)
 
 
 def _x_inf(finite: pd.Series) -> float:
@@ -37,7 +42,7 @@ def tradeoff(runs: pd.DataFrame, dataset: str, *, ax=None, highlight: dict[str, 
     from privrad import stats
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(6.4, 4))
+        _, ax = plt.subplots(figsize=FIGSIZE)
     summary = stats.summarize(runs[runs["dataset"] == dataset])
     eps = list(summary["epsilon"])
     if highlight is not None:
@@ -70,9 +75,20 @@ def tradeoff(runs: pd.DataFrame, dataset: str, *, ax=None, highlight: dict[str, 
     ax.minorticks_off()
     ax.set(title=dataset, xlabel="ε (target; ∞ = non-private)", ylabel="weighted F1 (test)")
     if legend:
-        note = " (◆ = full fine-tuning)" if (summary["method"] == "full").any() else ""
-        note += "; dotted: threshold 0.5" if at_half else ""
-        ax.legend(title=f"model{note}", loc="best", fontsize="small", title_fontsize="small")
+        # beside the axes, never over a line: the models by colour, then what each line style means
+        from matplotlib.lines import Line2D
+
+        handles, labels = ax.get_legend_handles_labels()
+        keys = []
+        if at_half and "mean_at_0.5" in summary:
+            keys.append((Line2D([], [], ls=":", marker=".", color="grey"), "same runs, threshold 0.5"))
+        if (summary["method"] == "full").any():
+            keys.append((Line2D([], [], ls="", marker="D", color="grey"), "full fine-tuning"))
+        for handle, label in keys:
+            handles.append(handle)
+            labels.append(label)
+        ax.legend(handles, labels, title="DP-LoRA, by model", loc="upper left", bbox_to_anchor=(1.02, 1),
+                  borderaxespad=0, fontsize="small", title_fontsize="small", frameon=False)
     return ax
 
 
@@ -85,7 +101,7 @@ def tradeoff_png(runs: pd.DataFrame, dataset: str, path, **kwargs) -> None:
     import seaborn as sns
 
     sns.set_theme(style="whitegrid", context="notebook")
-    fig, ax = plt.subplots(figsize=(6.4, 4))
+    fig, ax = plt.subplots(figsize=FIGSIZE)
     tradeoff(runs, dataset, ax=ax, **kwargs)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

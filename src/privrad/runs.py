@@ -12,7 +12,8 @@ and its one rule of completeness (:func:`run_state`); nothing else opens these f
                     ``precision`` and ``physical_batch_size`` as used (``auto`` resolved; with
                     ``physical_batch_source``), ``runtime`` (seconds: prepare, train, of which
                     calibrate, setup before the first step, first step and ε accounting in the
-                    loop, evaluate)
+                    loop, evaluate; ``gpu_peak_gb``). A private run on credentialed data keeps
+                    only the validation and test ``n_truncated`` and no ``gpu_peak_gb``
 ``metrics.json``    ``weighted_f1`` (the paper's metric) and ``weighted_f1_ci95 = [low, high]``
                     (bootstrap over test reports; absent when ``n_bootstrap = 0``), ``macro_f1``,
                     ``micro_f1``, ``macro_auroc``, ``per_label`` (label, P/R/F1, support,
@@ -62,6 +63,7 @@ import numpy as np
 from privrad import __version__
 from privrad.config import RunConfig, epsilon_label, validate_config
 from privrad.errors import ConfigError, DataError, PrivradWarning
+from privrad.gpus import gpu_peak_gb, resolve_device
 from privrad.io import atomic_dir, atomic_write_json
 
 #: Version of the run-folder layout below; a folder of another format is refused, never guessed at.
@@ -239,8 +241,11 @@ def withhold_training_statistics(info: dict, privacy: dict, curve: list[dict]) -
     :func:`privrad.privacy.release_terms` decides (private runs on credentialed data withhold
     every entry of :data:`privrad.privacy.TRAINING_STATISTICS`); this is where it is enforced, for
     every run folder privrad writes: per-step loss and realised batch size leave ``curve.json``
-    (only :data:`CURVE_PUBLIC_KEYS` stay), the empty-batch count leaves ``privacy.json`` and the
-    training split's truncation count leaves ``config.json``."""
+    (only :data:`CURVE_PUBLIC_KEYS` stay), the empty-batch count leaves ``privacy.json``, the
+    training split's truncation count and the peak GPU memory (``runtime.gpu_peak_gb``: it
+    grows with the longest training reports) leave ``config.json``. The training loop does its
+    part before: no loss on its progress bar, an auto physical batch probed without the
+    training lengths (``privrad.train.train(..., withheld=...)``)."""
     withheld = set((privacy.get("release_terms") or {}).get("withheld") or ())
     if not withheld:
         return info, privacy, curve
@@ -252,6 +257,8 @@ def withhold_training_statistics(info: dict, privacy: dict, curve: list[dict]) -
         privacy = {k: v for k, v in privacy.items() if k != "empty_batches"}
     if "n_truncated" in withheld and isinstance(info.get("n_truncated"), dict):
         info = {**info, "n_truncated": {k: v for k, v in info["n_truncated"].items() if k in PUBLIC_SPLITS}}
+    if "longest_report" in withheld and isinstance(info.get("runtime"), dict):
+        info = {**info, "runtime": {k: v for k, v in info["runtime"].items() if k != "gpu_peak_gb"}}
     return info, privacy, curve
 
 
@@ -336,11 +343,17 @@ def load_model(run: "RunResult", *, device: str = "cpu"):
 # ----------------------------------------------------------------------------- one run
 
 
-def _check_data(cfg: RunConfig, dataset) -> dict:
+def _check_data(cfg: RunConfig, dataset, *, withheld=()) -> dict:
+    """The three splits of ``dataset``, refused if one is empty; a warning for each label without a
+    positive training report — unless the run withholds ``train_prevalence`` (the warning would
+    publish a training statistic in the run's notebook; ``privrad data describe`` says it on the
+    terminal)."""
     splits = {s: dataset.split(s) for s in ("train", "validation", "test")}
     for s, d in splits.items():
         if len(d) == 0:
             raise DataError(f"the {s!r} split of dataset {cfg.dataset!r} is empty; every run needs train, validation and test examples.")
+    if "train_prevalence" in withheld:
+        return splits
     tr = splits["train"]
     positives = (tr.labels * tr.label_mask).sum(0)
     for name, p in zip(dataset.label_names, positives):
@@ -360,42 +373,6 @@ def library_versions() -> dict[str, str]:
         except PackageNotFoundError:  # pragma: no cover
             out[pkg] = "missing"
     return out
-
-
-def _device(device: str | None) -> str:
-    import torch
-
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} was asked for but torch sees no GPU; use device 'cpu' or install a CUDA build of torch.")
-    if str(device).startswith("cuda"):
-        gpu_memory_cap(device)
-    return str(device)
-
-
-def gpu_memory_cap(device: str) -> float | None:
-    """This process's share of its GPU in GB, from ``PRIVRAD_GPU_MEMORY_GB`` (set by the
-    executor when several runs share a GPU, see :class:`privrad.executors.LocalExecutor`), made
-    binding with ``torch.cuda.set_per_process_memory_fraction``: a run that outgrows its share
-    fails with an out-of-memory error instead of starving its neighbours. None without a share."""
-    import os
-
-    import torch
-
-    text = os.environ.get("PRIVRAD_GPU_MEMORY_GB")
-    if not text:
-        return None
-    try:
-        share = float(text)
-    except ValueError:
-        raise ConfigError(f"PRIVRAD_GPU_MEMORY_GB = {text!r} is not a number of gigabytes; unset it or give e.g. 20.") from None
-    dev = torch.device(device)
-    if dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
-    total = torch.cuda.get_device_properties(dev).total_memory / 2**30
-    torch.cuda.set_per_process_memory_fraction(min(1.0, share / total), dev)
-    return share
 
 
 #: What a kernel started ahead of its run executes first (:class:`privrad.executors.WarmKernel`).
@@ -442,16 +419,19 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
     from privrad.features import Classifier, frozen_features
     from privrad.io import privrad_cache
     from privrad.models import build_model, count_parameters, get_model_spec, load_tokenizer, quiet_transformers
-    from privrad.privacy import default_delta, privacy_report
+    from privrad.accounting import default_delta
+    from privrad.privacy import privacy_report, withheld_statistics
     from privrad.train import predict_proba, train
 
     cfg = validate_config(config)
-    device = _device(device)
+    device = resolve_device(device)
     if dataset is None:
         dataset = load_dataset(cfg.dataset, cfg.data_dir, **cfg.dataset_options)
     elif dataset.name != cfg.dataset:
         raise ConfigError(f"the dataset passed is {dataset.name!r} but the config says dataset = {cfg.dataset!r}; pass the matching dataset or fix the config.")
-    splits = _check_data(cfg, dataset)
+    # what this run must not publish about its training split (release_terms' ``withheld``)
+    withheld = withheld_statistics(private=cfg.private, credentialed=bool(dataset.credentialed))
+    splits = _check_data(cfg, dataset, withheld=withheld)
     n_train = len(splits["train"])
     cfg = validate_config(cfg, n_train=n_train)
     units, n_patients = None, None
@@ -483,7 +463,7 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
         for split, e in enc.items():
             e.features = frozen_features(net, e.encoded, cache_dir=where, key_value=split == "train")
     t_prep = time.perf_counter() - t0
-    result = train(net, enc["train"], cfg, delta=delta, progress=progress, units=units)
+    result = train(net, enc["train"], cfg, delta=delta, progress=progress, units=units, withheld=withheld)
     t1 = time.perf_counter()
     report.phase("evaluating")
     precision = result.info["precision"]
@@ -522,7 +502,7 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
         "physical_batch_source": result.info["physical_batch_source"],
         "runtime": {"prepare_s": t_prep, "train_s": result.seconds,
                     **{k: result.info[k] for k in ("calibrate_s", "setup_s", "first_step_s", "accounting_s")},
-                    "evaluate_s": time.perf_counter() - t1, "gpu_peak_gb": _gpu_peak_gb(device),
+                    "evaluate_s": time.perf_counter() - t1, "gpu_peak_gb": gpu_peak_gb(device),
                     "train_steps_per_s": len(result.curve) / max(result.seconds, 1e-9)},
     }
     predictions = {"ids": np.asarray(test.ids, dtype=str), "probabilities": test_probs, "labels": test.labels,
@@ -534,13 +514,6 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
 
     return write_run(run_dir, info=info, metrics=metrics, privacy=privacy, curve=result.curve,
                      predictions=predictions, save_model=save_model)
-
-
-def _gpu_peak_gb(device: str) -> float | None:
-    """Peak GPU memory this process allocated (GB), on a GPU; None on a CPU."""
-    import torch
-
-    return torch.cuda.max_memory_allocated(torch.device(device)) / 2**30 if str(device).startswith("cuda") else None
 
 
 def _reuse(run_dir: Path, rid: str) -> RunResult:
