@@ -36,7 +36,6 @@ Everything is written to ``--out`` (JSON, log); the summary table is printed las
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import subprocess
@@ -46,41 +45,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-import step  # noqa: E402
+from gpu_estimates import (DATASETS, PAPER, SHAPES, TINY_SHAPES, choose_epochs, estimate_grid, finish,  # noqa: E402
+                           report)
+from gpu_steps import _free, diagnostics, kernel_part, steps_part  # noqa: E402
 
-#: the paper's models → the local random-weight model of their shape (bench/common.py)
-SHAPES = {"bert-small": "bert-small-shape", "bert-medium": "bert-medium-shape", "albert-base": "albert-base-shape"}
-TINY_SHAPES = {"bert-small": "tiny-bert-shape", "albert-base": "tiny-albert-shape"}
-DATASETS = {"mimic-cxr": 256, "ct-rate": 512}  # the paper profile's max_length per dataset
-PAPER = dict(num_epochs=5, batch_size=256, physical_batch_size=64, lr=1e-3, lora_r=16, lora_alpha=32, seeds=3,
-             lora_epsilons=(0.01, 0.1, 1, 10), n_bootstrap=1000)
 ROOT = common.BENCH_DIR.parent
-
-
-def _free(device):
-    gc.collect()
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.empty_cache()
-
-
-def step_benchmark(shapes, device, *, batch_size, max_length, repeats, warmup, methods) -> list[dict]:
-    rows = []
-    for shape in shapes:
-        common.shaped_model_dir(shape)
-        for method in methods:
-            try:
-                r = step.measure(shape, method, batch_size=batch_size, max_length=max_length, repeats=repeats, warmup=warmup,
-                                 device=device)
-            except Exception as exc:  # noqa: BLE001 - e.g. out of memory: report and go on
-                r = {"model": shape, "method": method, "status": "error", "error": f"{type(exc).__name__}: {exc}"[:300]}
-            r.pop("times_s", None)
-            rows.append(r)
-            print(f"  {shape:18s} {method:14s} batch_size={batch_size} max_length={max_length} {step._brief(r)}", flush=True)
-            _free(device)
-    step._add_ratios(rows)
-    return rows
 
 
 def paper_run(model, shape, kind, length, n, *, epochs, device, tmp, dry) -> dict:
@@ -143,211 +112,6 @@ def _mean_tokens(ds, config, cache_dir) -> float:
     return float(np.mean([len(x) for x in enc.input_ids]))
 
 
-def estimate_grid(steps_rows, runs, *, kernel_start_s, dry) -> dict:
-    """Paper grid seconds: Σ datasets × models × configs × seeds of (epochs × epoch_s + fixed)."""
-    ratio = {}
-    for r in steps_rows:
-        if r.get("status") == "ok":
-            ratio.setdefault(r["model"], {})[r["method"]] = r["median_s"]
-    lines, total = [], 0.0
-    for model in {r["model"] for r in runs}:
-        for kind in DATASETS:
-            got = [r for r in runs if r["model"] == model and r["kind"] == kind]
-            note = "measured"
-            if not got:  # skipped for the budget: scale the model's other run by the token count
-                other = [r for r in runs if r["model"] == model]
-                if not other:
-                    continue
-                o = other[0]
-                length = DATASETS[kind] if not dry else o["max_length"]
-                got = [{**o, "kind": kind, "max_length": length, "epoch_s": o["epoch_s"] * length / o["max_length"]}]
-                note = f"extrapolated from max_length={o['max_length']} (× tokens)"
-            r = got[0]
-            length = r["max_length"]
-            t = ratio.get(r["shape"], {})
-            dp = t.get("dp-lora")
-            rel_lora = t["lora"] / dp if dp and "lora" in t else 1.0
-            rel_full = t["full"] / dp if dp and "full" in t else 3.0
-            fixed = r["prepare_s"] + r["evaluate_s"] + kernel_start_s
-            epoch = r["epoch_s"]
-            per_seed = (len(PAPER["lora_epsilons"]) * (PAPER["num_epochs"] * epoch + fixed)
-                        + (PAPER["num_epochs"] * epoch * rel_lora + fixed)
-                        + (PAPER["num_epochs"] * epoch * rel_full + fixed))
-            secs = PAPER["seeds"] * per_seed
-            total += secs
-            lines.append({"dataset": kind, "model": model, "max_length": length, "epoch_s": epoch,
-                          "fixed_s": fixed, "nonprivate_lora_vs_dp": rel_lora, "full_vs_dp_lora": rel_full,
-                          "runs": 6 * PAPER["seeds"], "seconds": secs, "source": note})
-    return {"rows": lines, "total_s": total, "total_h": total / 3600, "assumptions": (
-        f"{PAPER['num_epochs']} epochs, batch {PAPER['batch_size']}, ≈25k reports per dataset (n as run), "
-        f"{PAPER['seeds']} seeds, one GPU, runs in sequence, kernel start {kernel_start_s:.1f} s per run"
-        + (" (DRY RUN: tiny shapes on CPU, meaningless figures)" if dry else ""))}
-
-
-
-
-# ----------------------------------------------------------------------------- 1. steps
-
-GROUPS = {  # the old settings, the new ones in fp32 and in bf16
-    "old": dict(physical=64, precision="fp32", methods=["lora", "dp-lora", "full"]),
-    "new-fp32": dict(physical=None, precision="fp32", methods=["lora", "dp-lora"]),
-    "new-bf16": dict(physical=None, precision="bf16", methods=["lora", "dp-lora", "full"]),
-}
-
-
-def steps_part(shapes, device, *, batch, length, repeats, warmup, dry) -> dict:
-    """Interleaved step times per shape and settings group, DP ÷ LoRA per round, and the bf16
-    per-sample gradient check."""
-    import statistics
-
-    import torch
-
-    from privrad.features import Classifier
-    from privrad.models import build_model
-    from privrad.train import BF16_GRAD_RTOL, BF16_NORM_RTOL, bf16_gradient_error, per_sample_gradients
-
-    rows, checks = [], []
-    for shape in shapes:
-        common.shaped_model_dir(shape)
-        for group, g in GROUPS.items():
-            if g["precision"] == "bf16" and device == "cpu" and not dry:
-                continue
-            phys = min(g["physical"] or batch, batch) if not dry else (2 if g["physical"] else batch)
-            try:
-                times = step.measure_interleaved(shape, g["methods"], batch=batch, length=length, repeats=repeats,
-                                                 warmup=warmup, device=device, physical=phys, precision=g["precision"],
-                                                 lora_r=PAPER["lora_r"])
-            except Exception as exc:  # noqa: BLE001 - e.g. out of memory: report and go on
-                print(f"  {shape} {group}: {type(exc).__name__}: {exc}"[:300], flush=True)
-                if dry:
-                    raise
-                continue
-            finally:
-                _free(device)
-            lora = times.get("lora", [])
-            for method, t in times.items():
-                r = {"model": shape, "group": group, "method": method, "batch": batch, "length": length, "physical": phys,
-                     "precision": g["precision"], "median_s": statistics.median(t), "status": "ok"}
-                if lora and method != "lora":
-                    r["ratio_vs_lora"] = statistics.median(a / b for a, b in zip(t, lora))
-                rows.append(r)
-                print(f"  {shape:18s} {group:9s} {method:8s} B={batch} phys={phys:3d} {r['median_s'] * 1000:8.1f} ms"
-                      + (f"  ×{r['ratio_vs_lora']:.3f} vs LoRA" if "ratio_vs_lora" in r else ""), flush=True)
-        # bf16 per-sample gradients against float32, dropout off (the same network twice)
-        model = build_model(common.shaped_model_dir(shape), step.N_LABELS, method="lora", lora_r=PAPER["lora_r"],
-                            lora_alpha=PAPER["lora_alpha"], device=device, seed=0)
-        for m in model.modules():
-            if isinstance(m, torch.nn.Dropout):
-                m.p = 0.0
-        torch.manual_seed(1)
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.data.normal_(0, 0.02)
-        net = Classifier(model)
-        data = step.synthetic_data(8, length)
-        from privrad.train import _batch, _to
-
-        b = _to(_batch(data, list(range(8))), torch.device(device))
-        err = bf16_gradient_error(per_sample_gradients(net, b, "fp32"), per_sample_gradients(net, b, "bf16"))
-        ok = err["grad_rtol"] <= BF16_GRAD_RTOL and err["norm_rtol"] <= BF16_NORM_RTOL
-        checks.append({"model": shape, **err, "within_tolerance": ok, "grad_rtol_limit": BF16_GRAD_RTOL,
-                       "norm_rtol_limit": BF16_NORM_RTOL})
-        print(f"  {shape:18s} bf16 per-sample gradients vs fp32: {err['grad_rtol']:.4f} (≤ {BF16_GRAD_RTOL}), "
-              f"norms {err['norm_rtol']:.4f} (≤ {BF16_NORM_RTOL}): {'within' if ok else 'OUT OF'} tolerance", flush=True)
-        del model, net
-        _free(device)
-    return {"rows": rows, "bf16_check": checks}
-
-
-def diagnostics(shape: str, device: str, *, batch: int, length: int, repeats: int, warmup: int) -> dict:
-    """Where the bf16 DP step's extra time goes: DP-LoRA ÷ LoRA with privrad's float32 per-sample
-    gradients against Opacus' own (bf16) Linear sampler, and the profiler's top operations."""
-    import statistics
-
-    import torch
-    from opacus.grad_sample.linear import compute_linear_grad_sample
-
-    import privrad.privacy as pp
-
-    res = {}
-    ours = pp._linear_grad_sample_float32
-    for name, fn in (("float32 sampler", ours), ("opacus bf16 sampler", compute_linear_grad_sample)):
-        pp._linear_grad_sample_float32 = fn
-        try:
-            t = step.measure_interleaved(shape, ["lora", "dp-lora"], batch=batch, length=length, repeats=repeats,
-                                         warmup=warmup, device=device, precision="bf16", lora_r=PAPER["lora_r"])
-        finally:
-            pp._linear_grad_sample_float32 = ours
-        res[name] = {"lora_s": statistics.median(t["lora"]), "dp_s": statistics.median(t["dp-lora"]),
-                     "ratio": statistics.median(a / b for a, b in zip(t["dp-lora"], t["lora"]))}
-        print(f"  diagnostics {shape} bf16, {name}: LoRA {res[name]['lora_s'] * 1000:.1f} ms, DP-LoRA "
-              f"{res[name]['dp_s'] * 1000:.1f} ms, ×{res[name]['ratio']:.3f}", flush=True)
-        _free(device)
-    try:  # the profiler's view of a DP-LoRA bf16 step
-        from privrad.models import build_model
-
-        model = build_model(common.shaped_model_dir(shape), step.N_LABELS, method="lora", device=device, seed=0,
-                            lora_r=PAPER["lora_r"], lora_alpha=PAPER["lora_alpha"])
-        s = step.Stepper(model, "dp-lora", batch=batch, physical=batch, device=device, precision="bf16")
-        data, idx = step.synthetic_data(batch, length), list(range(batch))
-        for _ in range(3):
-            s.step(data, idx)
-        acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else [])
-        with torch.profiler.profile(activities=acts) as prof:
-            for _ in range(3):
-                s.step(data, idx)
-            if device == "cuda":
-                torch.cuda.synchronize()
-        key = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
-        table = prof.key_averages().table(sort_by=key, row_limit=14, max_name_column_width=48)
-        print(table, flush=True)
-        res["profile"] = table
-        res["profile_cpu"] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10, max_name_column_width=48)
-        print(res["profile_cpu"], flush=True)
-    except Exception as exc:  # noqa: BLE001 - diagnostics only
-        res["profile_error"] = f"{type(exc).__name__}: {exc}"[:300]
-    _free(device)
-    return res
-
-
-# ----------------------------------------------------------------------------- 2. kernel start
-
-def kernel_part(tmp: Path) -> dict:
-    """Seconds papermill needs for a notebook whose one cell is the run notebook's warm-up (imports,
-    CUDA start) in a cold kernel, and what the same notebook waits for in a kernel warmed up ahead."""
-    import nbformat
-
-    from privrad import executors
-    from privrad.runs import WARM_UP
-
-    kernel = executors.default_kernel()
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(WARM_UP)])
-    nb.metadata["kernelspec"] = {"name": kernel, "display_name": kernel, "language": "python"}
-    path = tmp / "warm.ipynb"
-    nbformat.write(nb, path)
-    (tmp / "p.json").write_text("{}")
-    t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, "-c", executors._PAPERMILL_DRIVER, str(path), str(tmp / "cold-out.ipynb"),
-                        str(tmp / "p.json"), kernel, str(ROOT), ""], capture_output=True, text=True)
-    cold = time.perf_counter() - t0
-    if p.returncode != 0:
-        raise RuntimeError(f"papermill failed: {p.stdout[-1500:]} {p.stderr[-1500:]}")
-    t0 = time.perf_counter()
-    k = executors.WarmKernel(kernel, str(ROOT), WARM_UP, {})
-    ready = k.wait_ready()
-    warm_start = time.perf_counter() - t0
-    task = executors.Task(run_id="w", label="w", notebook=str(path), parameters={}, run_dir=str(tmp / "w"),
-                          staging=str(tmp / "warm-out.ipynb"), failed=str(tmp / "w.failed"), kernel=kernel, cwd=str(ROOT))
-    t0 = time.perf_counter()
-    code, out = k.run(task, tmp / "p.json")
-    warm = time.perf_counter() - t0
-    res = {"kernel": kernel, "cold_s": cold, "warm_start_s": warm_start, "warm_run_s": warm, "warm_ok": code == 0,
-           "warm_up": ready.get("warm_up")}
-    print(f"  papermill + kernel start + imports + CUDA: cold {cold:.1f} s; warmed up ahead: {warm_start:.1f} s "
-          f"beside the previous run, then {warm:.2f} s for the run (status {code})", flush=True)
-    return res
-
-
 # ----------------------------------------------------------------------------- 5. calibration (background)
 
 def _calibrate_one(args):
@@ -391,7 +155,9 @@ def paper_profile(tmp: Path, models: dict, data_dirs: dict, *, epochs: float, dr
     ``epochs`` epochs, and float32 twins of BERT-small's DP ε = 1 and LoRA ∞ runs."""
     import yaml
 
-    raw = yaml.safe_load((ROOT / "studies" / "paper.yml").read_text())
+    from privrad.profiles import read_yaml_file
+
+    raw = read_yaml_file(ROOT / "studies" / "paper.yml", what="study profile")
     paths = {m: common.shaped_model_dir(s) for m, s in models.items()}
     # the longest runs first (CT-RATE, ALBERT): slots drain evenly, and a budget stop cuts short runs
     raw["datasets"] = [{**d, "dataset": f"simulated-{d['dataset']}", "data_dir": data_dirs[d["name"]]}
@@ -432,12 +198,15 @@ def _cells(nb_path: Path) -> dict:
 
 
 def after_part(tmp: Path, models: dict, data_dirs: dict, *, epochs: float, deadline: float, dry: bool,
-               runs_per_gpu: int | None) -> dict:
-    """The paper profile's sweep (one seed, ``epochs``) through privrad's own study runner."""
+               runs_per_gpu: int | None, save_partial=None) -> dict:
+    """The paper profile's sweep (one seed, ``epochs``) through privrad's own study runner.
+
+    ``save_partial(after)``, when given, is called every ~15 s with what has finished so far (the
+    same dict as the return value, ``"partial": True``), so a call stopped from outside still
+    leaves its finished runs in gpu.json (``--summarize`` estimates from them)."""
     import threading
 
     from privrad import profiles, study
-    from privrad.runs import run_state
 
     path = paper_profile(tmp, models, data_dirs, epochs=epochs, dry=dry)
     prof = profiles.load_profile(str(path), root=ROOT)
@@ -445,20 +214,62 @@ def after_part(tmp: Path, models: dict, data_dirs: dict, *, epochs: float, deadl
     ex = study.local_executor(prof, jobs=2 if dry else None, runs_per_gpu=runs_per_gpu)
     print(f"  {len(profiles.expand(prof))} runs, {ex.jobs} at once (runs_per_gpu {ex.runs_per_gpu}, GPUs {ex.gpus or 'none'}), "
           f"{epochs:g} epoch(s) each; " + " ".join(ex.notes), flush=True)
+    points = [{"dataset": p.entry.name, "model": next(m for m, sh in models.items() if p.config.model.endswith(sh)),
+               "method": p.config.method, "epsilon": p.config.epsilon, "twin": p.config.precision == "fp32"}
+              for p in profiles.expand(prof)]
+    base = {"runs_per_gpu": ex.runs_per_gpu, "slots": ex.jobs, "epochs": epochs, "points": len(points),
+            "memory_share_gb": ex.memory_share_gb, "notes": ex.notes, "point_list": points}
     t0 = time.perf_counter()
     result = {}
     th = threading.Thread(target=lambda: result.setdefault("rc", study.run_study(prof, executor=ex, progress=False,
-                                                                                out=open(tmp / "sweep.txt", "w"))))
+                                                                                out=open(tmp / "sweep.txt", "w"))),
+                          daemon=True)  # a stopped sweep's thread must not keep the process alive
     th.start()
+    last_save = time.perf_counter()
     while th.is_alive():
         th.join(1.0)
+        if save_partial and time.perf_counter() - last_save > 15:
+            last_save = time.perf_counter()
+            try:
+                rows, failed = _after_rows(prof, models)
+                save_partial({**base, "wall_s": last_save - t0, "runs": rows, "failed": failed, "partial": True})
+            except (OSError, ValueError, KeyError) as exc:  # a file being written: next time
+                print(f"  (partial save skipped: {type(exc).__name__}: {exc})"[:200], flush=True)
+        failed, complete = _event_counts(prof.results_dir / "study.jsonl")
+        if failed >= min(4, ex.jobs) and not complete:  # the same fault in every run: keep the budget for a rerun
+            print(f"  the first {failed} runs failed and none completed: stopping the sweep", flush=True)
+            _stop(th)
+            break
         if time.perf_counter() > deadline:  # out of budget: stop what runs; the estimate uses what finished
             print("  budget reached: stopping the runs still in flight", flush=True)
-            _kill_children()
-            th.join(60)
+            _stop(th)
             break
     wall = time.perf_counter() - t0
-    events = [json.loads(line) for line in (prof.results_dir / "study.jsonl").read_text().splitlines()]
+    rows, failed = _after_rows(prof, models)
+    print(f"  {len(rows)} of {len(points)} runs complete in {wall:.0f} s; {len(failed)} failed", flush=True)
+    for f in failed[:5]:
+        print(f"    failed {f['run_id']}: {f['error']}"[:400], flush=True)
+    return {**base, "wall_s": wall, "runs": rows, "failed": failed, "rc": result.get("rc")}
+
+
+def _event_counts(log: Path) -> tuple[int, int]:
+    """Runs failed and completed so far, from the study's event log."""
+    text = log.read_text() if log.exists() else ""
+    return text.count('"event": "run_failed"'), text.count('"event": "run_complete"')
+
+
+def _after_rows(prof, models: dict) -> tuple[list[dict], list[dict]]:
+    """The sweep's finished runs (one row each, from the run folders and study.jsonl) and its failures."""
+    from privrad.runs import read_run, run_state
+
+    log = prof.results_dir / "study.jsonl"
+    lines = log.read_text().splitlines() if log.exists() else []
+    events = []
+    for line in lines:
+        try:
+            events.append(json.loads(line))
+        except ValueError:  # the line being written
+            pass
     seconds = {e["run_id"]: e["seconds"] for e in events if e.get("event") == "run_complete"}
     rows = []
     for d in sorted(x for x in prof.results_dir.iterdir() if x.is_dir()):
@@ -468,28 +279,31 @@ def after_part(tmp: Path, models: dict, data_dirs: dict, *, epochs: float, deadl
         info, rt = state.info, state.info["runtime"]
         cfg = info["config"]
         cells = _cells(d / "run.ipynb")
-        metrics = json.loads((d / "metrics.json").read_text())
+        result = read_run(d)  # the run-folder contract's one reader
+        metrics = result.metrics
         model = next(m for m, s in models.items() if cfg["model"].endswith(s))
         rows.append({"run_id": d.name, "dataset": cfg["dataset"].replace("simulated-", ""), "model": model,
                      "method": cfg["method"], "epsilon": cfg["epsilon"], "precision": info["precision"],
                      "twin": cfg["precision"] == "fp32", "seconds": seconds[d.name], **cells,
                      "kernel_s": max(0.0, seconds[d.name] - cells["cells_s"]), "prepare_s": rt["prepare_s"],
                      "train_s": rt["train_s"] - rt["calibrate_s"], "calibrate_s": rt["calibrate_s"],
+                     **{k: rt.get(k) for k in ("setup_s", "first_step_s", "accounting_s")},
                      "evaluate_s": rt["evaluate_s"], "gpu_peak_gb": rt.get("gpu_peak_gb"),
                      "physical_batch_size": info["physical_batch_size"], "physical_batch_source": info["physical_batch_source"],
                      "weighted_f1": metrics["weighted_f1"], "learned_nothing_weighted_f1": metrics.get("learned_nothing_weighted_f1"),
-                     "steps": json.loads((d / "privacy.json").read_text())["steps"]})
-    points = [{"dataset": p.entry.name, "model": next(m for m, sh in models.items() if p.config.model.endswith(sh)),
-               "method": p.config.method, "epsilon": p.config.epsilon, "twin": p.config.precision == "fp32"}
-              for p in profiles.expand(prof)]
-    n_points = len(points)
+                     "steps": result.privacy["steps"]})
     failed = [{"run_id": e["run_id"], "error": e.get("error")} for e in events if e.get("event") == "run_failed"]
-    print(f"  {len(rows)} of {n_points} runs complete in {wall:.0f} s; {len(failed)} failed", flush=True)
-    for f in failed[:5]:
-        print(f"    failed {f['run_id']}: {f['error']}"[:400], flush=True)
-    return {"wall_s": wall, "runs_per_gpu": ex.runs_per_gpu, "slots": ex.jobs, "epochs": epochs, "points": n_points,
-            "memory_share_gb": ex.memory_share_gb, "runs": rows, "notes": ex.notes, "failed": failed, "point_list": points,
-            "rc": result.get("rc")}
+    return rows, failed
+
+
+def _stop(th, within_s: float = 15.0) -> None:
+    """Stop a sweep: kill the runs in flight, and again each second the ones the executor starts
+    from its queue in their place, until the sweep's thread ends or ``within_s`` has passed (the
+    estimate then goes on with what finished; the thread is a daemon)."""
+    end = time.perf_counter() + within_s
+    while th.is_alive() and time.perf_counter() < end:
+        _kill_children()
+        th.join(1.0)
 
 
 def _kill_children() -> None:
@@ -502,116 +316,6 @@ def _kill_children() -> None:
             pass
 
 
-# ----------------------------------------------------------------------------- the estimates
-
-def estimate_after(after: dict, calibrations: list[dict] | None, *, dry: bool) -> dict:
-    """The paper grid (3 seeds, 5 epochs) from the one-seed sweep: each run's seconds with its
-    training scaled to 5 epochs and its calibration replaced by the grid's (each of the 8
-    calibrations cold once, then a cached check per other run); wall from the slots."""
-    import statistics
-
-    runs = [r for r in after["runs"] if not r["twin"]]
-    if not runs:
-        return {}
-    scale = PAPER["num_epochs"] / after["epochs"]
-    slots = after["slots"]
-    per_run = []
-    for r in runs:
-        five = r["seconds"] - r["calibrate_s"] + (scale - 1) * r["train_s"]
-        per_run.append({**r, "paper_run_s": five})
-    # points that did not finish (budget stop, failure): the mean of the same dataset/model/method's runs
-    done = {(r["dataset"], r["model"], r["method"], r["epsilon"]) for r in runs}
-    extrapolated = []
-    for p in after.get("point_list", []):
-        key = (p["dataset"], p["model"], p["method"], p["epsilon"])
-        if p["twin"] or key in done:
-            continue
-        like = [r["paper_run_s"] for r in per_run if (r["dataset"], r["model"], r["method"]) == key[:3]] or \
-               [r["paper_run_s"] for r in per_run if (r["dataset"], r["model"]) == key[:2]]
-        if like:
-            extrapolated.append({**p, "paper_run_s": statistics.mean(like), "kernel_s": 0.0, "extrapolated": True})
-    per_run += extrapolated
-    occupancy = PAPER["seeds"] * sum(r["paper_run_s"] for r in per_run)
-    cal = 0.0
-    if calibrations:
-        models, seeds = len({r["model"] for r in runs}), PAPER["seeds"]
-        cal = sum(c["calibrate_s"] + (models * seeds - 1) * c["check_s"] for c in calibrations)
-    occupancy += cal
-    longest = max(r["paper_run_s"] for r in per_run)
-    lower = occupancy / slots
-    upper = lower + (1 - 1 / slots) * longest
-    share = [r["kernel_s"] / r["paper_run_s"] for r in per_run if not r.get("extrapolated")]
-    # the points of the sweep that did not finish (budget): scaled from the same model/dataset's others
-    missing = after["points"] - len(after["runs"])
-    by = {}
-    for r in per_run:
-        by.setdefault((r["dataset"], r["model"]), []).append(r["paper_run_s"])
-    rows = [{"dataset": k[0], "model": k[1], "runs": PAPER["seeds"] * len(v), "minutes": PAPER["seeds"] * sum(v) / 60,
-             "mean_run_s": statistics.mean(v)} for k, v in sorted(by.items())]
-    done_runs = [r for r in per_run if not r.get("extrapolated")]
-    phases = {k: {"median": statistics.median(r[k] for r in done_runs), "max": max(r[k] for r in done_runs)}
-              for k in ("kernel_s", "imports_s", "data_s", "prepare_s", "calibrate_s", "train_s", "evaluate_s",
-                        "other_cells_s", "seconds", "paper_run_s")}
-    return {"rows": rows, "phases": phases, "occupancy_s": occupancy, "calibration_s": cal, "slots": slots, "longest_run_s": longest,
-            "wall_lower_s": lower, "wall_s": upper, "wall_min": upper / 60, "missing_points": missing,
-            "extrapolated_points": len(extrapolated),
-            "kernel_share": {"min": min(share), "median": statistics.median(share), "max": max(share)},
-            "assumptions": (f"{PAPER['num_epochs']} epochs (training scaled from {after['epochs']:g}), {PAPER['seeds']} seeds, "
-                            f"{slots} runs at once on one GPU; wall = Σ/slots + (1 − 1/slots) × longest run (list scheduling)"
-                            + (" (DRY RUN: tiny shapes on CPU, meaningless figures)" if dry else ""))}
-
-
-def dp_ratios(steps_rows: list[dict], after_runs: list[dict]) -> dict:
-    """DP-LoRA ÷ LoRA: step time (interleaved) per settings group, and training seconds per
-    (model, dataset) in the paper-profile sweep (ε = 1 against ∞, bf16 runs)."""
-    step_r = {f"{r['model']}/{r['group']}": r["ratio_vs_lora"] for r in steps_rows
-              if r["method"] == "dp-lora" and "ratio_vs_lora" in r}
-    run_r = {}
-    for r in after_runs:
-        if r["twin"] or r["method"] != "lora" or r["epsilon"] != 1:
-            continue
-        base = [b for b in after_runs if not b["twin"] and b["method"] == "lora" and b["epsilon"] is None
-                and b["model"] == r["model"] and b["dataset"] == r["dataset"]]
-        if base and base[0]["train_s"] > 0:
-            run_r[f"{r['model']}/{r['dataset']}"] = (r["train_s"] / r["steps"]) / (base[0]["train_s"] / base[0]["steps"])
-    return {"step": step_r, "run_per_step": run_r}
-
-
-def f1_parity(after_runs: list[dict]) -> list[dict]:
-    out = []
-    for t in (r for r in after_runs if r["twin"]):
-        same = [r for r in after_runs if not r["twin"] and r["model"] == t["model"] and r["dataset"] == t["dataset"]
-                and r["method"] == t["method"] and r["epsilon"] == t["epsilon"]]
-        if same:
-            out.append({"dataset": t["dataset"], "model": t["model"], "epsilon": t["epsilon"], "f1_fp32": t["weighted_f1"],
-                        "f1_bf16": same[0]["weighted_f1"], "difference": same[0]["weighted_f1"] - t["weighted_f1"],
-                        "train_s_fp32": t["train_s"], "train_s_bf16": same[0]["train_s"],
-                        "learned_nothing": t["learned_nothing_weighted_f1"]})
-    return out
-
-
-def choose_epochs(steps_rows: list[dict], n_train: dict, budget_s: float, slots: int, dry: bool) -> float:
-    """Epochs per run of the after-sweep so that it fits ``budget_s``: training predicted from the
-    bf16 step times (× padded length ÷ 128) and a fixed 15 s per run, at half the slots' speed-up."""
-    if dry:
-        return 0.5
-    t = {}
-    for r in steps_rows:
-        if r["group"] == ("new-bf16" if any(x["group"] == "new-bf16" for x in steps_rows) else "new-fp32"):
-            t[(r["model"], r["method"])] = r["median_s"]
-    factor = {"mimic-cxr": 1.7, "ct-rate": 3.9}  # padded tokens of a 256-report chunk ÷ 128 (simulated lengths)
-    per_epoch = 0.0
-    for kind, n in n_train.items():
-        steps = n / PAPER["batch_size"]
-        for shape in SHAPES.values():
-            for method, count in (("dp-lora", 4 + 1), ("lora", 1), ("full", 1)):
-                per_epoch += count * steps * factor[kind] * t.get((shape, method), t.get((shape, "dp-lora"), 0.5))
-    fixed = 36 * 15.0
-    speedup = max(1.0, slots / 2)
-    epochs = (budget_s * speedup - fixed) / max(per_epoch, 1e-9)
-    return float(min(1.0, max(0.1, round(epochs, 2))))
-
-
 # ----------------------------------------------------------------------------- main
 
 def main(argv=None) -> int:
@@ -619,7 +323,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="tiny shapes, tiny data, CPU: checks the script, not the GPU")
     ap.add_argument("--n", type=int, default=25_000, help="simulated reports per dataset")
     ap.add_argument("--old-epochs", type=float, default=0.15, help="epochs of each 'before' run (scaled to 5)")
-    ap.add_argument("--budget-s", type=float, default=420.0, help="the whole script ends by then (runs in flight are stopped)")
+    ap.add_argument("--budget-s", type=float, help="the whole script ends by then (runs in flight are stopped); "
+                                                   "default 420, 1200 with --dry-run (the shared CPU is slow)")
     ap.add_argument("--runs-per-gpu", type=int, default=None, help="override the paper profile's gpu.runs_per_gpu")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
@@ -628,7 +333,18 @@ def main(argv=None) -> int:
     ap.add_argument("--reuse", help="a gpu.json of an earlier call on the same machine kind: its parts 1-3 are "
                                     "taken from it (say so when reporting) and only part 4 runs")
     ap.add_argument("--after-epochs", type=float, help="epochs per run of part 4 (default: chosen from part 1)")
+    ap.add_argument("--diagnostics", action="store_true", help="with --reuse: also time where the bf16 DP step's "
+                                                                  "extra time goes (costs GPU time)")
+    ap.add_argument("--summarize", metavar="GPU_JSON", help="print the summary of a gpu.json, estimating the 'after' "
+                                                           "grid from the runs it holds (a call stopped in part 4)")
     args = ap.parse_args(argv)
+    if args.summarize:
+        out = json.loads(Path(args.summarize).read_text())
+        finish(out, dry=out["args"].get("dry_run", False))
+        report(out)
+        return 0
+    if args.budget_s is None:
+        args.budget_s = 1200.0 if args.dry_run else 420.0
     if args.calibration_child:
         calibration_child(json.loads(args.calibration_child))
         return 0
@@ -661,23 +377,30 @@ def main(argv=None) -> int:
     sims = [subprocess.Popen([sys.executable, "-c", f"import common; common.report_dataset({kind!r}, {n}, root={str(tmp / 'data')!r})"],
                              env=env, cwd=common.BENCH_DIR) for kind in DATASETS]
     spec = {"datasets": data_dirs, "epsilons": [1] if dry else list(PAPER["lora_epsilons"]), "dry": dry}
-    calib = subprocess.Popen([sys.executable, str(Path(__file__)), "--calibration-child", json.dumps(spec)], env=env,
-                             stdout=subprocess.PIPE, text=True)
+    calib = None if args.reuse else subprocess.Popen(
+        [sys.executable, str(Path(__file__)), "--calibration-child", json.dumps(spec)], env=env, stdout=subprocess.PIPE, text=True)
     for shape in models.values():
         common.shaped_model_dir(shape)
 
-    batch, length = (8, 16) if dry else (PAPER["batch_size"], 128)
+    batch_size, max_length = (8, 16) if dry else (PAPER["batch_size"], 128)
     rep, wu = (1, 0) if dry else (args.repeats, args.warmup)
     if args.reuse:
         prev = json.loads(Path(args.reuse).read_text())
-        out.update(steps=prev["steps"], kernel=prev["kernel"], before=prev["before"],
-                   reused={"from": args.reuse, "machine": prev["machine"], "parts": "1-3"})
-        print(f"[1-3/4] steps, kernel start and 'before' taken from {args.reuse} ({prev['machine'].get('gpu')}, "
-              f"{prev['machine'].get('date')})", flush=True)
-        out["diagnostics"] = diagnostics(list(models.values())[0], device, batch=batch, length=length, repeats=rep, warmup=wu)
+        for r in prev["steps"]["rows"]:  # a gpu.json written before the rows took the contract's names
+            for old, new in (("batch", "batch_size"), ("length", "max_length"), ("physical", "physical_batch_size")):
+                if old in r:
+                    r[new] = r.pop(old)
+        out.update(steps=prev["steps"], kernel=prev["kernel"], before=prev["before"], calibration=prev.get("calibration"),
+                   reused={"from": args.reuse, "machine": prev["machine"], "parts": "1-3 and the calibration timings"})
+        print(f"[1-3/4] steps, kernel start, 'before' and calibration timings taken from {args.reuse} "
+              f"({prev['machine'].get('gpu')}, {prev['machine'].get('date')})", flush=True)
+        if args.diagnostics:
+            out["diagnostics"] = diagnostics(list(models.values())[0], device, batch_size=batch_size, max_length=max_length,
+                                             repeats=rep, warmup=wu)
     else:
         print(f"[1/4] steps on {device}: LoRA vs DP-LoRA interleaved, old and new settings; bf16 per-sample gradients", flush=True)
-        out["steps"] = steps_part(list(models.values()), device, batch=batch, length=length, repeats=rep, warmup=wu, dry=dry)
+        out["steps"] = steps_part(list(models.values()), device, batch_size=batch_size, max_length=max_length, repeats=rep,
+                                  warmup=wu, dry=dry)
         save()
 
         print("\n[2/4] kernel start: papermill, a cold kernel vs one warmed up ahead", flush=True)
@@ -697,7 +420,7 @@ def main(argv=None) -> int:
         print(f"\n[3/4] before: one run at a time, physical 64, fp32; {args.old_epochs:g} epoch per model and dataset", flush=True)
     for kind, L in ({} if args.reuse else lengths).items():
         for model, shape in models.items():
-            if time.perf_counter() > t_start + 0.45 * args.budget_s and old_runs:
+            if not dry and time.perf_counter() > t_start + 0.45 * args.budget_s and old_runs:
                 print(f"  skipped {model}/{kind} (budget)", flush=True)
                 continue
             t_run = time.perf_counter()
@@ -728,53 +451,31 @@ def main(argv=None) -> int:
     epochs = args.after_epochs or choose_epochs(out["steps"]["rows"], n_train, deadline - time.perf_counter() - 30, slots, dry)
     print(f"\n[4/4] after: the paper profile's sweep, one seed, {epochs:g} epoch(s) per run (scaled to 5)", flush=True)
     _free(device)
-    out["after"] = after_part(tmp, models, data_dirs, epochs=epochs, deadline=deadline, dry=dry, runs_per_gpu=args.runs_per_gpu)
+
+    def save_partial(after):
+        out["after"] = after
+        save()
+
+    out["after"] = after_part(tmp, models, data_dirs, epochs=epochs, deadline=deadline, dry=dry, runs_per_gpu=args.runs_per_gpu,
+                              save_partial=save_partial)
     save()
-    try:
-        cal_out, _ = calib.communicate(timeout=5 if not dry else 120)
-        out["calibration"] = json.loads(cal_out.strip().splitlines()[-1])
-    except Exception as exc:  # noqa: BLE001 - not finished in time
-        calib.kill()
-        out["calibration"] = None
-        print(f"  calibration timings not available ({type(exc).__name__})", flush=True)
-    out["after"]["grid"] = estimate_after(out["after"], out["calibration"], dry=dry)
-    out["dp_ratio"] = dp_ratios(out["steps"]["rows"], out["after"]["runs"])
-    out["f1_parity"] = f1_parity(out["after"]["runs"])
+    if calib is not None:
+        try:
+            cal_out, _ = calib.communicate(timeout=5 if not dry else 120)
+            out["calibration"] = json.loads(cal_out.strip().splitlines()[-1])
+        except Exception as exc:  # noqa: BLE001 - not finished in time
+            calib.kill()
+            out["calibration"] = None
+            print(f"  calibration timings not available ({type(exc).__name__})", flush=True)
+    finish(out, dry=dry)
     out["wall_s"] = time.perf_counter() - t_start
     save()
     report(out)
     print(f"\nwritten {Path(args.out) / 'gpu.json'} in {out['wall_s']:.0f} s")
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
     return 0
-
-
-def report(out: dict) -> None:
-    """The summary, printed last (the device reply carries the end of the output)."""
-    gpu = out["machine"].get("gpu", out["device"])
-    print(f"\n=== summary on {gpu} ===")
-    b, a = out["before"]["grid"], out["after"].get("grid") or {}
-    print(f"paper grid (108 runs, 3 seeds, 5 epochs, ~{out['args']['n']} reports per dataset):")
-    print(f"  before (sequential, physical 64, fp32, cold kernel {out['kernel'].get('cold_s', float('nan')):.1f} s): "
-          f"{b['total_s'] / 60:.1f} min")
-    if a:
-        print(f"  after  ({a['slots']} runs at once, physical auto, bf16 auto, warm kernels, caches): {a['wall_min']:.1f} min "
-              f"(lower bound {a['wall_lower_s'] / 60:.1f} min; {a['missing_points']} sweep points unfinished, "
-              f"{a['extrapolated_points']} extrapolated)")
-        for r in a["rows"]:
-            print(f"    {r['dataset']:9s} {r['model']:12s} {r['runs']:3d} runs  mean run {r['mean_run_s']:6.1f} s")
-        print("  per run (median / max s): " + ", ".join(f"{k[:-2]} {v['median']:.1f}/{v['max']:.1f}" for k, v in a["phases"].items()))
-        ks = a["kernel_share"]
-        print(f"  papermill + kernel start share of a paper-profile run: {100 * ks['min']:.1f}–{100 * ks['max']:.1f} % "
-              f"(median {100 * ks['median']:.1f} %)")
-    for k, v in out["dp_ratio"]["step"].items():
-        print(f"  DP-LoRA ÷ LoRA step time {k}: {v:.3f}")
-    for k, v in out["dp_ratio"]["run_per_step"].items():
-        print(f"  DP-LoRA ÷ LoRA per training step in the sweep {k}: {v:.3f}")
-    for c in out["steps"]["bf16_check"]:
-        print(f"  bf16 per-sample gradients {c['model']}: {c['grad_rtol']:.4f} / norms {c['norm_rtol']:.4f}: "
-              f"{'within' if c['within_tolerance'] else 'OUT OF'} tolerance")
-    for f in out["f1_parity"]:
-        print(f"  weighted F1 {f['dataset']} {f['model']} ε={f['epsilon']}: fp32 {f['f1_fp32']:.4f}, bf16 {f['f1_bf16']:.4f} "
-              f"(Δ {f['difference']:+.4f}); train {f['train_s_fp32']:.1f} s → {f['train_s_bf16']:.1f} s")
 
 
 if __name__ == "__main__":

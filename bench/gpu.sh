@@ -24,4 +24,5 @@ if [ -f .whl/vocab.txt ]; then
 fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
-exec timeout "${PRIVRAD_GPU_TIMEOUT:-470}" "$PY" bench/gpu.py "$@"
+# the dry run shares a busy 2-core CPU with papermill kernels: it gets longer (its --budget-s is 1200 too)
+exec timeout "${PRIVRAD_GPU_TIMEOUT:-$([ "$dry" = 1 ] && echo 1300 || echo 470)}" "$PY" bench/gpu.py "$@"

@@ -13,7 +13,10 @@ interleaved so that a change in the machine's load hits both executors alike.
 Prints, per sweep, the wall time of ``privrad study run`` and the sum of the runs' own seconds
 (papermill, measured inside the job); for Slurm also each job's wall time (Slurm's StartTime to
 EndTime, 1 s resolution) minus its run's own seconds — submitit's start and result; and the Slurm
-overhead: the wall-time difference per sweep and per run. Never asserts a time.
+overhead: the wall-time difference per sweep and per run, and — robust to a loaded machine, which
+slows the runs themselves by different amounts from sweep to sweep — each sweep's wall time beyond
+what two runs at once need at least (its runs' own seconds ÷ 2): queueing, scheduling, polling,
+the last run alone. Writes the rows to ``bench/out/slurm.json``. Never asserts a time.
 """
 
 from __future__ import annotations
@@ -89,15 +92,36 @@ def main() -> None:
                           f"({res['runs']} runs), load {res['load']:.1f}{extra}", flush=True)
         finally:
             cluster.stop()
-    local = [o["wall_s"] for o in out if o["executor"] == "local"]
-    slurm = [o["wall_s"] for o in out if o["executor"] == "slurm"]
-    pairs = [s - l for l, s in zip(local, slurm)]
+    from common import OUT_DIR
+
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    (OUT_DIR / "slurm.json").write_text(json.dumps(out, indent=1))
+    print(summary(out))
+
+
+AT_ONCE = 2  # --jobs 2 locally; the smoke profile's slurm.array_parallelism
+
+
+def summary(out: list[dict]) -> str:
+    """The medians over interleaved rounds: wall times, their difference, and each executor's wall
+    time beyond ``runs' own seconds ÷ AT_ONCE``."""
+    local = [o for o in out if o["executor"] == "local"]
+    slurm = [o for o in out if o["executor"] == "slurm"]
+    pairs = [s["wall_s"] - l["wall_s"] for l, s in zip(local, slurm)]
+    beyond = {ex: [o["wall_s"] - o["run_s"] / AT_ONCE for o in rows] for ex, rows in (("local", local), ("slurm", slurm))}
+    extra = [s - l for l, s in zip(beyond["local"], beyond["slurm"])]
     n = out[0]["runs"]
-    print(f"\nsmoke study ({n} runs, 2 at once), median of {args.rounds} interleaved rounds:")
-    print(f"  local --jobs 2       {statistics.median(local):6.1f} s")
-    print(f"  --executor slurm     {statistics.median(slurm):6.1f} s")
-    print(f"  Slurm overhead       {statistics.median(pairs):+6.1f} s per sweep ({statistics.median(pairs) / n:+.1f} s per run), "
-          f"ratio {statistics.median(s / l for l, s in zip(local, slurm)):.2f}")
+    med = statistics.median
+    lines = [f"\nsmoke study ({n} runs, {AT_ONCE} at once), median of {len(pairs)} interleaved rounds:",
+             f"  local --jobs {AT_ONCE}       {med(o['wall_s'] for o in local):6.1f} s   (beyond runs' own ÷ {AT_ONCE}: {med(beyond['local']):5.1f} s)",
+             f"  --executor slurm     {med(o['wall_s'] for o in slurm):6.1f} s   (beyond runs' own ÷ {AT_ONCE}: {med(beyond['slurm']):5.1f} s)",
+             f"  Slurm overhead       {med(pairs):+6.1f} s per sweep ({med(pairs) / n:+.1f} s per run), "
+             f"ratio {med(s['wall_s'] / l['wall_s'] for l, s in zip(local, slurm)):.2f}",
+             f"  Slurm overhead beyond the runs' own time: {med(extra):+.1f} s per sweep ({med(extra) / n:+.1f} s per run)"]
+    if slurm and "job_overhead_s" in slurm[0]:
+        per_job = [x for o in slurm for x in o["job_overhead_s"]]
+        lines.append(f"  inside each job (Slurm wall − run's own): median {med(per_job):.1f} s, max {max(per_job):.1f} s")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ def outside_timings(run_dirs: list[Path]) -> dict:
     from privrad.data import load_dataset
     from privrad.data.tokenize import tokenize_dataset
     from privrad.models import build_model, load_tokenizer
-    from privrad.privacy import calibrate_noise_multiplier
+    from privrad.accounting import calibrate_noise_multiplier
 
     calib, tok, build, datasets = {}, {}, {}, {}
     for rd in run_dirs:
@@ -111,14 +111,14 @@ def outside_timings(run_dirs: list[Path]) -> dict:
 
 
 def statistics_seconds(results_dir: Path) -> float:
-    from privrad import stats
+    from privrad import comparisons, stats
 
     t0 = time.perf_counter()
     runs = stats.load_runs(results_dir)
     stats.summarize(runs)
     stats.paper_table(runs)
-    stats.friedman(runs)
-    stats.paired_vs_nonprivate(runs)
+    comparisons.friedman(runs)
+    comparisons.paired_vs_nonprivate(runs)
     return time.perf_counter() - t0
 
 

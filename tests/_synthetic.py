@@ -69,3 +69,11 @@ def make_dataset(n: int = 400, seed: int = 0, name: str = "simulated-mimic-cxr",
         texts=texts, labels=labels, label_mask=mask, splits=splits, credentialed=False,
         provenance={"generator": "tests/_synthetic.py", "n": n, "seed": seed},
     )
+
+
+def no_dropout(model):
+    """The model with every dropout off (the same network on every call: gradients comparable)."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    return model

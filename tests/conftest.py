@@ -34,6 +34,43 @@ def fresh_project(dest: Path) -> Path:
     return dest
 
 
+
+def write_profile(tmp_path: Path, name: str = "p.yml", **changes) -> Path:
+    """The smoke profile with top-level keys replaced (``slurm={…}``, ``grid={…}``), written as a
+    profile file; read with privrad's own YAML reader."""
+    import yaml
+
+    from privrad.profiles import read_yaml_file
+
+    raw = read_yaml_file(ROOT / "studies" / "smoke.yml", what="study profile")
+    raw.update(changes)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(raw, allow_unicode=True))
+    return path
+
+
+def run_dirs(results: Path, profile: str = "smoke", *, placed: bool = False) -> dict[str, Path]:
+    """A study's complete run folders by run id (:func:`privrad.runs.run_state` decides); ``placed``:
+    only those whose executed notebook the study has placed too (complete points)."""
+    from privrad.runs import run_state
+
+    return {d.name: d for d in (results / profile).iterdir()
+            if d.is_dir() and not d.name.startswith(".") and run_state(d).complete and (not placed or (d / "run.ipynb").is_file())}
+
+
+def events(results: Path, profile: str = "smoke") -> list[dict]:
+    """The study's log (``study.jsonl``), one dict per event."""
+    import json
+
+    return [json.loads(line) for line in (results / profile / "study.jsonl").read_text().splitlines()]
+
+
+def metrics(run_dir: Path) -> dict:
+    """A run's metrics.json, through the one reader."""
+    from privrad.runs import read_run
+
+    return read_run(run_dir).metrics
+
 def documented(target: str, profile: str = "smoke", jobs: int = 2) -> list[str]:
     """The privrad command of a Makefile target (`make study`, `make book`), as argv for PROFILE/JOBS."""
     recipe = re.search(rf"^{target}:.*\n\t(\$\(VENV\)/bin/privrad .*)$", (ROOT / "Makefile").read_text(), flags=re.M).group(1)

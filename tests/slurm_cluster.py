@@ -8,7 +8,7 @@ that works without systemd or cgroups, as root: ``ProctrackType=proctrack/linuxp
 ``slurmdbd``): job state is read with ``squeue`` (``MinJobAge`` keeps finished jobs in the
 controller's memory for an hour), as privrad does on any cluster without accounting.
 
-:func:`start_cluster` installs the Debian packages when they are missing (``make system-deps``,
+:func:`install_problem` installs the Debian packages when they are missing (``make system-deps``,
 the one list of system packages), or returns the one reason why that cannot happen here (not
 root, no ``apt-get``, the install failed): the caller skips with it. ``start``/``stop`` are
 idempotent; ``stop`` cancels every job, then stops the daemons it started (by process id), and
@@ -50,7 +50,9 @@ def install_problem() -> str | None:
     proc = subprocess.run(["make", "-s", "system-deps"], cwd=ROOT, capture_output=True, text=True)
     still = missing_binaries()
     if still:
-        last = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+        last = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or [
+            f"exit status {proc.returncode}, and the Debian packages count as installed but these commands are neither "
+            "on PATH nor in /usr/sbin"]
         return f"`make system-deps` could not install Slurm ({', '.join(still)} still missing): {last[0]}"
     return None
 

@@ -56,3 +56,12 @@ def fabricate_run(results: Path, *, dataset="simulated-mimic-cxr", model="tiny-b
     write_run(run_dir, info=info, metrics=metrics, privacy=privacy, curve=[{"step": 1, "loss": 0.7, "lr": 1e-3, "batch_size": 3}],
               predictions=predictions)
     return run_dir
+
+
+def damage(run_dir: Path, name: str, how: str) -> None:
+    """A run folder's file made as copies off a cluster or full disks leave it: ``truncated`` or ``missing``."""
+    if how == "missing":
+        (run_dir / name).unlink()
+    else:
+        text = (run_dir / name).read_text()
+        (run_dir / name).write_text(text[: len(text) // 2])

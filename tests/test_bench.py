@@ -36,6 +36,7 @@ def test_step_benchmark_tiny_runs_every_method(tmp_path):
     assert rows[("tiny-bert", "dp-lora")]["trainable"] < rows[("tiny-bert", "dp-lora")]["total"] / 2
 
 
+@pytest.mark.slow  # a whole benchmark, tiny: `make test`, not `make test-fast`
 def test_fastpath_benchmark_tiny_times_every_variant(tmp_path, monkeypatch):
     import fastpath
 
@@ -107,6 +108,8 @@ def test_gpu_script_dry_run_on_cpu(tmp_path):
     assert any("has no effect here: no GPU is visible" in n for n in after["notes"])
     assert {r["physical_batch_source"] for r in after["runs"]} == {"auto on a CPU"}
     assert after["grid"]["wall_s"] > after["grid"]["wall_lower_s"] > 0 and after["grid"]["missing_points"] == 0
+    assert after["grid"]["unestimated_points"] == 0 and after["grid"]["wall_scaled_as_before_s"] > 0
+    assert all(r["first_step_s"] > 0 and r["setup_s"] >= 0 for r in after["runs"])
     assert len(out["f1_parity"]) == 2 and out["calibration"] and out["dp_ratio"]["run_per_step"]
     assert "=== summary on cpu ===" in p.stdout and "before (sequential" in p.stdout and "after  (2 runs at once" in p.stdout
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-CHAPTERS = ("intro", "data", "methods", "results", "statistics", "reproduce", "appendix")
+CHAPTERS = ("intro", "data", "methods", "results", "audit", "statistics", "reproduce", "appendix")
 
 
 def _toc_files(node) -> list[str]:
@@ -42,7 +42,7 @@ def test_toc_lists_every_chapter_and_the_generated_pages():
     assert toc["format"] == "jb-book"
     files = _toc_files(toc)
     assert [f for f in files if not f.startswith("book/generated")] == [f"book/{c}" for c in CHAPTERS]
-    assert {"book/generated/data", "book/generated/privacy", "book/generated/analysis"} <= set(files)
+    assert {"book/generated/data", "book/generated/privacy", "book/generated/analysis", "book/generated/audit"} <= set(files)
     assert "book/generated/runs/*" in str(toc)
     assert sorted(p.stem for p in (ROOT / "book").glob("*.md")) == sorted(CHAPTERS)
 
@@ -91,9 +91,21 @@ def test_every_number_glued_into_a_chapter_is_computed_by_the_privacy_notebook()
     used = set()
     for c in CHAPTERS:
         used |= set(re.findall(r"\{glue:text\}`generated/privacy\.ipynb::([a-z0-9_]+):", (ROOT / "book" / f"{c}.md").read_text()))
-    assert {"trainable_share_range", "pooler_share_range", "delta_ratio_25k", "eps_at_default_delta_all_mimic"} <= used
+    assert {"trainable_share_range", "pooler_share_range", "delta_ratio_25k", "eps_at_default_delta_all_mimic",
+            "withheld_statistics"} <= used  # the withheld list: privrad.privacy.TRAINING_STATISTICS, never typed
     for key in used:
         assert f'glue("{key}"' in source, key
+
+
+def test_every_number_glued_into_the_audit_chapter_is_computed_by_the_audit_notebook():
+    import json
+
+    nb = json.loads((ROOT / "notebooks" / "audit.ipynb").read_text())
+    source = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    used = set(re.findall(r"\{glue:text\}`generated/audit\.ipynb::([a-z0-9_]+):", (ROOT / "book" / "audit.md").read_text()))
+    assert {"audit_answer", "max_bound", "nonprivate_auc"} <= used
+    for key in used:
+        assert f'glue("{key}"' in source or f'"{key}"' in source, key
 
 
 def test_methods_says_the_loss_is_averaged_over_unmasked_labels_as_the_code_does():
@@ -123,3 +135,18 @@ def test_the_book_states_coverage_unit_threshold_policy_delta_and_mode():
     appendix = (ROOT / "book" / "appendix.md").read_text()
     assert "release_terms" in appendix and "not a DP release" in appendix
     assert "spends privacy that no accountant counts" in (ROOT / "book" / "reproduce.md").read_text()
+
+
+def test_the_profiles_the_book_names_reproducible_are_those_that_are():
+    """Issue 8 point 1: which profile draws its DP randomness from the seed is a fact of studies/*.yml."""
+    from privrad.profiles import load_profile
+
+    names = sorted(p.stem for p in (ROOT / "studies").glob("*.yml"))
+    mode = {n: load_profile(n).params.get("dp_randomness", "secure") for n in names}
+    reproducible = {n for n, m in mode.items() if m == "reproducible"}
+    assert {"smoke", "openi", "course"} <= reproducible and {"default", "paper"}.isdisjoint(reproducible)
+    sentence = re.search(r"[^.]*use `reproducible`[^.]*\.", " ".join((ROOT / "book" / "reproduce.md").read_text().split())).group(0)
+    named = set(re.findall(r"`(\w+)`", sentence)) & set(names)
+    assert named == reproducible - {"tune"}, (named, reproducible)
+    appendix = " ".join((ROOT / "book" / "appendix.md").read_text().split())
+    assert "`dp_randomness: reproducible` (the course and smoke profiles)" in appendix

@@ -1,5 +1,9 @@
 """The commands the README, the book and the data README document work in the order they are
-documented (the slow end-to-end half is tests/test_study_e2e.py::test_the_documented_sequence)."""
+documented: every `privrad …` command they show is one the CLI accepts, with a profile and `--set`
+keys that exist, and no documented simulate command fills a profile's folder. The slow half runs
+the documented sequence itself (the data chapter's simulate command, then `make study`'s and `make
+book`'s commands on a fresh project: the ``smoke`` fixture in conftest.py and
+tests/test_study_e2e.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from privrad import profiles
+from privrad import cli, profiles
 from privrad.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,3 +62,55 @@ def test_a_sweep_meeting_another_simulation_in_its_folder_says_how_to_keep_both(
     with pytest.raises(ConfigError, match=r"^dataset simulated-ct-rate: output folder .* holds simulated ct-rate with n=30, .* not ct-rate with n=200.*"
                                           r"To keep both, pass --set simulated-ct-rate.data_dir=<another folder>.$"):
         prepare_data(profile)
+
+
+COMMAND = re.compile(r"(?:\.venv/bin/)?privrad ((?:study|book|data|run)\b[^`\n#]*)")
+PLACEHOLDER = re.compile(r"…|\.\.\.|<|\bNAME\b")
+
+
+def documented_privrad_commands() -> list[tuple[str, list[str]]]:
+    """Every complete `privrad …` command the README, the data README and the book show, in code
+    blocks or inline (continuation lines joined, comments dropped), as (doc, argv); commands with
+    a placeholder (…, <folder>, NAME) are left out."""
+    out = []
+    for doc in [ROOT / "README.md", ROOT / "data" / "README.md", *sorted((ROOT / "book").glob("*.md"))]:
+        parts = re.sub(r"\\\n\s*", " ", doc.read_text()).split("```")  # odd parts are code blocks
+        text = "```".join(p if i % 2 else re.sub(r"`[^`]+`", lambda m: " ".join(m.group(0).split()), p) for i, p in enumerate(parts))
+        for m in COMMAND.finditer(text):
+            if not PLACEHOLDER.search(m.group(1)):
+                out.append((str(doc.relative_to(ROOT)), shlex.split(m.group(1))))
+    return out
+
+
+def test_every_documented_privrad_command_is_accepted(capsys):
+    """Parsed by privrad's own parser; a study's profile loads with its --set overrides and expands
+    into valid points (the paper recipe's data_dir overrides included)."""
+    commands = documented_privrad_commands()
+    docs = {doc for doc, _ in commands}
+    assert {"README.md", "book/reproduce.md", "book/data.md", "data/README.md"} <= docs
+    assert any(argv[:2] == ["study", "run"] and any(a.startswith("mimic-cxr.data_dir=") for a in argv) for _, argv in commands)
+    parser = cli.build_parser()
+    for doc, argv in commands:
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"{doc}: `privrad {shlex.join(argv)}` is refused by the CLI: {capsys.readouterr().err.strip()}")
+        name = getattr(args, "profile", None)
+        if argv[0] == "study" and name and (name in profiles.known_profiles(ROOT) or (ROOT / name).is_file()):
+            try:
+                profiles.expand(profiles.load_profile(name, root=ROOT, sets=getattr(args, "set", None) or ()))
+            except ConfigError as exc:
+                pytest.fail(f"{doc}: `privrad {shlex.join(argv)}`: {exc}")
+
+
+def test_the_readmes_account_of_the_default_study_matches_the_profile():
+    """The README says what `make book` runs; the default profile decides it."""
+    m = re.search(r"--profile default --jobs 2` \(both simulated datasets, (\w+) offline models,\s+(\w+) privacy levels: (\d+) runs\)",
+                  (ROOT / "README.md").read_text())
+    assert m, "README.md no longer says what the default study runs"
+    words = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6}
+    profile = profiles.load_profile("default", root=ROOT)
+    points = profiles.expand(profile)
+    assert len(profile.datasets) == 2 and all(d.simulate for d in profile.datasets)
+    assert (words[m.group(1)], words[m.group(2)], int(m.group(3))) == (
+        len({p.config.model for p in points}), len({p.config.epsilon for p in points}), len(points))

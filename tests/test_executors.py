@@ -9,7 +9,6 @@ changes nothing), and the free-memory reading (``nvidia-smi`` on a GPU machine, 
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from privrad import executors, profiles, study
+from privrad import executors, gpus, profiles, study
 from privrad.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,8 +27,17 @@ def _probe(free_gb: float, total_gb: float = 80.0):
     return lambda gpus: {g: (free_gb * 1024, total_gb * 1024) for g in gpus}
 
 
+def test_the_executor_seam_keeps_its_public_names():
+    """The Slurm executor and the GPU slots live in their own modules; privrad.executors still names them."""
+    from privrad import executors_slurm
+
+    assert executors.SlurmExecutor is executors_slurm.SlurmExecutor and executors.SlurmRun is executors_slurm.SlurmRun
+    assert (executors.SlotPool, executors.visible_gpus, executors.gpu_memory_mb) == (gpus.SlotPool, gpus.visible_gpus, gpus.gpu_memory_mb)
+    assert issubclass(executors.SlurmExecutor, executors.Executor)
+
+
 def test_a_run_is_never_placed_on_an_occupied_slot():
-    pool = executors.SlotPool([executors.Slot(0, "0", 0), executors.Slot(1, "0", 1)])
+    pool = gpus.SlotPool([gpus.Slot(0, "0", 0), gpus.Slot(1, "0", 1)])
     a, b = pool.acquire(), pool.acquire()
     assert {a.label, b.label} == {"gpu0:0", "gpu0:1"}
     assert pool.acquire(timeout=0.2) is None  # both slots taken: the third run waits, it is not placed
@@ -42,7 +50,7 @@ def test_a_run_is_never_placed_on_an_occupied_slot():
     waiter.join(5)
     assert got == [a]  # the queued run gets the slot that was freed, and only then
     with pytest.raises(RuntimeError, match="released but it was not taken"):
-        pool.release(executors.Slot(5, "0", 5))
+        pool.release(gpus.Slot(5, "0", 5))
     pool.release(b)
     with pytest.raises(RuntimeError, match="released but it was not taken"):
         pool.release(b)
@@ -80,6 +88,7 @@ def _tasks(tmp_path: Path, n: int) -> list[executors.Task]:
     return out
 
 
+@pytest.mark.slow  # papermill and warm kernels: `make test`, not `make test-fast`
 def test_runs_beyond_the_gpu_slots_wait_and_each_run_gets_its_memory_share(tmp_path):
     """One GPU, runs_per_gpu = 2, 5 runs, --jobs 3: never more than 2 at once on the GPU, each
     on its own slot, with half the GPU's free memory and a kernel warmed up ahead."""

@@ -15,7 +15,7 @@ from privrad.features import Classifier, frozen_features
 from privrad.models import build_model, load_tokenizer
 from privrad.train import train
 
-from _synthetic import make_dataset
+from _synthetic import make_dataset, no_dropout
 
 #: (model, build_model options): every path of Classifier — LoRA in every layer, LoRA in the top
 #: layer (frozen prefix → features), ALBERT's shared layer, full fine-tuning, a frozen pooler.
@@ -35,13 +35,6 @@ def _model(name, **options):
     for n, p in model.named_parameters():  # LoRA B starts at 0: make every factor non-trivial
         if "lora_B" in n:
             torch.nn.init.normal_(p, std=0.1)
-    return model
-
-
-def _no_dropout(model):
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
     return model
 
 
@@ -102,7 +95,7 @@ def test_per_sample_gradients_through_the_fast_path_equal_one_at_a_time(name, op
     gradient — the gradient of the model's own transformers forward on that report alone."""
     from opacus import GradSampleModule
 
-    model = _no_dropout(_model(name, **options))
+    model = no_dropout(_model(name, **options))
     net = Classifier(model)
     reports = _reports(1)
     enc = Encoded(reports, np.array([len(r) for r in reports]), 16, 0)

@@ -13,6 +13,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -28,6 +30,7 @@ def _get(url: str, token: str):
         return r.status, r.read()
 
 
+@pytest.mark.slow  # a JupyterLab server and a kernel: `make test`, not `make test-fast`
 def test_make_lab_serves_the_run_notebook_with_the_privrad_kernel(tmp_path):
     port, token = _free_port(), secrets.token_hex(16)
     env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_CONFIG_DIR": str(tmp_path / "config")}

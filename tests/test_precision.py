@@ -20,7 +20,7 @@ from privrad.models import build_model, load_tokenizer
 from privrad.train import (BF16_GRAD_RTOL, BF16_NORM_RTOL, CPU_PHYSICAL_BATCH_SIZE, auto_physical_batch_size,
                            bf16_gradient_error, per_sample_gradients, resolve_precision)
 
-from _synthetic import make_dataset
+from _synthetic import make_dataset, no_dropout
 
 
 def _batch(model: str, n: int = 8):
@@ -31,10 +31,7 @@ def _batch(model: str, n: int = 8):
 
 
 def _net(model: str):
-    m = build_model(model, 14, method="lora", lora_r=8, seed=0)
-    for mod in m.modules():  # the same network in both precisions: no dropout draws
-        if isinstance(mod, torch.nn.Dropout):
-            mod.p = 0.0
+    m = no_dropout(build_model(model, 14, method="lora", lora_r=8, seed=0))  # the same network in both precisions
     torch.manual_seed(1)
     for name, p in m.named_parameters():  # LoRA B starts at 0 (A's gradient would be 0): give it a trained-like value
         if "lora_B" in name:
@@ -42,7 +39,7 @@ def _net(model: str):
     return Classifier(m)
 
 
-@pytest.mark.parametrize("model", ["tiny-bert", "tiny-albert", "minilm-l6"])
+@pytest.mark.parametrize("model", ["tiny-bert", "tiny-albert", pytest.param("minilm-l6", marks=pytest.mark.slow)])  # a real 6-layer model: `make test`
 def test_bf16_per_sample_gradients_match_float32_within_tolerance(model):
     """What DP-SGD clips and sums: each report's gradient, bf16 autocast against float32, within
     BF16_GRAD_RTOL (relative L2 per report) and BF16_NORM_RTOL (its norm, which decides clipping)."""
@@ -107,6 +104,23 @@ def test_a_bf16_run_with_an_auto_physical_batch_records_what_it_used(tmp_path):
     n = info["split_sizes"]["train"]
     assert info["precision"] == "bf16" and info["physical_batch_source"] == "auto on a CPU"
     assert info["physical_batch_size"] == math.ceil(8 + 4 * math.sqrt(8 * (1 - 8 / n)))
-    assert info["runtime"]["calibrate_s"] >= 0 and 0 <= res.weighted_f1 <= 1
+    rt = info["runtime"]
+    assert rt["calibrate_s"] >= 0 and 0 <= res.weighted_f1 <= 1
+    assert 0 < rt["first_step_s"] and rt["setup_s"] >= 0 and rt["accounting_s"] > 0  # private: ε checkpoints
+    assert rt["setup_s"] + rt["calibrate_s"] + rt["first_step_s"] + rt["accounting_s"] <= rt["train_s"]
     fp32 = run({**cfg, "precision": "auto"}, results_dir=tmp_path, dataset=ds, progress=False)
     assert json.loads((fp32.run_dir / "config.json").read_text())["precision"] == "fp32" and fp32.run_id != res.run_id
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the probe measures GPU memory; on a CPU auto is a fixed size")
+def test_on_a_gpu_a_withholding_run_probes_max_length_placeholders_not_its_training_reports():
+    """Issue 8: the probe's width is recorded in config.json. A run that withholds the training
+    lengths records max_length, whatever its training reports; a published run, the longest one's."""
+    _, data = _batch("tiny-bert")
+    net = _net("tiny-bert").to("cuda")
+    cfg = RunConfig(model="tiny-bert", batch_size=8, max_length=64)
+    longest = max(len(x) for x in data.encoded.input_ids)
+    size, source = auto_physical_batch_size(net, data, cfg, "bf16")
+    assert f"at {longest} tokens," in source and size >= 1
+    size, source = auto_physical_batch_size(net, data, cfg, "bf16", lengths_public=False)
+    assert f"at {cfg.max_length} tokens (max_length" in source and size >= 1

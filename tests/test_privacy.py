@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from _synthetic import no_dropout
 from privrad.errors import PrivacyError
 from privrad.privacy import (
     PLD_PRECISION,
@@ -99,13 +100,6 @@ def test_heterogeneous_history_composes():
     assert math.isclose(one, two, rel_tol=1e-6)
 
 
-def _no_dropout(model):
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
-    return model
-
-
 @pytest.mark.parametrize("name", ["tiny-bert", "tiny-albert"])
 def test_per_sample_gradients_equal_one_at_a_time(name):
     """Opacus hooks on LoRA (and ALBERT's reused layer) give exact per-example gradients."""
@@ -113,7 +107,7 @@ def test_per_sample_gradients_equal_one_at_a_time(name):
 
     from privrad.models import build_model
 
-    model = _no_dropout(build_model(name, 3, method="lora", seed=0))
+    model = no_dropout(build_model(name, 3, method="lora", seed=0))
     for n, p in model.named_parameters():  # LoRA B starts at 0: make every factor non-trivial
         if "lora_B" in n:
             torch.nn.init.normal_(p, std=0.1)

@@ -66,7 +66,7 @@ def test_validation_with_the_training_split_size():
     assert type(validate_config({**cfg.to_dict(), "epsilon": 2}).epsilon) is float
 
 
-@pytest.mark.parametrize("name", ["default", "paper", "openi", "smoke"])
+@pytest.mark.parametrize("name", ["default", "paper", "openi", "smoke", "course"])
 def test_every_hyperparameter_of_a_shipped_profile_says_where_it_was_chosen(name):
     """Issue 8: tuning on private data spends privacy that no accountant counts, so each profile
     states, for every hyperparameter it sets, on which data and split it was chosen (or that it

@@ -1,7 +1,9 @@
-"""The default recipe is one recipe: the Open-i profile applies it unchanged, and the tuning
-sweep varies only what it tunes around it (learning rate, pooler, LoRA targets, epochs, batch)."""
+"""The default recipe is one recipe: the Open-i and course profiles apply it unchanged, and the
+tuning sweep varies only what it tunes around it (learning rate, pooler, LoRA targets, epochs, batch)."""
 
 from pathlib import Path
+
+import pytest
 
 from privrad import profiles
 
@@ -10,16 +12,17 @@ RECIPE = ("lora_layers", "train_pooler", "lora_r", "lora_alpha", "lora_targets",
           "max_grad_norm", "physical_batch_size")
 
 
-def _recipe(name):
+def _recipe(name, model="minilm-l6"):
     points = profiles.expand(profiles.load_profile(name, root=ROOT))
     return {(p.config.epsilon is None): {k: getattr(p.config, k) for k in RECIPE} for p in points
-            if p.config.model == "minilm-l6" and p.config.lora_targets is None and not p.config.train_pooler}
+            if p.config.model == model and p.config.lora_targets is None and not p.config.train_pooler}
 
 
-def test_openi_applies_the_default_recipe_unchanged():
-    default, openi = _recipe("default"), _recipe("openi")
-    assert set(default) == set(openi) == {True, False}  # private and non-private
-    assert openi == default
+@pytest.mark.parametrize("name, model", [("openi", "minilm-l6"), ("course", "minilm-l3")])
+def test_the_open_i_profiles_apply_the_default_recipe_unchanged(name, model):
+    default, profile = _recipe("default", model), _recipe(name, model)
+    assert set(default) == set(profile) == {True, False}  # private and non-private
+    assert profile == default
 
 
 def test_the_tuning_sweep_varies_only_what_it_tunes_around_the_recipe_and_contains_it():

@@ -21,7 +21,7 @@ from privrad.privacy import TRAINING_STATISTICS, epsilon_from_history, make_priv
 from privrad.runs import CURVE_PUBLIC_KEYS, read_run, run
 from privrad.train import _chunks, planned_steps, train
 
-from _synthetic import make_dataset
+from _synthetic import make_dataset, no_dropout
 
 
 def _encoded(ds):
@@ -102,13 +102,6 @@ def test_patient_level_sampling_keeps_patients_whole_and_the_accountant_counts_e
     assert _chunks([0, 1, 2], data, 2, units=units) == [sorted([0, 1, 2], key=lambda i: len(data.encoded.input_ids[i]))]
 
 
-def _no_dropout(model):
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
-    return model
-
-
 def test_each_patient_contributes_one_gradient_of_its_mean_loss_clipped_once(data):
     """Zero noise, a tiny clipping norm: the summed gradient DP-SGD uses must equal the sum over
     patients of each patient's clipped mean-loss gradient, computed one patient at a time."""
@@ -120,7 +113,7 @@ def test_each_patient_contributes_one_gradient_of_its_mean_loss_clipped_once(dat
     C = 1e-3
 
     def fresh():
-        m = _no_dropout(build_model("tiny-bert", 14, seed=0))
+        m = no_dropout(build_model("tiny-bert", 14, seed=0))
         for n, p in m.named_parameters():  # LoRA B starts at 0: make every factor non-trivial
             if "lora_B" in n:
                 torch.nn.init.normal_(p, std=0.1, generator=torch.Generator().manual_seed(1))
@@ -188,22 +181,90 @@ def test_privacy_json_records_the_mode_the_unit_and_whether_the_adapter_is_a_dp_
     assert replay.config.dp_randomness == "reproducible"  # and config.json holds no secret: only the mode
 
 
+def _without_training_positives(ds, label: int = 0):
+    """``ds`` with no positive training report for one label (the run warns about it when it may)."""
+    labels = ds.labels.copy()
+    labels[np.asarray(ds.splits) == "train", label] = 0
+    return dataclasses.replace(ds, labels=labels)
+
+
 def test_a_private_run_on_credentialed_data_writes_no_training_statistic(tmp_path):
-    cred = run({**TINY, "dp_randomness": "reproducible"}, run_dir=tmp_path / "cred", dataset=_patient_dataset(True),
-               progress=False)
+    import warnings
+
+    from privrad.runs import UntrainableLabelWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cred = run({**TINY, "dp_randomness": "reproducible"}, run_dir=tmp_path / "cred",
+                   dataset=_without_training_positives(_patient_dataset(True)), progress=False)
+    # a label without a positive training report is a training statistic: not said (it would reach the notebook)
+    assert not [w for w in caught if issubclass(w.category, UntrainableLabelWarning)]
     terms = cred.privacy["release_terms"]
     assert terms["withheld"] == list(TRAINING_STATISTICS)
     curve = json.loads((cred.run_dir / "curve.json").read_text())["steps"]
     assert curve and all(set(row) <= set(CURVE_PUBLIC_KEYS) for row in curve)
     assert any("epsilon_spent" in row for row in curve)
     assert "empty_batches" not in json.loads((cred.run_dir / "privacy.json").read_text())
-    assert set(json.loads((cred.run_dir / "config.json").read_text())["n_truncated"]) == {"validation", "test"}
+    config = json.loads((cred.run_dir / "config.json").read_text())
+    assert set(config["n_truncated"]) == {"validation", "test"}
+    assert "gpu_peak_gb" not in config["runtime"] and "train_s" in config["runtime"]
     # the same run on public data publishes them, and says they are not covered
-    pub = run({**TINY, "dp_randomness": "reproducible"}, run_dir=tmp_path / "pub", dataset=_patient_dataset(False),
-              progress=False)
+    with pytest.warns(UntrainableLabelWarning, match="no positive example in the training split"):
+        pub = run({**TINY, "dp_randomness": "reproducible"}, run_dir=tmp_path / "pub",
+                  dataset=_without_training_positives(_patient_dataset(False)), progress=False)
+    assert "gpu_peak_gb" in pub.info["runtime"]
     assert pub.privacy["release_terms"]["withheld"] == [] and "empty_batches" in pub.privacy
     assert all({"loss", "batch_size"} <= set(row) for row in pub.curve)
     assert any("training-split label prevalence" in s for s in pub.privacy["release_terms"]["does_not_cover"])
     # identical training (reproducible, same seed): only what is published differs
     assert [r["lr"] for r in pub.curve] == [r["lr"] for r in read_run(cred.run_dir).curve]
     assert pub.metrics["weighted_f1"] == cred.metrics["weighted_f1"]
+
+
+def test_a_withholding_run_shows_no_loss_on_its_progress_bar(data, capsys):
+    """The bar reaches a notebook's output when a notebook trains with ``progress=True`` (the lab
+    notebook does): a run that withholds the loss shows ε only."""
+    cfg = RunConfig(model="tiny-bert", epsilon=8.0, batch_size=8, physical_batch_size=8, num_epochs=1, lr=5e-2, seed=3)
+    for withheld in ((), tuple(TRAINING_STATISTICS)):
+        capsys.readouterr()
+        train(build_model("tiny-bert", 14, seed=0), data, cfg, delta=1e-3, progress=True, withheld=withheld)
+        bar = capsys.readouterr().err
+        assert "eps=" in bar  # the scan can find what the bar shows …
+        assert ("loss=" in bar) == (not withheld)  # … and the loss only where it is published
+
+
+def test_the_auto_physical_batch_probe_of_a_withholding_run_never_reads_the_training_lengths():
+    """``physical_batch_size: auto`` on a GPU measures memory on probe rows and records their width
+    in config.json: for a run that withholds ``longest_report`` they are placeholders of max_length
+    tokens — the same for any training split — and they run through the real classifier (with its
+    cached frozen-layer features) as a chunk of reports does."""
+    from privrad.data.tokenize import collate
+    from privrad.features import Classifier, frozen_features
+    from privrad.train import example_losses, probe_rows
+
+    cfg = RunConfig(model="tiny-bert", epsilon=8.0, batch_size=8, max_length=48, lora_layers=1)
+    tok = load_tokenizer("tiny-bert")
+    net = Classifier(build_model("tiny-bert", 14, method="lora", lora_layers=1, seed=0))
+    assert net.frozen_layers  # rows carry frozen-layer features
+    splits = []
+    for seed, words in ((1, 6), (2, 12)):  # two training splits of different report lengths
+        ds = make_dataset(40, seed=seed).split("train")
+        ds = dataclasses.replace(ds, texts=[" ".join(t.split()[:words]) for t in ds.texts])
+        enc = EncodedDataset(tokenize_dataset(ds, tok, max_length=cfg.max_length), ds.labels, ds.label_mask)
+        enc.features = frozen_features(net, enc.encoded, key_value=True)
+        splits.append(enc)
+    longest = [max(len(x) for x in d.encoded.input_ids) for d in splits]
+    assert longest[0] < longest[1] <= cfg.max_length
+    public = [probe_rows(d, cfg) for d in splits]
+    assert [w for _, w in public] == longest  # published runs probe their longest reports
+    hidden = [probe_rows(d, cfg, lengths_public=False) for d in splits]
+    assert [w for _, w in hidden] == [cfg.max_length] * 2
+    (rows_a, _), (rows_b, _) = hidden
+    assert all(all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(ra, rb)) for ra, rb in zip(rows_a, rows_b))
+    for rows, _ in (public[1], hidden[0]):
+        batch = collate(rows, splits[0].encoded.pad_token_id)
+        assert batch["features"].shape[:2] == batch["input_ids"].shape
+        logits = net(**{k: batch[k] for k in ("input_ids", "attention_mask", "features")})
+        example_losses(logits.float(), batch).mean().backward()
+        assert logits.shape == (6, 14) and all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+        net.zero_grad(set_to_none=True)

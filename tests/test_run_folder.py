@@ -9,21 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from privrad import book, executors, profiles, stats, study
+from privrad import book, executors, manifest, profiles, stats, study
 from privrad.errors import DataError
-from privrad.runs import REQUIRED, RUN_FILES, RUN_FORMAT, read_run, run_state, write_run
-from study_helpers import fabricate_run
+from privrad.runs import REQUIRED, RUN_FILES, RUN_FORMAT, RUN_STATES, read_run, run_state, write_run
+from study_helpers import damage, fabricate_run
 
 ROOT = Path(__file__).resolve().parents[1]
 DAMAGES = [(name, how) for name in ("config.json", "metrics.json", "privacy.json") for how in ("truncated", "missing")]
-
-
-def damage(run_dir: Path, name: str, how: str) -> None:
-    if how == "missing":
-        (run_dir / name).unlink()
-    else:
-        text = (run_dir / name).read_text()
-        (run_dir / name).write_text(text[: len(text) // 2])
 
 
 def test_a_written_folder_is_complete_and_reads_back(tmp_path):
@@ -85,7 +77,7 @@ def _manifest_with(tmp_path: Path, run_dirs: list[Path]) -> Path:
         p = profiles.Point(entry, res.config, run_id=rd.name, run_dir=rd, state="complete")
         points.append(p)
     pl = study.Plan(profile, points, ROOT / profiles.RUN_NOTEBOOK, "python3", ROOT)
-    study.write_manifest(pl, {p.run_id: {**p.row(), "state": "complete", "cached": True, "seconds": 0.0, "error": None,
+    manifest.write_manifest(pl, {p.run_id: {**p.row(), "state": "complete", "cached": True, "seconds": 0.0, "error": None,
                                          "problem": None} for p in points})
     return profile.results_dir
 
@@ -100,11 +92,11 @@ def test_status_and_the_book_name_the_folder_and_the_file(tmp_path, name, how):
     _manifest_with(tmp_path, [good, bad])
     damage(bad, name, how)
     out = io.StringIO()
-    assert study.study_status(results, "smoke", out=out) == 0
+    assert manifest.study_status(results, "smoke", out=out) == 0
     text = out.getvalue()
     assert f"incomplete: {bad}: {name} " in text and text.splitlines()[-1] == "incomplete: 1, complete: 1"
     err = io.StringIO()
-    assert book.completed_runs(results, study.read_manifest(results), out=err) == [good]
+    assert book.completed_runs(results, manifest.read_manifest(results), out=err) == [good]
     assert err.getvalue().startswith(f"privrad: left out of the book: {bad}: {name} ")
 
 
@@ -112,7 +104,7 @@ def test_the_books_study_facts_come_from_the_run_folders(tmp_path):
     results = tmp_path / "results" / "smoke"
     runs = [fabricate_run(results, epsilon=e) for e in (1.0, None)]
     _manifest_with(tmp_path, runs)
-    text = book.study_md(study.read_manifest(results), runs)
+    text = book.study_md(manifest.read_manifest(results), runs)
     assert text.startswith("Profile `smoke`: 2 complete runs.")
     row = next(line for line in text.splitlines() if line.startswith("| simulated-mimic-cxr |"))
     assert f"| {read_run(runs[0]).config.max_length} |" in row and "| 100 |" in row  # max_length, steps
@@ -155,7 +147,7 @@ class FabricatingExecutor(executors.Executor):
 def swept(tmp_path_factory):
     base = tmp_path_factory.mktemp("swept")
     sets = [f"mimic-cxr.data_dir={base}/mimic", f"simulated-ct-rate.data_dir={base}/ct", "simulated-ct-rate.simulate.n=60",
-            "mimic-cxr.simulate.n=80"]
+            "mimic-cxr.simulate.n=80", "audit=null"]  # fabricated folders hold no weights to audit
     profile = profiles.load_profile("smoke", root=ROOT, sets=sets, results_dir=str(base / "results"))
     first = FabricatingExecutor()
     assert study.run_study(profile, executor=first, progress=False, out=io.StringIO()) == 0
@@ -172,3 +164,41 @@ def test_study_run_sets_an_incomplete_folder_aside_and_runs_it_again(swept, name
     assert again.ran == [rd.name] and f"{len(ran)} complete (1 run now, {len(ran) - 1} cached), 0 failed" in out.getvalue()
     assert run_state(rd).complete and (profile.results_dir / "incomplete" / rd.name / "config.json").exists() == (
         not (name == "config.json" and how == "missing"))
+
+
+class OneFailsExecutor(FabricatingExecutor):
+    """Fabricates every run but the first, which fails as a real one does (its notebook in failed/)."""
+
+    def run(self, tasks, on_start=None):
+        first, *rest = tasks
+        Path(first.failed).parent.mkdir(parents=True, exist_ok=True)
+        Path(first.failed).write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+        yield executors.Outcome(first.run_id, "failed", 0.0, "RuntimeError: boom")
+        yield from super().run(rest, on_start)
+
+
+def test_one_state_vocabulary_in_the_manifest_the_summary_the_status_and_the_log(tmp_path):
+    """runs.RUN_STATES names a run's state everywhere; that a complete run was cached is a column, not a state."""
+    sets = [f"mimic-cxr.data_dir={tmp_path}/mimic", f"simulated-ct-rate.data_dir={tmp_path}/ct", "simulated-ct-rate.simulate.n=60",
+            "mimic-cxr.simulate.n=80"]
+    profile = profiles.load_profile("smoke", root=ROOT, sets=sets, results_dir=str(tmp_path / "results"))
+    assert study.run_study(profile, executor=OneFailsExecutor(), progress=False, out=io.StringIO()) == 1
+    rd = profile.results_dir / sorted(p.name for p in profile.results_dir.iterdir() if (p / "config.json").is_file())[0]
+    damage(rd, "metrics.json", "truncated")
+    out = io.StringIO()
+    assert study.run_study(profile, executor=OneFailsExecutor(), progress=False, out=out) == 1
+    table = out.getvalue().splitlines()
+    header = table[0].split()
+    assert header[:3] == ["state", "cached", "run_id"]
+    states = [line.split()[0] for line in table[1:] if line.split() and line.split()[0] in RUN_STATES]
+    assert len(states) == len(manifest.read_manifest(profile.results_dir)["points"]) and set(states) == {"failed", "complete"}
+    points = manifest.read_manifest(profile.results_dir)["points"]
+    assert {p["state"] for p in points} <= set(RUN_STATES) and any(p["cached"] for p in points)
+    status = io.StringIO()
+    manifest.study_status(profile.results_dir, "smoke", out=status)
+    counts = dict(part.split(": ") for part in status.getvalue().splitlines()[-1].split(", "))
+    assert set(counts) <= set(RUN_STATES) and counts["failed"] == "1"
+    log = [json.loads(line) for line in (profile.results_dir / "study.jsonl").read_text().splitlines()]
+    run_events = {e["event"] for e in log if e["event"].startswith("run_")}
+    assert run_events <= {f"run_{s}" for s in RUN_STATES} | {"run_start", "run_cached", "run_set_aside"}, run_events
+    assert {"run_failed", "run_complete", "run_cached", "run_set_aside"} <= run_events

@@ -5,6 +5,7 @@ equal to the local run, resumable after ``scancel``, requeued without double cou
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -12,21 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import ROOT, run_privrad
+from conftest import ROOT, events, metrics, run_dirs, run_privrad, write_profile
 from privrad import profiles, study
 from privrad.errors import ConfigError
 from privrad.config import SlurmConfig, minutes
-from privrad.executors import SlurmExecutor
-
-
-def write_profile(tmp_path: Path, slurm: dict) -> Path:
-    raw = yaml.safe_load((ROOT / "studies" / "smoke.yml").read_text())
-    raw["slurm"] = slurm
-    path = tmp_path / "smoke-gpu.yml"
-    path.write_text(yaml.safe_dump(raw, allow_unicode=True))
-    return path
+from privrad.executors_slurm import SlurmExecutor
+from privrad.runs import read_run
 
 
 # ----------------------------------------------------------------------------- no cluster needed
@@ -57,7 +50,7 @@ def test_bad_slurm_options_are_one_sentence_when_the_profile_is_read(sets, messa
 
 
 def test_a_gpu_profile_with_zero_gpus_and_a_time_limit_below_the_shortest_run_are_refused(tmp_path):
-    gpu = write_profile(tmp_path, {"gpus_per_node": 1, "time": "1:00:00", "min_run_time": "0:20:00"})
+    gpu = write_profile(tmp_path, "smoke-gpu.yml", slurm={"gpus_per_node": 1, "time": "1:00:00", "min_run_time": "0:20:00"})
     assert profiles.load_profile(str(gpu), root=ROOT).slurm_config().gpus_per_node == 1
     with pytest.raises(ConfigError, match=r"this profile runs on GPUs \(its slurm block asks for gpus_per_node ≥ 1\) "
                                           r"but slurm.gpus_per_node = 0; ask for at least one GPU per run"):
@@ -86,19 +79,6 @@ def test_jobs_is_for_the_local_executor():
 
 
 # ----------------------------------------------------------------------------- a real Slurm
-
-def run_dirs(results: Path) -> dict[str, Path]:
-    return {d.name: d for d in (results / "smoke").iterdir()
-            if d.is_dir() and not d.name.startswith(".") and (d / "run.ipynb").is_file()}
-
-
-def events(results: Path) -> list[dict]:
-    return [json.loads(line) for line in (results / "smoke" / "study.jsonl").read_text().splitlines()]
-
-
-def metrics(run_dir: Path) -> dict:
-    return json.loads((run_dir / "metrics.json").read_text())
-
 
 def all_jobs(cluster) -> list[str]:
     return cluster.run("squeue", "--states=all", "-h", "-o", "%i").stdout.split()
@@ -147,8 +127,8 @@ def slurm_smoke(smoke, slurm_cluster, tmp_path_factory):
 def test_the_smoke_study_through_slurm_equals_the_local_run(slurm_smoke, smoke, slurm_cluster):
     results = slurm_smoke["results"]
     assert "8 complete (8 run now, 0 cached), 0 failed" in slurm_smoke["stdout"]
-    local = run_dirs(smoke["results"])
-    ran = run_dirs(results)
+    local = run_dirs(smoke["results"], placed=True)
+    ran = run_dirs(results, placed=True)
     assert len(ran) == 8 and set(ran) <= set(local)
     for rid, d in ran.items():
         assert metrics(d) == metrics(local[rid]), f"run {rid} differs between Slurm and local"
@@ -160,7 +140,22 @@ def test_the_smoke_study_through_slurm_equals_the_local_run(slurm_smoke, smoke, 
         assert r["state"] == "complete" and Path(r["log"]).is_file() and f"{r['job']} " in slurm_smoke["stdout"] and r["log"] in slurm_smoke["stdout"]
     log = events(results)
     assert [e["event"] for e in log].count("run_submitted") == 8 and [e["event"] for e in log].count("run_complete") == 8
-    assert "Slurm job" in slurm_smoke["stderr"] and "running" in slurm_smoke["stderr"]  # the progress display
+    # the progress display: the runs-done bar with Slurm's counts and the array's job id, and under it each
+    # running run's line, read from the progress file its job writes into the shared results folder
+    shown = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "\n", slurm_smoke["stderr"]).replace("\r", "\n")
+    lines = [ln.strip() for ln in shown.splitlines()]
+    assert any(ln.startswith("study smoke:") and "/8" in ln and "running" in ln and f"Slurm job {arrays.pop()}" in ln
+               for ln in lines), "\n".join(lines[-40:])
+    progress = [ln for ln in lines if re.search(r"\| epoch \d+/\d+ · step \d+/\d+ · ETA (\d+:\d\d|\?)$", ln)]
+    assert progress, "\n".join(lines[-40:])  # a job's steps, seen from the login node
+    # run_start is logged when Slurm runs the job, not at submission: after every run_submitted, before that
+    # run's end, and (two jobs at once) at most three starts before the first end
+    sweep = [(e["event"], e.get("run_id")) for e in log[: [e["event"] for e in log].index("sweep_end")]]
+    starts = [i for i, (e, _) in enumerate(sweep) if e == "run_start"]
+    ends = [i for i, (e, _) in enumerate(sweep) if e in ("run_complete", "run_failed")]
+    assert len(starts) == 8 and min(starts) > max(i for i, (e, _) in enumerate(sweep) if e == "run_submitted")
+    assert all(sweep.index(("run_start", rid)) < sweep.index(("run_complete", rid)) for rid in ran), sweep
+    assert sum(i < min(ends) for i in starts) <= 3, sweep
     assert not live_jobs(slurm_cluster)
     # the cache is the local one: nothing runs again, nothing is submitted
     n_jobs = len(all_jobs(slurm_cluster))
@@ -176,8 +171,8 @@ def copy_without(results: Path, dst: Path, n_missing: int, smoke: dict) -> tuple
     """A copy of a finished Slurm sweep with the run folders of ``n_missing`` mimic-cxr runs removed."""
     shutil.copytree(results, dst)
     removed = []
-    for rid, d in sorted(run_dirs(dst).items()):
-        if len(removed) < n_missing and json.loads((d / "config.json").read_text())["config"]["dataset"] == "mimic-cxr":
+    for rid, d in sorted(run_dirs(dst, placed=True).items()):
+        if len(removed) < n_missing and read_run(d).config.dataset == "mimic-cxr":
             shutil.rmtree(d)
             removed.append(rid)
     return dst, removed
@@ -189,6 +184,10 @@ def test_scancel_then_rerun_completes_only_the_missing_runs(slurm_smoke, smoke, 
     sweep = sweep_in_background(results, smoke, slurm_cluster)
     try:
         running = wait_for(lambda: [j for j, s in live_jobs(slurm_cluster).items() if s == "RUNNING"], 120, "a running job", sweep)
+        cancelled = next(r["run_id"] for r in json.loads((results / "smoke" / "study.json").read_text())["points"]
+                         if r.get("job") == running[0])
+        # its notebook has started (what the book's exercise cancels: a run part-way through)
+        wait_for((results / "smoke" / ".notebooks" / f"{cancelled}.ipynb").is_file, 180, "the run's notebook to start", sweep)
         status = run_privrad("study", "status", "--profile", "smoke", "--results-dir", str(results), env=slurm_cluster.env)
         row = next(line for line in status.stdout.splitlines() if line.rstrip().endswith(f"{running[0]} RUNNING"))
         assert status.returncode == 0 and row.split()[0] == "missing", status.stdout  # on disk: not there yet
@@ -201,17 +200,20 @@ def test_scancel_then_rerun_completes_only_the_missing_runs(slurm_smoke, smoke, 
     assert "7 complete (1 run now, 6 cached), 1 failed" in out
     failed = [line for line in out.splitlines() if line.strip().startswith("failed")]
     assert len(failed) == 1 and running[0] in failed[0] and "CANCELLED" in failed[0]
-    assert len(run_dirs(results)) == 7
+    assert len(run_dirs(results, placed=True)) == 7
     status = run_privrad("study", "status", "--profile", "smoke", "--results-dir", str(results), env=slurm_cluster.env)
     row = next(line for line in status.stdout.splitlines() if line.rstrip().endswith(f"{running[0]} CANCELLED"))
     assert row.split()[0] == "failed" and "failed: 1, complete: 7" in status.stdout, status.stdout
+    assert (results / "smoke" / "failed" / f"{cancelled}.ipynb").is_file()  # its half-executed notebook
     again = run_privrad("study", "run", "--profile", "smoke", "--executor", "slurm", "--results-dir", str(results), *smoke["sets"],
                         env=slurm_cluster.env)
     assert again.returncode == 0 and "8 complete (1 run now, 7 cached), 0 failed" in again.stdout, again.stdout + again.stderr[-3000:]
-    local = run_dirs(smoke["results"])
+    local = run_dirs(smoke["results"], placed=True)
     for rid in removed:
-        assert metrics(run_dirs(results)[rid]) == metrics(local[rid]), f"run {rid} differs after scancel + re-run"
+        assert metrics(run_dirs(results, placed=True)[rid]) == metrics(local[rid]), f"run {rid} differs after scancel + re-run"
     assert not live_jobs(slurm_cluster)
+    status = run_privrad("study", "status", "--profile", "smoke", "--results-dir", str(results), env=slurm_cluster.env)
+    assert "complete: 8" in status.stdout and "CANCELLED" not in status.stdout, status.stdout
 
 
 @pytest.mark.slow
@@ -238,16 +240,16 @@ def test_a_preempted_and_a_timed_out_job_are_requeued_and_counted_once(slurm_smo
     assert requeued == set(removed)
     assert sorted(e["run_id"] for e in log if e["event"] == "run_complete") == sorted(removed)  # once each
     assert not (results / "smoke" / "failed").exists()
-    local = run_dirs(smoke["results"])
+    local = run_dirs(smoke["results"], placed=True)
     rows = {r["run_id"]: r for r in json.loads((results / "smoke" / "study.json").read_text())["points"]}
     for rid in removed:
-        assert metrics(run_dirs(results)[rid]) == metrics(local[rid]), f"run {rid} differs after its requeue"
+        assert metrics(run_dirs(results, placed=True)[rid]) == metrics(local[rid]), f"run {rid} differs after its requeue"
         assert Path(rows[rid]["log"]).read_text().count("Starting with") == 2  # two attempts, one result
 
 
 @pytest.mark.slow
 def test_bad_slurm_settings_are_refused_before_anything_is_submitted(slurm_cluster, smoke, tmp_path):
-    gpu_profile = write_profile(tmp_path, {"gpus_per_node": 1, "min_run_time": "0:20:00", "time": "1:00:00"})
+    gpu_profile = write_profile(tmp_path, "smoke-gpu.yml", slurm={"gpus_per_node": 1, "min_run_time": "0:20:00", "time": "1:00:00"})
     dead = tmp_path / "dead.conf"
     conf = Path(slurm_cluster.env["SLURM_CONF"]).read_text()
     port = next(line for line in conf.splitlines() if line.startswith("SlurmctldPort="))
@@ -290,18 +292,30 @@ def test_a_sweep_killed_while_its_jobs_run_is_resumed_by_waiting_for_them(slurm_
         sweep.wait()
     job = next(e["job"] for e in events(results)[n_events:] if e["event"] == "run_submitted")
     assert live_jobs(slurm_cluster).get(job) == "RUNNING"
-    # the local executor must not run it a second time beside the Slurm job
-    local = run_privrad("study", "run", "--profile", "smoke", "--results-dir", str(results), *smoke["sets"], env=slurm_cluster.env)
-    assert local.returncode == 2 and f"1 run(s) of this study are still queued or running on Slurm (e.g. {removed[0]} as job {job})" in local.stderr
-    n_jobs = len(all_jobs(slurm_cluster))
-    again = run_privrad("study", "run", "--profile", "smoke", "--executor", "slurm", "--results-dir", str(results), *smoke["sets"],
-                        env=slurm_cluster.env)
-    assert again.returncode == 0 and "8 complete (1 run now, 7 cached), 0 failed" in again.stdout, again.stdout + again.stderr[-3000:]
+    # the job is held (SIGSTOP) until the next Slurm sweep has taken it over, however slow the machine
+    slurm_cluster.run("scontrol", "suspend", job)
+    again = None
+    try:
+        # the local executor must not run it a second time beside the Slurm job
+        local = run_privrad("study", "run", "--profile", "smoke", "--results-dir", str(results), *smoke["sets"], env=slurm_cluster.env)
+        assert local.returncode == 2 and f"1 run(s) of this study are still queued or running on Slurm (e.g. {removed[0]} as job {job})" in local.stderr
+        n_jobs = len(all_jobs(slurm_cluster))
+        again = sweep_in_background(results, smoke, slurm_cluster)
+        wait_for(lambda: any(e["event"] == "run_adopted" for e in events(results)[n_events:]), 180, "the sweep to adopt the job", again)
+    finally:
+        slurm_cluster.run("scontrol", "resume", job, check=False)
+        if again is not None:
+            try:
+                out, _ = again.communicate(timeout=600)
+            finally:
+                if again.poll() is None:
+                    again.kill()
+    assert again.returncode == 0 and "8 complete (1 run now, 7 cached), 0 failed" in out, out
     assert len(all_jobs(slurm_cluster)) == n_jobs  # waited for, not submitted again
     log = events(results)[n_events:]
     assert [e["job"] for e in log if e["event"] == "run_adopted"] == [job]
     assert [e["event"] for e in log].count("run_submitted") == 1
-    assert metrics(run_dirs(results)[removed[0]]) == metrics(run_dirs(smoke["results"])[removed[0]])
+    assert metrics(run_dirs(results, placed=True)[removed[0]]) == metrics(run_dirs(smoke["results"], placed=True)[removed[0]])
 
 
 @pytest.mark.slow
@@ -319,4 +333,4 @@ def test_ctrl_c_cancels_the_sweeps_jobs(slurm_smoke, smoke, slurm_cluster, tmp_p
             sweep.kill()
     assert sweep.returncode == 130 and "privrad: interrupted" in out
     wait_for(lambda: running[0] not in live_jobs(slurm_cluster), 60, f"job {running[0]} to be cancelled")
-    assert removed[0] not in run_dirs(results)
+    assert removed[0] not in run_dirs(results, placed=True)

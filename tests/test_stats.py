@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from privrad import stats
+from privrad import comparisons, stats
 from privrad.evaluate import weighted_f1
 from study_helpers import fabricate_run
 
@@ -26,10 +26,10 @@ def make_grid(tmp_path, seeds=(0,), models=("tiny-bert", "tiny-albert", "minilm-
 
 
 def test_holm_matches_hand_computed_values():
-    adj = stats.holm([0.01, 0.04, 0.03, 0.005, float("nan")])
+    adj = comparisons.holm([0.01, 0.04, 0.03, 0.005, float("nan")])
     np.testing.assert_allclose(adj[:4], [0.03, 0.06, 0.06, 0.02])
     assert math.isnan(adj[4])
-    assert stats.holm([0.9, 0.8]).max() == 1.0
+    assert comparisons.holm([0.9, 0.8]).max() == 1.0
 
 
 def test_load_runs_and_paper_table(tmp_path):
@@ -52,7 +52,7 @@ def test_load_runs_and_paper_table(tmp_path):
 
 def test_tests_find_the_built_in_tradeoff_and_label_what_one_seed_cannot_do(tmp_path):
     runs = make_grid(tmp_path)
-    full = stats.tests_table(runs, n_bootstrap=500)
+    full = comparisons.tests_table(runs, n_bootstrap=500)
     # every test at the runs' thresholds and at 0.5; these fabricated runs decide at 0.5, so both agree
     t, at_half = (full[full["threshold"] == k].reset_index(drop=True) for k in ("tuned", "0.5"))
     assert len(t) == len(at_half) and np.allclose(t["statistic"], at_half["statistic"], equal_nan=True)
@@ -66,7 +66,7 @@ def test_tests_find_the_built_in_tradeoff_and_label_what_one_seed_cannot_do(tmp_
     strong = boot[boot["comparison"].str.contains("ε=0.01 vs")]
     assert (strong["effect"] < -0.2).all() and (strong["effect_ci95_high"] < 0).all() and (strong["p_holm"] < 0.05).all()
     assert (boot["p_holm"] >= boot["p"]).all()
-    page = t[t["test"] == stats.PAGE].set_index("comparison")
+    page = t[t["test"] == comparisons.PAGE].set_index("comparison")
     per_model = page.drop("all models")
     assert np.allclose(per_model["effect"], 1.0)  # each model's F1 rises with ε: mean ρ = 1
     assert np.allclose(per_model["p"], 1 / 24) and np.allclose(per_model["p_min"], 1 / 24)  # one block of 4 levels
@@ -81,10 +81,10 @@ def test_paired_bootstrap_difference_matches_metrics_and_is_zero_against_itself(
     a = fabricate_run(tmp_path, epsilon=0.1, flip=0.3)
     b = fabricate_run(tmp_path, epsilon=None, flip=0.05)
     runs = stats.load_runs(tmp_path).set_index("run_dir")
-    res = stats.paired_bootstrap(a, b, n_bootstrap=300)
+    res = comparisons.paired_bootstrap(a, b, n_bootstrap=300)
     assert res["difference"] == pytest.approx(runs.loc[str(a), "weighted_f1"] - runs.loc[str(b), "weighted_f1"], abs=1e-9)
     assert res["difference_ci95_low"] < res["difference"] < res["difference_ci95_high"] < 0
-    same = stats.paired_bootstrap(a, a, n_bootstrap=300)
+    same = comparisons.paired_bootstrap(a, a, n_bootstrap=300)
     assert same["difference"] == 0 and same["difference_ci95_low"] == 0 == same["difference_ci95_high"] and same["p"] == 1.0
 
 
@@ -92,7 +92,7 @@ def test_paired_bootstrap_refuses_different_test_reports(tmp_path):
     a = fabricate_run(tmp_path, epsilon=1.0, n_test=300)
     b = fabricate_run(tmp_path, epsilon=None, n_test=250)
     with pytest.raises(ValueError, match="same test reports"):
-        stats.paired_bootstrap(a, b)
+        comparisons.paired_bootstrap(a, b)
 
 
 def test_three_seeds_give_sd_and_a_wilcoxon_that_can_reach_significance(tmp_path):
@@ -100,7 +100,7 @@ def test_three_seeds_give_sd_and_a_wilcoxon_that_can_reach_significance(tmp_path
     s = stats.summarize(runs)
     assert (s["n_seeds"] == 3).all() and s["sd"].notna().all()
     assert stats.paper_table(runs)["ε=1"].str.contains("±").all()
-    t = stats.tests_table(runs, n_bootstrap=200)
+    t = comparisons.tests_table(runs, n_bootstrap=200)
     t = t[t["threshold"] == "tuned"]
     wil = t[t["test"] == "Wilcoxon vs ∞"]
     assert (wil["n"] == 9).all() and not wil["note"].str.contains("cannot reach").any()
@@ -111,11 +111,11 @@ def test_three_seeds_give_sd_and_a_wilcoxon_that_can_reach_significance(tmp_path
 def test_too_few_levels_are_labelled_not_run(tmp_path):
     for eps in (1.0, None):
         fabricate_run(tmp_path, epsilon=eps, flip=0.1)
-    t = stats.tests_table(stats.load_runs(tmp_path), n_bootstrap=100)
+    t = comparisons.tests_table(stats.load_runs(tmp_path), n_bootstrap=100)
     notes = dict(zip(t["test"], t["note"]))
     assert notes["Friedman across ε"].startswith("not run")
     assert notes["Wilcoxon vs ∞"].startswith("not run")
-    assert notes[stats.PAGE].startswith("not run")
+    assert notes[comparisons.PAGE].startswith("not run")
     assert t[t["test"] == "paired bootstrap vs ∞"]["p"].notna().all()
 
 
@@ -126,12 +126,12 @@ def test_page_trend_reproduces_a_hand_computed_l_and_exact_p():
     # L = Σ_j j · R_j with column rank sums R = (4, 6, 8): 1·4 + 2·6 + 3·8 = 40
     # one block's Σ j·r_j over the 6 orderings of (1, 2, 3): 14 once, 13 twice, 11 twice, 10 once;
     # three blocks reach ≥ 40 as 14+14+14 (1 way), 14+14+13 (3 · 2 = 6), 14+13+13 (3 · 2 · 2 = 12)
-    L, p, p_min, method = stats.page_trend(table)
+    L, p, p_min, method = comparisons.page_trend(table)
     assert L == 40 and method == "exact"
     assert p == pytest.approx(19 / 216, abs=1e-12) and p_min == pytest.approx(1 / 216)
     # one block: the exact permutation p over its 4! orderings; ranks 1 3 2 4 give L = 29 of a
     # maximum 30, reached or beaten by the identity and its three adjacent swaps: 4 / 24
-    L1, p1, p1_min, _ = stats.page_trend(np.array([[0.1, 0.3, 0.2, 0.4]]))
+    L1, p1, p1_min, _ = comparisons.page_trend(np.array([[0.1, 0.3, 0.2, 0.4]]))
     assert L1 == 29 and p1 == pytest.approx(4 / 24) and p1_min == pytest.approx(1 / 24)
 
 
@@ -145,7 +145,7 @@ def test_wilcoxon_counts_only_non_zero_differences_and_respects_its_exact_minimu
         rows.append(("ds", model, "lora", math.inf, 0, 0.80 + 0.01 * i))
         # two blocks tie exactly with ∞; four are lower by tied amounts (scipy then approximates)
         rows.append(("ds", model, "lora", 1.0, 0, 0.80 + 0.01 * i - (0.0 if i < 2 else 0.05)))
-    t = pd.DataFrame(stats.paired_vs_nonprivate(_runs_frame(rows)))
+    t = pd.DataFrame(comparisons.paired_vs_nonprivate(_runs_frame(rows)))
     row = t.iloc[0]
     assert row["n"] == 6 and "4 non-zero of 6" in row["note"]
     assert row["p_min"] == pytest.approx(2 / 2 ** 4) and row["p"] >= row["p_min"]
@@ -154,7 +154,7 @@ def test_wilcoxon_counts_only_non_zero_differences_and_respects_its_exact_minimu
 
 def test_friedman_minimum_and_label_when_it_cannot_reach_005():
     rows = [("ds", m, "lora", e, 0, f) for m in ("a", "b") for e, f in ((0.1, 0.5), (1.0, 0.6), (math.inf, 0.7))]
-    row = stats.friedman(_runs_frame(rows))[0]
+    row = comparisons.friedman(_runs_frame(rows))[0]
     assert row["p_min"] == pytest.approx(1 / 6) and row["p"] >= 1 / 6 and "cannot reach 0.05" in row["note"]
 
 
@@ -190,7 +190,7 @@ def test_the_weighted_f1_at_05_is_shown_beside_the_tuned_one(tmp_path):
     assert fixed.loc[0, "ε=1"] == runs.loc[runs["epsilon"] == 1.0, "weighted_f1_at_0.5"].iloc[0]
     pred = stats.load_predictions(runs["run_dir"].iloc[0])
     assert stats.weighted_f1(pred["labels"], stats.decisions(pred, "0.5"), pred["label_mask"]) == pytest.approx(runs["weighted_f1_at_0.5"].iloc[0])
-    t = stats.tests_table(runs, n_bootstrap=100)
+    t = comparisons.tests_table(runs, n_bootstrap=100)
     assert set(t["threshold"]) == {"tuned", "0.5"}
 
 
@@ -200,3 +200,39 @@ def test_the_seeds_note_says_what_a_seed_controls_under_each_dp_randomness(tmp_p
     assert "another draw of the noise" in stats.seeds_note(runs) and "replay" not in stats.seeds_note(runs)
     runs["dp_randomness"] = runs["dp_randomness"].where(runs["dp_randomness"].isna(), "reproducible")
     assert "not DP releases" in stats.seeds_note(runs)
+
+
+def test_the_tests_keep_their_names_in_stats():
+    """The tests across ε live in privrad.comparisons; privrad.stats still names them (one definition)."""
+    assert stats.tests_table is comparisons.tests_table and stats.page_trend is comparisons.page_trend
+
+
+def test_the_analysis_notebook_shows_each_tuned_result_beside_its_fixed_threshold_twin(tmp_path):
+    """Issue 8 points 3 and 6 as the reader sees them: the tests table (each test at both
+    thresholds, with the smallest p each can give), the two results tables, and the trade-off
+    figure's dotted 0.5 lines — rendered by privrad.tables and privrad.plots from fabricated runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from privrad import plots, tables
+
+    runs = make_grid(tmp_path, models=("tiny-bert", "tiny-albert"))
+    tests = comparisons.tests_table(runs, n_bootstrap=100)
+    page = tables.tests_table(tests).data
+    for column in ("<th", ">threshold<", ">smallest possible p<", ">p (Holm)<", comparisons.PAGE):
+        assert column in page, column
+    assert page.count(">0.5<") == page.count(">tuned<") > 0
+    # no p-value is printed below the test's smallest possible one (here Page's 1/24 per model)
+    assert "0.042" in page and "< 0.001" not in page.split(comparisons.PAGE, 1)[1].split("</tr>", 1)[0]
+    tuned = tables.results_table(runs, caption="at the runs' thresholds").data
+    half = tables.results_table(runs, threshold="0.5", caption="at a fixed 0.5 threshold").data
+    assert "at a fixed 0.5 threshold" in half and tuned != half
+    ax = plots.tradeoff(runs, runs["dataset"].iloc[0])
+    dotted = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
+    solid = [line for line in ax.get_lines() if line.get_linestyle() == "-" and line.get_marker() == "o"]
+    assert len(dotted) == len(solid) == 2  # one dotted 0.5 twin per model, in its colour
+    assert {line.get_color() for line in dotted} == {line.get_color() for line in solid}
+    assert "same runs, threshold 0.5" in [t.get_text() for t in ax.get_legend().get_texts()]  # the legend names the dotted style
+    plt.close("all")

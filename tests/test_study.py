@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
+from conftest import write_profile
 from privrad import executors, profiles, study
 from privrad.config import validate_config
 from privrad.config import RunConfig
@@ -47,14 +47,6 @@ def test_smoke_profile_exercises_every_path():
 def test_unknown_profile_lists_the_known_ones():
     with pytest.raises(ConfigError, match=r"unknown study profile 'nope'; known profiles are: course, default, openi, paper, smoke"):
         profiles.load_profile("nope", root=ROOT)
-
-
-def write_profile(tmp_path, **changes) -> Path:
-    raw = yaml.safe_load((ROOT / "studies" / "smoke.yml").read_text())
-    raw.update(changes)
-    path = tmp_path / "p.yml"
-    path.write_text(yaml.safe_dump(raw, allow_unicode=True))
-    return path
 
 
 def test_unknown_grid_key_lists_known_keys(tmp_path):

@@ -23,27 +23,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import documented, documented_simulate, fresh_project
+from conftest import ROOT, documented, events, fresh_project, metrics, run_dirs
 from conftest import run_privrad as privrad
-from privrad.runs import read_run
+from privrad.manifest import read_manifest
+from study_helpers import damage
+from privrad.runs import read_run, run_state
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_dirs(results: Path) -> dict[str, Path]:
-    """Finished run folders (written atomically: config.json appears with the folder)."""
-    return {d.name: d for d in (results / "smoke").iterdir()
-            if d.is_dir() and not d.name.startswith(".") and (d / "config.json").is_file()}
-
-
-def events(results: Path) -> list[dict]:
-    return [json.loads(line) for line in (results / "smoke" / "study.jsonl").read_text().splitlines()]
-
-
-def metrics(run_dir: Path) -> dict:
-    return json.loads((run_dir / "metrics.json").read_text())
 
 
 def test_smoke_study_writes_complete_run_folders(smoke):
@@ -67,7 +53,29 @@ def test_rerunning_a_finished_study_runs_nothing(smoke):
     proc = privrad("study", "run", "--profile", "smoke", "--results-dir", str(smoke["results"]), *smoke["sets"])
     assert proc.returncode == 0 and "8 complete (0 run now, 8 cached), 0 failed" in proc.stdout
     assert {k: (d / "run.ipynb").stat().st_mtime_ns for k, d in run_dirs(smoke["results"]).items()} == before
-    assert not [e for e in events(smoke["results"])[n_events:] if e["event"] == "run_start"]
+    assert not [e for e in events(smoke["results"])[n_events:] if e["event"] in ("run_start", "audit_start")]
+
+
+def test_the_sweep_audits_the_runs_its_profile_selects(smoke):
+    """studies/smoke.yml's `audit:` block: the two LoRA tiny-bert runs on MIMIC-CXR (simulated files) get
+    audit.json (membership inference and a canary run each), written after every run finished."""
+    from privrad.runs import read_audit
+
+    dirs = run_dirs(smoke["results"])
+    audited = {k: read_audit(d) for k, d in dirs.items() if (d / "audit.json").exists()}
+    assert sorted(k.split("__eps")[0] for k in audited) == ["mimic-cxr__tiny-bert__lora"] * 2
+    for rid, doc in audited.items():
+        assert doc is not None and doc["run_id"] == rid and doc["settings"]["canaries"] == 16
+        c, mi = doc["canaries"], doc["membership"]
+        assert c["canaries"] == 16 and 0 <= c["epsilon_lower_bound"] and 0 <= mi["auc"] <= 1 and mi["n_members"] <= 50
+        if doc["epsilon"] is not None:  # one epoch of a tiny model: nothing to refute
+            assert c["epsilon_lower_bound"] <= c["run"]["epsilon_spent"]
+    sweep = [e for e in events(smoke["results"])]
+    sweep = sweep[: [e["event"] for e in sweep].index("sweep_end")]
+    assert [e["event"] for e in sweep].count("audit_end") == 2
+    assert max(i for i, e in enumerate(sweep) if e["event"] == "run_complete") < min(
+        i for i, e in enumerate(sweep) if e["event"] == "audit_start")  # after every run
+    assert "2 run(s) audited (audit.json in their folders), 0 audit(s) failed" in smoke["stdout"]
 
 
 def test_adding_an_epsilon_runs_only_the_new_point(smoke):
@@ -155,13 +163,11 @@ def _damage(results: Path, *, last: bool = False) -> dict[str, str]:
     """Three run folders made incomplete as copies off a cluster or full disks leave them:
     config.json truncated, metrics.json truncated, privacy.json missing (the first three run ids,
     or the ``last`` three). Returns folder → file."""
-    last_sweep = json.loads((results / "smoke" / "study.json").read_text())["points"]
+    last_sweep = read_manifest(results / "smoke")["points"]
     ids = sorted(p["run_id"] for p in last_sweep)
     victims = [results / "smoke" / rid for rid in (ids[-3:] if last else ids[:3])]
-    for d, name in zip(victims, ("config.json", "metrics.json")):
-        text = (d / name).read_text()
-        (d / name).write_text(text[: len(text) // 2])
-    (victims[2] / "privacy.json").unlink()
+    for d, (name, how) in zip(victims, (("config.json", "truncated"), ("metrics.json", "truncated"), ("privacy.json", "missing"))):
+        damage(d, name, how)
     return dict(zip((v.name for v in victims), ("config.json", "metrics.json", "privacy.json")))
 
 
@@ -221,17 +227,21 @@ def smoke_book(smoke, tmp_path_factory):
     stale = project / "_build" / "html" / "book" / "generated" / "runs" / "stale-page.html"
     stale.parent.mkdir(parents=True)
     stale.write_text("<p>from an earlier build</p>")
+    kept = project / "_build" / "screenshots" / "smoke" / "index.png"  # the browser check's, not the build's
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"\x89PNG")
     t0 = time.time()
     proc = privrad(*documented("book"), cwd=project)  # `make book`'s last command
     print(f"\nbook build: {time.time() - t0:.1f} s")
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
+    assert kept.read_bytes() == b"\x89PNG"
     for folder, name in damaged.items():
         assert f"left out of the book: {results / 'smoke' / folder}: {name}" in proc.stderr
     return {"project": project, "html": project / "_build" / "html", "stale": stale, "proc": proc, "results": results}
 
 
-def test_book_from_the_smoke_study_shows_no_credentialed_text(smoke, smoke_book):
+def test_book_from_the_smoke_study_shows_no_credentialed_text(smoke, smoke_book, tmp_path):
     from privrad.data import load_dataset
 
     project, stale, results = smoke_book["project"], smoke_book["stale"], smoke_book["results"]
@@ -287,7 +297,8 @@ def test_book_from_the_smoke_study_shows_no_credentialed_text(smoke, smoke_book)
     assert not _leaks(published, needles), _leaks(published, needles)[:5]
     found = _leaks({f: _normalized(f) for f in replay.run_dir.rglob("*.json")}, needles)
     assert {what for _, what, _ in found} >= {"loss", "batch_size"}  # … whose statistics the scan finds where published
-    ct_run = read_run(next(d for d in (results / "smoke").iterdir() if d.name.startswith("simulated-ct-rate__tiny-albert__")))
+    ct_run = read_run(next(d for d in sorted((results / "smoke").iterdir())
+                           if d.name.startswith("simulated-ct-rate__") and run_state(d).complete))  # three are damaged
     ct_page = next(t for p, t in text.items() if p.suffix == ".html" and ct_run.run_id[-10:] in p.name)
     assert _leaks({"ct": ct_page}, _training_statistics(ct_run, ct))  # and a public dataset's prevalence in its page
     # structurally: no per-step loss or batch size, no empty-batch count, no training truncation count
@@ -408,6 +419,7 @@ def test_the_book_loads_offline_in_a_browser(smoke_book):
     pages = {p.path: p for p in report.pages}
     assert len([p for p in pages if p.startswith("book/generated/runs/")]) == 8 - 3  # three damaged folders left out
     assert pages["book/generated/analysis.html"].images >= 3 and pages["book/methods.html"].math > 10
+    assert pages["book/generated/audit.html"].images >= 2 and pages["book/audit.html"].math == 0
     assert set(report.screenshots) == set(site_check.SCREENSHOTS)
 
 
@@ -456,6 +468,8 @@ def test_the_lab_notebook_reruns_one_point_and_marks_it_on_the_curve(smoke, tmp_
     assert not [o for o in outputs if o.get("output_type") == "error"]
     text = "".join("".join(o.get("text", "")) for o in outputs)
     assert "training mimic-cxr · tiny-bert · lora · ε=5 · seed 0" in text and "weighted F1 0." in text
+    # a private run on the credentialed loader: its progress bar reaches the notebook with ε only, no loss
+    assert "eps=" in text and "loss=" not in text
     assert any("image/png" in o.get("data", {}) for o in outputs)  # the curve with the student's star
     lab_runs = [d for d in (smoke["results"] / "smoke-lab").iterdir() if d.is_dir()]
     assert len(lab_runs) == 1 and json.loads((lab_runs[0] / "config.json").read_text())["config"]["epsilon"] == 5

@@ -105,3 +105,17 @@ def test_dp_full_fine_tuning_updates_every_weight_it_uses(name):
     res = train(model, data, cfg, delta=1e-4, progress=False)
     assert res.steps == res.planned_steps
     assert not torch.equal(model.base_model.embeddings.position_embeddings.weight, emb)  # noise reaches every weight
+
+
+def test_a_runs_progress_has_one_owner(tmp_path, capsys):
+    """privrad.progress.Reporter gives both the training bar (where the run runs) and the sweep's
+    progress file; train() reports through it only (one tqdm owner: privrad.progress)."""
+    from privrad.progress import Reporter, read
+
+    report = Reporter(tmp_path / "p.json", interval_s=0.0, bar=True, desc="train ε=1")
+    for s in range(4):
+        report.step(s, 3, epoch=1, num_epochs=1, **({"loss": "0.500"} if s == 3 else {}))
+    report.close()
+    record = read(tmp_path / "p.json")
+    assert (record["phase"], record["step"], record["total"]) == ("training", 3, 3)
+    assert "train ε=1" in capsys.readouterr().err

@@ -32,8 +32,7 @@ from privrad.errors import ConfigError, PrivradError
 from privrad.executors import KERNEL_CONFIG, default_kernel
 from privrad.io import atomic_write_text
 from privrad.profiles import load_profile
-from privrad.runs import run_state
-from privrad.study import read_manifest
+from privrad.manifest import point_state, read_manifest
 
 GENERATED = Path("book") / "generated"
 
@@ -47,13 +46,11 @@ def completed_runs(results_dir: Path, manifest: dict, *, out=sys.stderr) -> list
         rd = results_dir / point["run_id"]
         if not rd.exists():
             continue  # never run, or failed: `privrad study status` lists these
-        state = run_state(rd, run_id=point["run_id"])
-        if not state.complete:
-            print(f"privrad: left out of the book: {state.problem}", file=out)
-        elif not state.notebook:
-            print(f"privrad: left out of the book: {rd}: run.ipynb is missing (re-run the study to place it)", file=out)
-        else:
+        state, problem = point_state(rd, point["run_id"], results_dir)
+        if state == "complete":
             runs.append(rd)
+        else:
+            print(f"privrad: left out of the book: {problem}", file=out)
     return sorted(runs)
 
 
@@ -189,9 +186,9 @@ def answer_md(folder: Path, table) -> tuple[str, str]:
 
 def tests_md(table, n_bootstrap: int = 2000) -> str:
     """What the tests can support, one sentence per dataset (the statistics chapter opens with it)."""
-    from privrad import stats
+    from privrad import comparisons
 
-    said = stats.tests_summary(stats.tests_table(table, n_bootstrap=n_bootstrap))
+    said = comparisons.tests_summary(comparisons.tests_table(table, n_bootstrap=n_bootstrap))
     return "\n".join(f"- {s}" for s in said.values()) + "\n" if said else "No test could be run on these runs.\n"
 
 
@@ -250,8 +247,11 @@ def build_problems(output: str, root: Path) -> list[str]:
 def jupyter_book_build(root: Path) -> Path:
     """Build ``root``'s book into an empty ``_build/html`` (no page of an earlier build survives)
     with warnings as errors. A failed build prints its warnings and errors, one line each, and
-    raises a :class:`PrivradError` naming the first; the full output is kept in ``_build``."""
-    shutil.rmtree(root / "_build", ignore_errors=True)
+    raises a :class:`PrivradError` naming the first; the full output is kept in ``_build``.
+    Only what a build writes is removed first: other folders under ``_build`` (the browser
+    check's screenshots) stay."""
+    for made_by_a_build in ("html", ".doctrees", "jupyter_execute"):
+        shutil.rmtree(root / "_build" / made_by_a_build, ignore_errors=True)
     print("privrad: building the book …", file=sys.stderr)
     cmd = [sys.executable, "-c", "import sys; from jupyter_book.cli.main import main; sys.argv[0] = 'jupyter-book'; main()",
            "build", str(root), "--warningiserror", "--nitpick", "--keep-going", "--all"]
@@ -304,6 +304,9 @@ def build_book(results_dir: Path, *, profile_name: str, root: Path | None = None
     print("privrad: executing the privacy notebook …", file=sys.stderr)  # what the runs release (a section of methods)
     _execute(papermill, root / "notebooks" / "privacy.ipynb", staging / "privacy.ipynb",
              {"run_dirs": [str(rd) for rd in runs], "profile": manifest["profile"]}, kernel)
+    print("privrad: executing the audit notebook …", file=sys.stderr)  # the audits of the runs (privrad.audit)
+    _execute(papermill, root / "notebooks" / "audit.ipynb", staging / "audit.ipynb",
+             {"run_dirs": [str(rd) for rd in runs], "profile": manifest["profile"]}, kernel)
     print("privrad: executing the data notebook …", file=sys.stderr)
     used = {configs[rd.name]["dataset"] for rd in runs}
     datasets = [[d["dataset"], d["data_dir"]] for d in manifest["datasets"] if d["dataset"] in used]
@@ -314,7 +317,7 @@ def build_book(results_dir: Path, *, profile_name: str, root: Path | None = None
     tokenizer = tokenizer if tokenizer in ran else ran[0]
     _execute(papermill, root / "notebooks" / "data.ipynb", staging / "data.ipynb",
              {"datasets": datasets, "dataset_options": options, "tokenizer": tokenizer}, kernel)
-    for name in ("analysis.ipynb", "privacy.ipynb", "data.ipynb"):
+    for name in ("analysis.ipynb", "privacy.ipynb", "audit.ipynb", "data.ipynb"):
         _reader_copy(staging / name, staging / name, root, machine)
     write_facts(staging, manifest, runs)
     generated = root / GENERATED

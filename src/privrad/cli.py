@@ -2,7 +2,8 @@
 
 Each area owns its subcommands and registers them here through a ``register_cli(subparsers)``
 function: ``privrad data …`` (:mod:`privrad.data.cli`), ``privrad run …`` (:mod:`privrad.runs`),
-``privrad study …`` (:mod:`privrad.study`) and ``privrad book …`` (:mod:`privrad.book`).
+``privrad study …`` (:mod:`privrad.study`), ``privrad book …`` (:mod:`privrad.book`) and
+``privrad audit …`` (:mod:`privrad.audit`).
 
 A :class:`privrad.errors.PrivradError` is printed as one line, ``privrad: error: <sentence>``,
 with exit status 2; nothing else is printed for it.
@@ -18,7 +19,7 @@ import sys
 from privrad import __version__
 from privrad.errors import PrivradError
 
-COMMAND_MODULES = ("privrad.data.cli", "privrad.runs", "privrad.study", "privrad.book")
+COMMAND_MODULES = ("privrad.data.cli", "privrad.runs", "privrad.study", "privrad.book", "privrad.audit")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,7 +32,7 @@ class RunConfig:
     model: str = "minilm-l6"
     method: str = "lora"  # "lora" | "full"
     seed: int = 0
-    # privacy: epsilon None = non-private; delta None = privrad's default (see privacy.default_delta)
+    # privacy: epsilon None = non-private; delta None = privrad's default (see accounting.default_delta)
     epsilon: float | None = 1.0
     delta: float | None = None
     max_grad_norm: float = 1.0
@@ -171,7 +171,7 @@ def validate_config(config: "RunConfig | dict[str, Any]", *, n_train: int | None
     names, types papermill cannot pass, invalid values, an unknown model or a ``max_length``
     beyond the model's limit; given ``n_train``, a ``delta`` ≥ 1/n_train and a ``batch_size``
     larger than the training split."""
-    from privrad.privacy import check_delta, check_epsilon
+    from privrad.accounting import check_delta, check_epsilon
 
     try:
         d = config.to_dict() if isinstance(config, RunConfig) else dict(config)

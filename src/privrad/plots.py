@@ -2,9 +2,14 @@
 
 :func:`tradeoff` draws weighted F1 against ε for one dataset: one line per model for DP-LoRA
 with its bootstrap 95 % band, ∞ (non-private) at the right end of the log axis, full
-fine-tuning as a diamond, and the learned-nothing reference (a classifier that ignores the text)
-as a dashed grey line. The results chapter opens with it, the analysis notebook shows it for every
+fine-tuning as a diamond, the learned-nothing reference (a classifier that ignores the text)
+as a dashed grey line, and (dotted) the same runs at a fixed 0.5 threshold; the legend sits
+beside the axes. The results chapter opens with it, the analysis notebook shows it for every
 dataset and the lab notebook marks a student's own run on it.
+
+:func:`audit_roc` and :func:`audit_bounds` are the audit chapter's figures (rows of
+:func:`privrad.audit.audit_table`): the membership attack's ROC curves per ε, and the empirical ε
+lower bound against the accounted ε.
 """
 
 from __future__ import annotations
@@ -14,6 +19,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+
+#: the trade-off figure's size in inches: the axes and, to their right, the legend
+FIGSIZE = (8, 4)
 
 
 def _x_inf(finite: pd.Series) -> float:
@@ -33,7 +42,7 @@ def tradeoff(runs: pd.DataFrame, dataset: str, *, ax=None, highlight: dict[str, 
     from privrad import stats
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(6.4, 4))
+        _, ax = plt.subplots(figsize=FIGSIZE)
     summary = stats.summarize(runs[runs["dataset"] == dataset])
     eps = list(summary["epsilon"])
     if highlight is not None:
@@ -66,9 +75,20 @@ def tradeoff(runs: pd.DataFrame, dataset: str, *, ax=None, highlight: dict[str, 
     ax.minorticks_off()
     ax.set(title=dataset, xlabel="ε (target; ∞ = non-private)", ylabel="weighted F1 (test)")
     if legend:
-        note = " (◆ = full fine-tuning)" if (summary["method"] == "full").any() else ""
-        note += "; dotted: threshold 0.5" if at_half else ""
-        ax.legend(title=f"model{note}", loc="best", fontsize="small", title_fontsize="small")
+        # beside the axes, never over a line: the models by colour, then what each line style means
+        from matplotlib.lines import Line2D
+
+        handles, labels = ax.get_legend_handles_labels()
+        keys = []
+        if at_half and "mean_at_0.5" in summary:
+            keys.append((Line2D([], [], ls=":", marker=".", color="grey"), "same runs, threshold 0.5"))
+        if (summary["method"] == "full").any():
+            keys.append((Line2D([], [], ls="", marker="D", color="grey"), "full fine-tuning"))
+        for handle, label in keys:
+            handles.append(handle)
+            labels.append(label)
+        ax.legend(handles, labels, title="DP-LoRA, by model", loc="upper left", bbox_to_anchor=(1.02, 1),
+                  borderaxespad=0, fontsize="small", title_fontsize="small", frameon=False)
     return ax
 
 
@@ -81,8 +101,64 @@ def tradeoff_png(runs: pd.DataFrame, dataset: str, path, **kwargs) -> None:
     import seaborn as sns
 
     sns.set_theme(style="whitegrid", context="notebook")
-    fig, ax = plt.subplots(figsize=(6.4, 4))
+    fig, ax = plt.subplots(figsize=FIGSIZE)
     tradeoff(runs, dataset, ax=ax, **kwargs)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def audit_roc(table: pd.DataFrame, *, ax=None, title: str | None = None):
+    """The membership attack's ROC curves, one per audited run (labelled by ε), on log axes with
+    the chance diagonal: a curve above it at low FPR is an attacker who can pick out some training
+    reports with confidence."""
+    import matplotlib.pyplot as plt
+
+    from privrad.config import epsilon_label
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 4.5))
+    table = table.sort_values("epsilon")
+    cmap = plt.get_cmap("viridis")
+    for i, (_, r) in enumerate(table.iterrows()):
+        eps = None if not np.isfinite(r["epsilon"]) else r["epsilon"]
+        color = "crimson" if eps is None else cmap(i / max(1, len(table) - 1))
+        ax.plot(r["roc_fpr"], r["roc_tpr"], color=color, lw=1.6,
+                label=f"ε = {epsilon_label(eps)} (AUC {r['membership_auc']:.3f})")
+    grid = np.logspace(-3, 0, 50)
+    ax.plot(grid, grid, ls="--", color="grey", lw=1, label="chance")
+    ax.set(xscale="log", yscale="log", xlim=(1e-3, 1), ylim=(1e-3, 1.05), xlabel="false positive rate",
+           ylabel="true positive rate", title=title)
+    ax.legend(fontsize="small", loc="lower right")
+    return ax
+
+
+def audit_bounds(table: pd.DataFrame, *, ax=None, floor: float = 1e-3):
+    """The empirical ε lower bound (canary audit) against the ε accounted for the canary run, on
+    log axes with the line y = x: a point above the line refutes the accountant's claim. A bound of
+    0 (nothing refuted) is drawn at ``floor``; non-private runs at the right end (∞)."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 4.5))
+    t = table[np.isfinite(table["epsilon_lower_bound"])]
+    spent = t["canary_run_epsilon_spent"]
+    finite = pd.Series(spent[np.isfinite(spent)], dtype=float)
+    x_inf = _x_inf(finite)
+    x = spent.replace(np.inf, x_inf)
+    y = t["epsilon_lower_bound"].clip(lower=floor)
+    markers = "osD^v"
+    for i, ((dataset, model), g) in enumerate(t.groupby(["dataset", "model"])):  # open markers: overlaps stay visible
+        ax.scatter(x[g.index], y[g.index], s=60 - 8 * i, zorder=3, marker=markers[i % len(markers)], facecolors="none",
+                   edgecolors=f"C{i}", linewidths=1.6, label=f"{dataset} · {model}")
+    low = min(floor, *finite) / 2 if len(finite) else floor / 2
+    top = max([x_inf, *y]) * 2
+    line = np.logspace(math.log10(low), math.log10(top), 50)
+    ax.plot(line, line, ls="--", color="grey", lw=1, label="y = x (the accounted ε)")
+    ax.set(xscale="log", yscale="log", xlim=(low, top), ylim=(floor / 2, top), xlabel="accounted ε (∞ = non-private)",
+           ylabel="empirical ε lower bound (0 drawn at the bottom)")
+    decades = [10.0 ** k for k in range(math.ceil(math.log10(low)), math.floor(math.log10(x_inf)))]
+    ax.set_xticks(decades + [x_inf], [f"{v:g}" for v in decades] + ["∞"])
+    ax.minorticks_off()
+    ax.legend(fontsize="small", loc="upper left")
+    return ax

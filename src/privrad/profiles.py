@@ -28,7 +28,7 @@ from privrad.config import FIELDS, RunConfig, SlurmConfig, epsilon_label, valida
 from privrad.errors import ConfigError
 
 PROFILE_KEYS = ("description", "results", "datasets", "grid", "extra", "params", "book", "kernel", "provenance", "slurm",
-                "gpu")
+                "gpu", "audit")
 GPU_KEYS = ("runs_per_gpu", "memory_gb")  # the `gpu:` block: how the local executor shares a GPU
 DATASET_KEYS = ("name", "dataset", "data_dir", "dataset_options", "simulate", "params")
 SIMULATE_KEYS = ("kind", "n", "seed")
@@ -168,6 +168,16 @@ class Profile:
     gpu: dict[str, Any] = field(default_factory=dict)  # runs_per_gpu, memory_gb (see gpu_options)
     slurm: dict[str, Any] = field(default_factory=dict)  # the `slurm:` block, for --executor slurm
     gpu_profile: bool = False  # the profile file's slurm block asks for GPUs
+    audit: dict | None = None  # the `audit:` block: which runs are audited and how (privrad.audit.AuditSettings); None = off
+
+    def audit_settings(self):
+        """The validated ``audit:`` block (:class:`privrad.audit.AuditSettings`), or None when the
+        profile audits nothing."""
+        if self.audit is None:
+            return None
+        from privrad.audit import AuditSettings
+
+        return AuditSettings.from_dict(self.audit, where=f"study profile {self.path}")
 
     def slurm_config(self) -> SlurmConfig:
         """The validated Slurm options: the ``slurm:`` block with ``--set slurm.KEY=VALUE`` applied."""
@@ -212,6 +222,9 @@ def load_profile(name: str, *, sets: Sequence[str] = (), results_dir: str | None
     if not isinstance(slurm, dict):
         raise ConfigError(f"study profile {path}: `slurm` must be a mapping such as {{partition: gpu, gpus_per_node: 1}}.")
     profile.slurm = dict(slurm)
+    audit = raw.get("audit")
+    if audit is not None and audit is not False:
+        profile.audit = {} if audit is True else audit
     gpus = slurm.get("gpus_per_node")
     profile.gpu_profile = isinstance(gpus, int) and not isinstance(gpus, bool) and gpus >= 1
     for s in sets:
@@ -268,11 +281,19 @@ def apply_set(profile: Profile, assignment: str) -> None:
     * ``NAME.dataset_options.<option>`` → one loader option of that dataset;
     * ``NAME.simulate.n`` / ``NAME.simulate.seed`` → how a simulated dataset is generated (give it
       a new ``NAME.data_dir`` too: an existing simulated folder is never overwritten);
-    * ``slurm.KEY`` → one option of the ``slurm:`` block (``--set slurm.partition=gpu``).
+    * ``slurm.KEY`` → one option of the ``slurm:`` block (``--set slurm.partition=gpu``);
+    * ``audit=null`` turns the profile's audit off; ``audit.KEY`` → one option of the ``audit:``
+      block (``--set audit.canaries=128``; it turns the audit on).
     """
     key, value = parse_assignment(assignment)
     if key.startswith("slurm."):
         profile.slurm[key.split(".", 1)[1]] = value
+        return
+    if key == "audit":
+        profile.audit = None if value in (None, False) else ({} if value is True else value)
+        return
+    if key.startswith("audit."):
+        profile.audit = {**(profile.audit or {}), key.split(".", 1)[1]: value}
         return
     if "." in key:
         _apply_dataset_set(profile, key, value)
@@ -332,6 +353,7 @@ def _check_keys(profile: Profile) -> None:
         if not v:
             raise ConfigError(f"{where}: the grid axis {k} is empty; give it at least one value.")
     profile.slurm_config()  # checked with the rest of the profile, whichever executor runs it
+    profile.audit_settings()
 
 
 # ----------------------------------------------------------------------------- the grid

@@ -24,27 +24,45 @@ ENV = "PRIVRAD_PROGRESS_FILE"
 
 
 class Reporter:
-    """What a run tells its sweep; every method is a no-op when there is no progress file."""
+    """A run's progress: what it tells its sweep (a no-op without a progress file) and, with
+    ``bar``, the training bar shown where the run itself runs (``privrad run``, a notebook)."""
 
-    def __init__(self, path: str | os.PathLike | None = None, *, interval_s: float = 0.25):
+    def __init__(self, path: str | os.PathLike | None = None, *, interval_s: float = 0.25, bar: bool = False,
+                 desc: str = ""):
         path = path if path is not None else os.environ.get(ENV)
         self.path = Path(path) if path else None
         self.interval_s = interval_s
         self._last = 0.0
         self._train_t0: float | None = None
+        self._show_bar, self._desc, self._bar = bar, desc, None
 
     def phase(self, name: str) -> None:
         """A phase without steps: ``loading data``, ``calibrating noise``, ``evaluating`` …"""
         self._write({"phase": name}, force=True)
 
-    def step(self, step: int, total: int, *, epoch: int, num_epochs: int) -> None:
-        """``step`` of ``total`` logical steps done, in ``epoch`` (1-based) of ``num_epochs``."""
+    def step(self, step: int, total: int, *, epoch: int, num_epochs: int, **shown: str) -> None:
+        """``step`` of ``total`` logical steps done, in ``epoch`` (1-based) of ``num_epochs``;
+        ``shown`` (e.g. ``loss="0.412"``) goes beside the training bar."""
+        if self._show_bar:
+            if self._bar is None:
+                from tqdm import tqdm
+
+                self._bar = tqdm(total=total, desc=self._desc, leave=False)
+            if shown:
+                self._bar.set_postfix(shown)  # shown at once (as tqdm does by default)
+            self._bar.update(step - self._bar.n)
         now = time.monotonic()
         if self._train_t0 is None:
             self._train_t0 = now
         self._write({"phase": "training", "step": int(step), "total": int(total), "epoch": int(epoch),
                      "num_epochs": int(num_epochs), "train_s": round(now - self._train_t0, 3)},
                     force=step in (0, total))
+
+    def close(self) -> None:
+        """Ends the training bar (the progress file stays: the sweep reads its last record)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     def _write(self, record: dict[str, Any], *, force: bool) -> None:
         if self.path is None:

@@ -11,7 +11,9 @@ and its one rule of completeness (:func:`run_state`); nothing else opens these f
                     ``n_truncated``, ``privrad_version``, ``versions``, ``device``,
                     ``precision`` and ``physical_batch_size`` as used (``auto`` resolved; with
                     ``physical_batch_source``), ``runtime`` (seconds: prepare, train, of which
-                    calibrate, evaluate)
+                    calibrate, setup before the first step, first step and ε accounting in the
+                    loop, evaluate; ``gpu_peak_gb``). A private run on credentialed data keeps
+                    only the validation and test ``n_truncated`` and no ``gpu_peak_gb``
 ``metrics.json``    ``weighted_f1`` (the paper's metric) and ``weighted_f1_ci95 = [low, high]``
                     (bootstrap over test reports; absent when ``n_bootstrap = 0``), ``macro_f1``,
                     ``micro_f1``, ``macro_auroc``, ``per_label`` (label, P/R/F1, support,
@@ -29,6 +31,9 @@ and its one rule of completeness (:func:`run_state`); nothing else opens these f
                     :func:`withhold_training_statistics`)
 ``adapter/``        peft ``save_pretrained`` (``lora``); ``model/`` for ``full``
 ``run.ipynb``       added by the study runner after its notebook finished (not written here)
+``audit.json``      optional, added to a complete folder by ``privrad audit`` (:func:`write_audit`;
+                    :mod:`privrad.audit`): membership-inference AUC, the canary run's empirical ε
+                    lower bound; not part of completeness
 ==================  ==========================================================================
 
 A folder is *complete* when every file above (but the weights and the notebook) is present,
@@ -58,12 +63,17 @@ import numpy as np
 from privrad import __version__
 from privrad.config import RunConfig, epsilon_label, validate_config
 from privrad.errors import ConfigError, DataError, PrivradWarning
+from privrad.gpus import gpu_peak_gb, resolve_device
 from privrad.io import atomic_dir, atomic_write_json
 
 #: Version of the run-folder layout below; a folder of another format is refused, never guessed at.
 RUN_FORMAT = 2
 #: The files every run folder holds (the weights and the study's notebook aside).
 RUN_FILES = ("config.json", "metrics.json", "privacy.json", "predictions.npz", "curve.json")
+#: A file added to a complete run folder later (never part of completeness): the audit.
+AUDIT_FILE = "audit.json"
+#: The fields of audit.json that readers rely on (:func:`write_audit` refuses a document without them).
+AUDIT_REQUIRED = ("run_id", "settings", "epsilon", "epsilon_spent", "membership", "canaries")
 #: The fields readers rely on, per file: the writer refuses to write without them and
 #: :func:`run_state` calls a folder without them incomplete.
 REQUIRED = {
@@ -231,8 +241,11 @@ def withhold_training_statistics(info: dict, privacy: dict, curve: list[dict]) -
     :func:`privrad.privacy.release_terms` decides (private runs on credentialed data withhold
     every entry of :data:`privrad.privacy.TRAINING_STATISTICS`); this is where it is enforced, for
     every run folder privrad writes: per-step loss and realised batch size leave ``curve.json``
-    (only :data:`CURVE_PUBLIC_KEYS` stay), the empty-batch count leaves ``privacy.json`` and the
-    training split's truncation count leaves ``config.json``."""
+    (only :data:`CURVE_PUBLIC_KEYS` stay), the empty-batch count leaves ``privacy.json``, the
+    training split's truncation count and the peak GPU memory (``runtime.gpu_peak_gb``: it
+    grows with the longest training reports) leave ``config.json``. The training loop does its
+    part before: no loss on its progress bar, an auto physical batch probed without the
+    training lengths (``privrad.train.train(..., withheld=...)``)."""
     withheld = set((privacy.get("release_terms") or {}).get("withheld") or ())
     if not withheld:
         return info, privacy, curve
@@ -244,6 +257,8 @@ def withhold_training_statistics(info: dict, privacy: dict, curve: list[dict]) -
         privacy = {k: v for k, v in privacy.items() if k != "empty_batches"}
     if "n_truncated" in withheld and isinstance(info.get("n_truncated"), dict):
         info = {**info, "n_truncated": {k: v for k, v in info["n_truncated"].items() if k in PUBLIC_SPLITS}}
+    if "longest_report" in withheld and isinstance(info.get("runtime"), dict):
+        info = {**info, "runtime": {k: v for k, v in info["runtime"].items() if k != "gpu_peak_gb"}}
     return info, privacy, curve
 
 
@@ -271,14 +286,74 @@ def write_run(run_dir: str | Path, *, info: dict, metrics: dict, privacy: dict, 
     return read_run(run_dir)
 
 
+def write_audit(run_dir: str | Path, doc: dict) -> Path:
+    """Add ``audit.json`` to a complete run folder (atomically; it replaces an earlier audit).
+    The folder must be complete and ``doc["run_id"]`` its run; see :mod:`privrad.audit`."""
+    run_dir = Path(run_dir)
+    state = run_state(run_dir)
+    if not state.complete:
+        raise DataError(f"{state.problem}; only a complete run folder can be audited.")
+    missing = [k for k in AUDIT_REQUIRED if k not in doc]
+    if missing:  # a bug in the caller
+        raise ValueError(f"write_audit: audit.json lacks {', '.join(missing)} (see privrad.runs.AUDIT_REQUIRED)")
+    if doc["run_id"] != state.info["run_id"]:
+        raise ValueError(f"write_audit: the audit is of run {doc['run_id']!r}, the folder holds {state.info['run_id']!r}")
+    return atomic_write_json(run_dir / AUDIT_FILE, doc)
+
+
+def read_audit(run_dir: str | Path) -> dict | None:
+    """A run folder's audit.json, or None when the run was not audited (or its audit is of
+    another run, or unreadable: an audit is then simply missing, never half-read)."""
+    path = Path(run_dir) / AUDIT_FILE
+    if not path.is_file():
+        return None
+    try:
+        doc = _read_json(path)
+    except Exception:  # noqa: BLE001 - a damaged audit counts as no audit
+        return None
+    info = run_state(run_dir).info or {}
+    if any(k not in doc for k in AUDIT_REQUIRED) or doc.get("run_id") != info.get("run_id"):
+        return None
+    return doc
+
+
+def load_model(run: "RunResult", *, device: str = "cpu"):
+    """The trained model a run folder keeps, in eval mode: the base model rebuilt exactly as the
+    run built it (same seed: same random parts) with the saved LoRA adapter, or the saved full
+    model. Its predictions on the test split equal ``predictions.npz`` (tested)."""
+    from privrad.models import build_model, quiet_transformers
+
+    cfg = run.config
+    with quiet_transformers(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        if cfg.method == "lora":
+            from peft import PeftModel
+
+            base = build_model(cfg.model, len(run.info["label_names"]), method="full", seed=cfg.seed, device=device)
+            model = PeftModel.from_pretrained(base, run.run_dir / "adapter")
+        else:
+            from transformers import AutoModelForSequenceClassification
+
+            model = AutoModelForSequenceClassification.from_pretrained(run.run_dir / "model")
+    model.to(device)
+    model.eval()
+    return model
+
+
 # ----------------------------------------------------------------------------- one run
 
 
-def _check_data(cfg: RunConfig, dataset) -> dict:
+def _check_data(cfg: RunConfig, dataset, *, withheld=()) -> dict:
+    """The three splits of ``dataset``, refused if one is empty; a warning for each label without a
+    positive training report — unless the run withholds ``train_prevalence`` (the warning would
+    publish a training statistic in the run's notebook; ``privrad data describe`` says it on the
+    terminal)."""
     splits = {s: dataset.split(s) for s in ("train", "validation", "test")}
     for s, d in splits.items():
         if len(d) == 0:
             raise DataError(f"the {s!r} split of dataset {cfg.dataset!r} is empty; every run needs train, validation and test examples.")
+    if "train_prevalence" in withheld:
+        return splits
     tr = splits["train"]
     positives = (tr.labels * tr.label_mask).sum(0)
     for name, p in zip(dataset.label_names, positives):
@@ -298,42 +373,6 @@ def library_versions() -> dict[str, str]:
         except PackageNotFoundError:  # pragma: no cover
             out[pkg] = "missing"
     return out
-
-
-def _device(device: str | None) -> str:
-    import torch
-
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} was asked for but torch sees no GPU; use device 'cpu' or install a CUDA build of torch.")
-    if str(device).startswith("cuda"):
-        gpu_memory_cap(device)
-    return str(device)
-
-
-def gpu_memory_cap(device: str) -> float | None:
-    """This process's share of its GPU in GB, from ``PRIVRAD_GPU_MEMORY_GB`` (set by the
-    executor when several runs share a GPU, see :class:`privrad.executors.LocalExecutor`), made
-    binding with ``torch.cuda.set_per_process_memory_fraction``: a run that outgrows its share
-    fails with an out-of-memory error instead of starving its neighbours. None without a share."""
-    import os
-
-    import torch
-
-    text = os.environ.get("PRIVRAD_GPU_MEMORY_GB")
-    if not text:
-        return None
-    try:
-        share = float(text)
-    except ValueError:
-        raise ConfigError(f"PRIVRAD_GPU_MEMORY_GB = {text!r} is not a number of gigabytes; unset it or give e.g. 20.") from None
-    dev = torch.device(device)
-    if dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
-    total = torch.cuda.get_device_properties(dev).total_memory / 2**30
-    torch.cuda.set_per_process_memory_fraction(min(1.0, share / total), dev)
-    return share
 
 
 #: What a kernel started ahead of its run executes first (:class:`privrad.executors.WarmKernel`).
@@ -380,16 +419,19 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
     from privrad.features import Classifier, frozen_features
     from privrad.io import privrad_cache
     from privrad.models import build_model, count_parameters, get_model_spec, load_tokenizer, quiet_transformers
-    from privrad.privacy import default_delta, privacy_report
+    from privrad.accounting import default_delta
+    from privrad.privacy import privacy_report, withheld_statistics
     from privrad.train import predict_proba, train
 
     cfg = validate_config(config)
-    device = _device(device)
+    device = resolve_device(device)
     if dataset is None:
         dataset = load_dataset(cfg.dataset, cfg.data_dir, **cfg.dataset_options)
     elif dataset.name != cfg.dataset:
         raise ConfigError(f"the dataset passed is {dataset.name!r} but the config says dataset = {cfg.dataset!r}; pass the matching dataset or fix the config.")
-    splits = _check_data(cfg, dataset)
+    # what this run must not publish about its training split (release_terms' ``withheld``)
+    withheld = withheld_statistics(private=cfg.private, credentialed=bool(dataset.credentialed))
+    splits = _check_data(cfg, dataset, withheld=withheld)
     n_train = len(splits["train"])
     cfg = validate_config(cfg, n_train=n_train)
     units, n_patients = None, None
@@ -421,7 +463,7 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
         for split, e in enc.items():
             e.features = frozen_features(net, e.encoded, cache_dir=where, key_value=split == "train")
     t_prep = time.perf_counter() - t0
-    result = train(net, enc["train"], cfg, delta=delta, progress=progress, units=units)
+    result = train(net, enc["train"], cfg, delta=delta, progress=progress, units=units, withheld=withheld)
     t1 = time.perf_counter()
     report.phase("evaluating")
     precision = result.info["precision"]
@@ -458,8 +500,9 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
         "versions": library_versions(), "device": device,
         "precision": precision, "physical_batch_size": result.info["physical_batch_size"],
         "physical_batch_source": result.info["physical_batch_source"],
-        "runtime": {"prepare_s": t_prep, "train_s": result.seconds, "calibrate_s": result.info["calibrate_s"],
-                    "evaluate_s": time.perf_counter() - t1, "gpu_peak_gb": _gpu_peak_gb(device),
+        "runtime": {"prepare_s": t_prep, "train_s": result.seconds,
+                    **{k: result.info[k] for k in ("calibrate_s", "setup_s", "first_step_s", "accounting_s")},
+                    "evaluate_s": time.perf_counter() - t1, "gpu_peak_gb": gpu_peak_gb(device),
                     "train_steps_per_s": len(result.curve) / max(result.seconds, 1e-9)},
     }
     predictions = {"ids": np.asarray(test.ids, dtype=str), "probabilities": test_probs, "labels": test.labels,
@@ -471,13 +514,6 @@ def run(config: RunConfig | dict, *, run_dir: str | Path | None = None, results_
 
     return write_run(run_dir, info=info, metrics=metrics, privacy=privacy, curve=result.curve,
                      predictions=predictions, save_model=save_model)
-
-
-def _gpu_peak_gb(device: str) -> float | None:
-    """Peak GPU memory this process allocated (GB), on a GPU; None on a CPU."""
-    import torch
-
-    return torch.cuda.max_memory_allocated(torch.device(device)) / 2**30 if str(device).startswith("cuda") else None
 
 
 def _reuse(run_dir: Path, rid: str) -> RunResult:

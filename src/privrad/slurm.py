@@ -1,5 +1,5 @@
 """What privrad asks a Slurm cluster: its partitions, whether it would run a sweep's jobs, and
-the state of jobs. The Slurm executor (:class:`privrad.executors.SlurmExecutor`) and ``privrad
+the state of jobs. The Slurm executor (:class:`privrad.executors_slurm.SlurmExecutor`) and ``privrad
 study status`` use it.
 
 * **Job state without accounting storage.** ``sacct`` needs ``slurmdbd`` and a database, which

@@ -23,15 +23,22 @@ Why this shape:
 * **A structured log and a manifest.** Every event is one JSON line in
   ``<results>/<profile>/study.jsonl``; ``study.json`` holds what the last sweep ran — every
   point's config and state, its datasets and book settings — and is what ``privrad study
-  status`` and ``privrad book build`` read (never the profile again).
+  status`` and ``privrad book build`` read (never the profile again; :mod:`privrad.manifest`).
+
+* **Audits after the runs.** A profile's ``audit:`` block (:class:`privrad.audit.AuditSettings`)
+  names runs to audit; once every run finished, the sweep audits each of them that has no
+  ``audit.json`` of the same settings (:func:`audit_points`, in this process, one at a time: a
+  canary run trains the run's configuration again). A failed audit is named and makes the sweep
+  exit non-zero; the run itself stays complete.
 
 A run's state is one of :data:`privrad.runs.RUN_STATES` everywhere: in ``study.json``, the
 summary, ``study status`` and the log's ``run_<state>`` events.
 
-Runs execute in local processes (``--jobs N``) or as Slurm jobs (``--executor slurm``,
-:mod:`privrad.executors`), under the same cache, lock and "complete" rule. With Slurm the
-manifest records each run's job id and log: ``study status`` shows their Slurm state, and a
-sweep restarted after being killed waits for its still-running jobs instead of resubmitting.
+Runs execute in local processes (``--jobs N``, :mod:`privrad.executors`) or as Slurm jobs
+(``--executor slurm``, :mod:`privrad.executors_slurm`), under the same cache, lock and "complete"
+rule. With Slurm the manifest records each run's job id and log: ``study status`` shows their
+Slurm state, and a sweep restarted after being killed waits for its still-running jobs instead
+of resubmitting.
 """
 
 from __future__ import annotations
@@ -51,14 +58,14 @@ from typing import Any, Iterable, Iterator
 
 from privrad.config import validate_config
 from privrad.errors import ConfigError, DataError
-from privrad.executors import Executor, LocalExecutor, SlurmExecutor, Task, default_kernel
+from privrad.executors import Executor, LocalExecutor, Task, default_kernel
+from privrad.executors_slurm import SlurmExecutor
 from privrad.progress import Display
-from privrad.io import atomic_write_json
 from privrad.profiles import (FIELDS, NOTEBOOK_EXTRA_PARAMETERS, RUN_NOTEBOOK, Point, Profile, expand, load_profile,
                               notebook_parameters, project_root, resolve_path)
-from privrad.runs import RUN_STATES, run_state
+from privrad.manifest import point_state, read_manifest, study_status, summary_table, write_manifest  # noqa: F401
+from privrad.runs import run_state
 
-MANIFEST = "study.json"
 EXECUTORS = ("local", "slurm")
 
 
@@ -122,22 +129,6 @@ def _assign_run_ids(points: list[Point], profile: Profile, results_dir: Path) ->
         p.run_dir = results_dir / p.run_id
         p.state, p.problem = point_state(p.run_dir, p.run_id, results_dir)
         _refuse_foreign(p)
-
-
-def point_state(run_dir: Path, rid: str, results_dir: Path) -> tuple[str, str | None]:
-    """A point's state (one of :data:`RUN_STATES`) and, unless complete, why, naming the file:
-    complete = a complete run folder (:func:`run_state`) with its executed notebook."""
-    if not run_dir.exists():
-        failed = results_dir / "failed" / f"{rid}.ipynb"
-        if failed.is_file():
-            return "failed", f"the last attempt failed; its notebook is {failed}"
-        return "missing", None
-    state = run_state(run_dir)
-    if not state.complete:
-        return "incomplete", state.problem
-    if not state.notebook:
-        return "incomplete", f"{run_dir}: run.ipynb is missing (the study runner had not placed it)"
-    return "complete", None
 
 
 def _refuse_foreign(p: Point) -> None:
@@ -412,6 +403,7 @@ def _sweep(profile: Profile, *, jobs, executor: Executor, notebook, progress, ou
                              + (f" (log: {oc.log})" if oc.log else "") if oc.state == "failed" else None)
     with contextlib.suppress(OSError):
         (results_dir / ".notebooks").rmdir()  # only if empty
+    audit_failed = audit_points(pl, status, log=log, progress=progress)
     rows = list(status.values())
     ran = sum(r["state"] == "complete" and not r["cached"] for r in rows)
     cached = sum(r["cached"] for r in rows)
@@ -423,90 +415,49 @@ def _sweep(profile: Profile, *, jobs, executor: Executor, notebook, progress, ou
           f"in {wall:.1f} s — results in {results_dir}", file=out)
     if failed:
         print(f"the executed notebooks of the failed runs, with their errors, are in {results_dir / 'failed'}", file=out)
-    return 1 if failed else 0
+    audited = sum(bool(r.get("audited")) for r in rows)
+    if audited or audit_failed:
+        print(f"{profile.name}: {audited} run(s) audited (audit.json in their folders), {audit_failed} audit(s) failed", file=out)
+    return 1 if failed or audit_failed else 0
 
 
-def write_manifest(pl: Plan, status: dict[str, dict[str, Any]]) -> None:
-    """``study.json``: what this sweep ran — the profile as run (after ``--set``), its datasets,
-    book settings and kernel, and every point with its config and state. The book and ``study
-    status`` read this, never the profile."""
-    rows = [{**status[p.run_id], "run_dir": str(p.run_dir), "config": p.config.to_dict()} for p in pl.points]
-    used = {p.entry.name for p in pl.points}
-    datasets = [{"name": d.name, "dataset": d.dataset, "data_dir": str(resolve_path(d.data_dir).absolute()),
-                 "dataset_options": d.dataset_options} for d in pl.profile.datasets if d.name in used]
-    atomic_write_json(pl.results_dir / MANIFEST, {"profile": pl.profile.name, "datasets": datasets,
-                                                  "book": pl.profile.book, "kernel": pl.kernel, "points": rows})
+def audit_points(pl: Plan, status: dict[str, dict[str, Any]], *, log: Log, progress: bool = True) -> int:
+    """Audit the complete runs the profile's ``audit:`` block selects (:mod:`privrad.audit`):
+    each gets ``audit.json`` unless it already holds an audit with the same settings. Audits run
+    here, in the sweep's process, one after the other (a canary run trains the run's
+    configuration again), after every run finished. Returns the number of audits that failed;
+    a failure names the run and is logged, and the other audits go on."""
+    from privrad.audit import audit_run, summary_line
+    from privrad.errors import PrivradError
+    from privrad.runs import read_audit
 
-
-def read_manifest(results_dir: Path) -> dict | None:
-    """The last sweep's ``study.json`` (None when no sweep has started); unreadable → one sentence."""
-    path = results_dir / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(doc.get("points"), list):
-            raise ValueError("no points")
-    except (OSError, ValueError, AttributeError):
-        raise ConfigError(f"{path} cannot be read (truncated or edited); run the study again to rewrite it.") from None
-    return doc
-
-
-def summary_table(rows: list[dict[str, Any]]) -> str:
-    import pandas as pd
-
-    if not rows:
-        return "(no runs)"
-    df = pd.DataFrame(rows)
-    df["state"] = [("cached" if c else s) if s == "complete" else s for s, c in zip(df["state"], df["cached"])]
-    columns = ["state", "run_id", "dataset", "model", "method", "epsilon", "seed", "seconds", "error"]
-    if "job" in df and df["job"].notna().any():  # Slurm: each run's job id and log, beside its error
-        columns[-1:-1] = ["job", "log"]
-    df = df.reindex(columns=columns)
-    df["run_id"] = df["run_id"].map(_short_id)
-    df[columns[-3:]] = df[columns[-3:]].fillna("")
-    order = {"failed": 0, "incomplete": 1, "missing": 2, "complete": 3, "cached": 4}
-    df = df.sort_values("state", key=lambda s: s.map(order), kind="stable")
-    with pd.option_context("display.width", 200, "display.max_colwidth", 80, "display.max_rows", 1000):
-        return df.to_string(index=False)
-
-
-def _short_id(run_id: str) -> str:
-    """The hash part of a run id (the rest is in the table's other columns)."""
-    return run_id.rsplit("__", 1)[-1][:12]
-
-
-def study_status(results_dir: Path, profile_name: str, out=sys.stdout) -> int:
-    """What the last sweep recorded, checked against the run folders on disk now: each point's
-    state, and for an incomplete one the folder and the file at fault."""
-    import pandas as pd
-
-    manifest = read_manifest(results_dir)
-    if manifest is None:
-        print(f"no sweep has been started for profile {profile_name} in {results_dir}; run `privrad study run --profile {profile_name}`.", file=out)
+    settings = pl.profile.audit_settings()
+    if settings is None:
         return 0
-    rows = manifest["points"]
-    for r in rows:
-        r["state"], r["problem"] = point_state(results_dir / r["run_id"], r["run_id"], results_dir)
-    columns = ["state", "run_id", "dataset", "model", "method", "epsilon", "seed"]
-    jobs = {r["job"] for r in rows if r.get("job") and r["state"] != "complete"}
-    if jobs:  # runs submitted to Slurm that are not complete: what Slurm says of their jobs
-        from privrad.slurm import describe
-
-        said = describe(jobs)
-        for r in rows:
-            r["slurm"] = said.get(r.get("job"), "") if r["state"] != "complete" else ""
-        columns.append("slurm")
-    df = pd.DataFrame(rows)[columns]
-    df["run_id"] = df["run_id"].map(_short_id)
-    with pd.option_context("display.width", 200, "display.max_rows", 1000):
-        print(df.to_string(index=False), file=out)
-    for r in rows:
-        if r["state"] == "incomplete":
-            print(f"incomplete: {r['problem']}", file=out)
-    counts = df["state"].value_counts()
-    print(", ".join(f"{s}: {counts[s]}" for s in RUN_STATES if s in counts), file=out)
-    return 0
+    chosen = [p for p in pl.points if settings.selects(p.config) and status[p.run_id]["state"] == "complete"]
+    failed = 0
+    for i, p in enumerate(chosen, 1):
+        done = read_audit(p.run_dir)
+        if done is not None and done.get("settings") == settings.recorded():
+            status[p.run_id]["audited"] = True
+            continue
+        if progress:
+            print(f"privrad: auditing {i}/{len(chosen)}: {p.label} …", file=sys.stderr)
+        log.event("audit_start", **p.row())
+        t0 = time.time()
+        try:
+            doc = audit_run(p.run_dir, settings)
+        except PrivradError as exc:
+            failed += 1
+            log.event("audit_failed", **p.row(), error=str(exc))
+            print(f"privrad: audit failed: {p.label} ({p.run_id}): {exc}", file=sys.stderr)
+            continue
+        status[p.run_id]["audited"] = True
+        log.event("audit_end", **p.row(), seconds=round(time.time() - t0, 1), summary=summary_line(doc))
+        if progress:
+            print(f"privrad: {summary_line(doc)}", file=sys.stderr)
+    write_manifest(pl, status)
+    return failed
 
 
 # ----------------------------------------------------------------------------- CLI

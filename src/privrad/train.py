@@ -23,7 +23,9 @@ guarantee depends on passed explicitly); this loop only feeds it:
   on a GPU that supports it and float32 on a CPU.
 * **Physical batch** ``auto``: as many reports per chunk as the GPU memory given to the run
   holds, from a two-point probe of the longest reports before training
-  (:func:`auto_physical_batch_size`); the number used is recorded in ``config.json``.
+  (:func:`auto_physical_batch_size`); the number used is recorded in ``config.json``. A run that
+  withholds its training statistics probes placeholder reports of ``max_length`` tokens instead,
+  so that neither the number nor its recorded source depends on the training reports.
 
 Non-private training uses shuffled fixed-size batches (the standard baseline) and the same
 micro-batch split, with gradients summed over the chunks and divided by the logical batch size.
@@ -36,7 +38,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Collection
 
 import numpy as np
 import torch
@@ -45,7 +47,7 @@ from torch.nn.functional import binary_cross_entropy_with_logits
 from privrad.config import RunConfig
 from privrad.data.tokenize import EncodedDataset, collate
 from privrad.errors import ConfigError
-from privrad.privacy import epsilon_from_history
+from privrad.accounting import epsilon_from_history
 
 GRAD_SAMPLE_MODES = ("hooks",)  # exact for LoRA on BERT and ALBERT; faster modes: see issue 5
 
@@ -187,10 +189,33 @@ def _logical_cap(cfg: RunConfig, n: int) -> int:
     return int(np.ceil(cfg.batch_size + 4 * np.sqrt(cfg.batch_size * (1 - q))))
 
 
-def auto_physical_batch_size(net, data: EncodedDataset, cfg: RunConfig, precision: str) -> tuple[int, str]:
+def probe_rows(data: EncodedDataset, cfg: RunConfig, *, lengths_public: bool = True) -> tuple[list, int]:
+    """The 6 rows :func:`auto_physical_batch_size` measures, longest first, and their width in tokens.
+
+    ``lengths_public``: the 6 longest training reports (every chunk is at most as wide). Otherwise
+    (a run that withholds ``longest_report``, :data:`privrad.privacy.TRAINING_STATISTICS`) 6
+    placeholder rows of ``max_length`` padding tokens — with zero frozen-layer features of the
+    features' width — which no report exceeds: memory depends on shapes only, so the size chosen
+    is as safe and is a function of the model, ``max_length`` and the GPU alone, never of the
+    training reports."""
+    if lengths_public:
+        longest = sorted(range(len(data)), key=lambda i: -len(data.encoded.input_ids[i]))[:6]
+        return [data[i] for i in longest], len(data.encoded.input_ids[longest[0]])
+    width = int(cfg.max_length)
+    ids = np.full(width, data.encoded.pad_token_id, dtype=np.int64)
+    row = (ids, np.zeros(data.labels.shape[1], np.float32), np.ones(data.labels.shape[1], bool), 1.0)
+    if data.features is not None:
+        feature = np.asarray(data.features[0])
+        row = (*row, np.zeros((width, feature.shape[1]), dtype=feature.dtype))
+    return [row] * 6, width
+
+
+def auto_physical_batch_size(net, data: EncodedDataset, cfg: RunConfig, precision: str, *,
+                             lengths_public: bool = True) -> tuple[int, str]:
     """Reports per chunk for ``physical_batch_size: auto``, and how it was found.
 
-    On a GPU: forward + backward of the 2 and then 6 longest training reports measure the memory
+    On a GPU: forward + backward of the 2 and then 6 longest training reports (:func:`probe_rows`;
+    placeholders of ``max_length`` tokens when ``lengths_public`` is false) measure the memory
     one more report takes (at the longest length, so every chunk fits) and the fixed part; a
     private run adds its per-sample gradients (3 copies of the trainable weights per report:
     the gradients, their clipped form and the norms' temporaries). The budget is
@@ -207,11 +232,10 @@ def auto_physical_batch_size(net, data: EncodedDataset, cfg: RunConfig, precisio
     share = os.environ.get("PRIVRAD_GPU_MEMORY_GB")
     free, _ = torch.cuda.mem_get_info(device)
     limit = float(share) * 2**30 if share else free + torch.cuda.memory_reserved(device)
-    longest = sorted(range(len(data)), key=lambda i: -len(data.encoded.input_ids[i]))[:6]
+    rows, width = probe_rows(data, cfg, lengths_public=lengths_public)
     peaks = {}
     for b in (2, 6):
-        rows = longest[:b]
-        batch = _to(_batch(data, rows), device)
+        batch = _to(collate(rows[:b], data.encoded.pad_token_id), device)
         torch.cuda.synchronize(device)
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -222,7 +246,6 @@ def auto_physical_batch_size(net, data: EncodedDataset, cfg: RunConfig, precisio
         peaks[b] = torch.cuda.max_memory_allocated(device) - base
         net.zero_grad(set_to_none=True)
         del batch, logits
-    width = len(data.encoded.input_ids[longest[0]])
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     per_report = max(1.0, (peaks[6] - peaks[2]) / 4) + (3 * 4 * trainable if cfg.private else 0)
     fixed = max(0.0, peaks[2] - 2 * per_report)
@@ -231,7 +254,8 @@ def auto_physical_batch_size(net, data: EncodedDataset, cfg: RunConfig, precisio
     size = max(1, min(cap, n if n < 16 else n - n % 8))
     need_gb = (torch.cuda.memory_allocated(device) + fixed + 8 * per_report) / AUTO_MEMORY_SHARE / 2**30
     return size, (f"auto: {AUTO_MEMORY_SHARE:.0%} of {limit / 2**30:.1f} GB ({'share' if share else 'free'}), "
-                  f"{per_report / 2**20:.1f} MB per report at {width} tokens, {fixed / 2**20:.0f} MB fixed; "
+                  f"{per_report / 2**20:.1f} MB per report at {width} tokens"
+                  f"{'' if lengths_public else ' (max_length: the training lengths are withheld)'}, {fixed / 2**20:.0f} MB fixed; "
                   f"logical cap {cap}; a chunk of 8 needs {need_gb:.2f} GB")
 
 
@@ -306,12 +330,14 @@ def _inputs(batch: dict) -> dict:
 
 
 def train(model, data: EncodedDataset, cfg: RunConfig, *, delta: float | None = None, progress: bool = True,
-          units=None) -> TrainResult:
+          units=None, withheld: Collection[str] = ()) -> TrainResult:
     """Fine-tune ``model`` (a model, or its :class:`~privrad.features.Classifier`) on ``data``
     (the encoded training split, with frozen-layer features if the classifier has a frozen prefix).
-    ``units``: the patient of each training example, needed by ``privacy_unit = "patient"``."""
-    from tqdm import tqdm
-
+    ``units``: the patient of each training example, needed by ``privacy_unit = "patient"``.
+    ``withheld``: the training statistics this run must not reveal (``release_terms["withheld"]``,
+    :data:`privrad.privacy.TRAINING_STATISTICS`): with ``loss`` the progress bar shows ε only,
+    with ``longest_report`` the auto physical batch probes placeholders of ``max_length`` tokens.
+    The curve returned still holds every statistic; the run writer drops them from the folder."""
     from privrad.progress import Reporter
 
     from privrad.features import Classifier
@@ -328,7 +354,8 @@ def train(model, data: EncodedDataset, cfg: RunConfig, *, delta: float | None = 
     precision = resolve_precision(cfg.precision, device)
     physical, physical_source = cfg.physical_batch_size, "config"
     if physical == "auto":  # before seeding: the probe's dropout draws do not shift training's
-        physical, physical_source = auto_physical_batch_size(net, data, cfg, precision)
+        physical, physical_source = auto_physical_batch_size(net, data, cfg, precision,
+                                                             lengths_public="longest_report" not in withheld)
     seed_everything(cfg.seed)
     sample_gen, noise_gen = dp_generators(cfg, device)  # data order: on the CPU, identical on every device
     params = [p for p in model.parameters() if p.requires_grad]
@@ -336,7 +363,8 @@ def train(model, data: EncodedDataset, cfg: RunConfig, *, delta: float | None = 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, cfg.warmup_ratio))
     watched = {name: p.detach().clone() for name, p in model.named_parameters()
                if p.requires_grad and ("lora_" in name or cfg.method == "full")}
-    report = Reporter()  # the sweep's progress line for this run (a no-op outside a sweep)
+    # the sweep's progress line for this run (a no-op outside a sweep) and, with ``progress``, a training bar
+    report = Reporter(bar=progress, desc=f"train ε={cfg.epsilon if cfg.private else '∞'}")
     t_cal = time.perf_counter()
     if cfg.private:
         report.phase("calibrating noise")
@@ -350,10 +378,11 @@ def train(model, data: EncodedDataset, cfg: RunConfig, *, delta: float | None = 
     t_cal = time.perf_counter() - t_cal  # noise calibration (cached on disk across runs)
     curve, step = [], 0
     drawn = hashlib.sha256()  # a digest of every batch drawn (kept in memory for checks; never written)
-    bar = tqdm(total=total, disable=not progress, desc=f"train ε={cfg.epsilon if cfg.private else '∞'}", leave=False)
     checkpoints = set(np.linspace(1, total, min(total, CURVE_EPSILON_POINTS)).round().astype(int).tolist())
     epochs = math.ceil(cfg.num_epochs)
     report.step(0, total, epoch=1, num_epochs=epochs)
+    t_loop = time.perf_counter()
+    first_step_s, accounting_s = 0.0, 0.0  # what a short run has more of per step than a long one
     for indices in trainer.batches:
         drawn.update(np.asarray(sorted(indices), dtype=np.int64).tobytes() + b"|")
         chunks = _chunks(indices, data, physical, units=getattr(trainer, "units", None))
@@ -372,17 +401,22 @@ def train(model, data: EncodedDataset, cfg: RunConfig, *, delta: float | None = 
         scheduler.step()
         if step == 1:
             _check_first_step(model, watched)
+            first_step_s = time.perf_counter() - t_loop
         row = {"step": step, "loss": loss_sum / max(1, len(indices)), "lr": scheduler.get_last_lr()[0],
                "batch_size": len(indices)}
+        shown = {} if "loss" in withheld else {"loss": f"{row['loss']:.3f}"}  # the bar may reach a notebook's output
         if cfg.private and step in checkpoints:
+            t_acc = time.perf_counter()
             row["epsilon_spent"] = epsilon_from_history(trainer.history, delta, accountant="pld", pld_interval=cfg.epsilon / 200)
-            bar.set_postfix(loss=f"{row['loss']:.3f}", eps=f"{row['epsilon_spent']:.3g}")
-        elif step % 10 == 0 or step == total:
-            bar.set_postfix(loss=f"{row['loss']:.3f}")
+            accounting_s += time.perf_counter() - t_acc
+            postfix = {**shown, "eps": f"{row['epsilon_spent']:.3g}"}
+        elif shown and (step % 10 == 0 or step == total):
+            postfix = shown
+        else:
+            postfix = {}
         curve.append(row)
-        bar.update(1)
-        report.step(step, total, epoch=min(epochs, 1 + (step - 1) * epochs // total), num_epochs=epochs)
-    bar.close()
+        report.step(step, total, epoch=min(epochs, 1 + (step - 1) * epochs // total), num_epochs=epochs, **postfix)
+    report.close()
     sigma, history = None, []
     if cfg.private:
         sigma, history = trainer.noise_multiplier, trainer.close()
@@ -391,7 +425,8 @@ def train(model, data: EncodedDataset, cfg: RunConfig, *, delta: float | None = 
     return TrainResult(model, curve, history, sigma, q, total, delta, time.perf_counter() - t0,
                        info={"empty_batches": sum(r["batch_size"] == 0 for r in curve), "batches_digest": drawn.hexdigest(),
                              "precision": precision, "physical_batch_size": int(physical),
-                             "physical_batch_source": physical_source, "calibrate_s": t_cal})
+                             "physical_batch_source": physical_source, "calibrate_s": t_cal,
+                             "setup_s": t_loop - t0 - t_cal, "first_step_s": first_step_s, "accounting_s": accounting_s})
 
 
 def _to(batch: dict, device: torch.device) -> dict:
@@ -429,4 +464,4 @@ def predict_proba(model, data: EncodedDataset, *, batch_size: int = 64, precisio
 
 
 __all__ = ["TrainResult", "train", "predict_proba", "planned_steps", "example_losses", "seed_everything", "dp_generators",
-           "autocast", "resolve_precision", "auto_physical_batch_size", "per_sample_gradients", "bf16_gradient_error"]
+           "autocast", "resolve_precision", "auto_physical_batch_size", "probe_rows", "per_sample_gradients", "bf16_gradient_error"]

@@ -1,0 +1,525 @@
+"""Does DP protect the reports? Membership inference and a one-run canary audit of a trained run.
+
+Two attacks, one file (``audit.json`` in the audited run's folder, written by
+:func:`privrad.runs.write_audit`):
+
+* **Membership inference** (:func:`membership_inference`) on the run itself: the attacker holds a
+  report and the released model and guesses whether the report was a training report. The score
+  is the model's log-likelihood of the report's labels (minus its loss: a report seen in training
+  tends to have a lower loss). Members are training reports, non-members the held-out test reports
+  of the same distribution (their probabilities are the run's ``predictions.npz``). Reported: ROC
+  AUC with a bootstrap 95 % interval, TPR at 1 % and 0.1 % FPR, and the ROC curve on a fixed grid.
+* **Canaries and a one-run audit** (:func:`canary_audit`) of Steinke, Nasr and Jagielski (2023,
+  "Privacy Auditing with One (1) Training Run", arXiv 2305.08846): ``m`` unique synthetic reports
+  with random label vectors, each added to the training split by a fair coin, are trained on in a
+  *separate* run of the same configuration (the published run never sees them). Afterwards every
+  canary is scored, the attacker guesses "in" for the highest and "out" for the lowest scores and
+  abstains on the rest; the number of correct guesses turns into an empirical lower bound on ε at
+  a stated confidence (:func:`one_run_epsilon`): the largest ε for which an (ε, δ)-DP training
+  would make that many correct guesses less likely than ``1 - confidence``.
+
+What the bound says: if the audited run were (ε, δ)-DP with ε below the bound, a result at least
+this good would have had probability below ``1 - confidence``. It can refute a privacy claim (a
+bound above the accounted ε means a bug, or bad luck at that confidence), never prove one: a weak
+attack gives a small bound for any model.
+
+The bound is computed with :mod:`scipy.stats` (the paper's analysis: the number of correct guesses
+of an ε-DP run is dominated by a binomial with success probability ``e^ε / (1 + e^ε)``; for
+(ε, δ)-DP a term proportional to ``2 m δ`` is added to the p-value). ``jax_privacy.auditing`` (Google) implements the same bound,
+but the package imports JAX, optax and chex; privrad's tests check agreement with values it gives.
+
+Every number in ``audit.json`` is an aggregate (no per-report score): for a private run on
+credentialed data they are still functions of the training split outside ε, as ``audit.json``'s
+``covered_by_epsilon: false`` says.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from privrad.errors import ConfigError, DataError
+
+#: False positive rates at which the true positive rate of an attack is reported.
+FPR_TARGETS = (0.01, 0.001)
+#: The FPR grid of the ROC curves stored in audit.json (log-spaced, for log-axis plots).
+ROC_GRID = tuple(float(x) for x in np.unique(np.concatenate([np.logspace(-3, 0, 31), np.linspace(0, 1, 21)])))
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """What an audit does: the profile's ``audit:`` block, or ``privrad audit``'s flags.
+
+    ``canaries``: m, the synthetic reports of the one-run audit (0 skips it and its training run);
+    ``confidence``: of the ε lower bound; ``members``: at most this many training reports (and as
+    many test reports) scored by the membership-inference attack; ``n_bootstrap``: resamples of the
+    AUC intervals; ``seed``: canary texts, labels, coins and the attacker's samples.
+    ``runs``: which runs of a study are audited — a mapping of config field → value or list of
+    values that a run must all match (e.g. ``{model: minilm-l3, epsilon: [1, null]}``); empty:
+    every run. ``privrad audit RUN_DIR`` ignores it.
+    """
+
+    canaries: int = 64
+    confidence: float = 0.95
+    members: int = 500
+    n_bootstrap: int = 1000
+    seed: int = 0
+    runs: dict | None = None
+
+    @classmethod
+    def from_dict(cls, raw: Any, *, where: str) -> "AuditSettings":
+        if raw is None or raw is False:
+            raise ConfigError(f"{where}: `audit` is off; give a mapping such as {{canaries: 64}} to turn it on.")
+        if raw is True:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: `audit` must be a mapping such as {{canaries: 64, runs: {{epsilon: [1, null]}}}}.")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(f"{where}: unknown audit key(s) {', '.join(unknown)}; known keys are: {', '.join(sorted(known))}.")
+        s = cls(**raw)
+        s.check(where=where)
+        return s
+
+    def check(self, *, where: str = "audit") -> "AuditSettings":
+        def whole(name: str, low: int) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ConfigError(f"{where}: audit {name} = {v!r} must be a whole number ≥ {low}.")
+
+        whole("canaries", 0)
+        whole("members", 2)
+        whole("n_bootstrap", 0)
+        whole("seed", 0)
+        if self.canaries and self.canaries < 4:
+            raise ConfigError(f"{where}: audit canaries = {self.canaries} is too few to guess on; give 0 (no canary run) or at least 4.")
+        c = self.confidence
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0.5 <= c < 1:
+            raise ConfigError(f"{where}: audit confidence = {c!r} must be a number in [0.5, 1), e.g. 0.95.")
+        if self.runs is not None and not isinstance(self.runs, dict):
+            raise ConfigError(f"{where}: audit runs = {self.runs!r} must be a mapping of config fields to values, e.g. {{epsilon: [1, null]}}.")
+        if self.runs:
+            from privrad.config import FIELDS
+
+            bad = sorted(set(self.runs) - set(FIELDS))
+            if bad:
+                raise ConfigError(f"{where}: audit runs names unknown config field(s) {', '.join(bad)}; use fields such as model, epsilon, dataset.")
+        return self
+
+    def selects(self, config) -> bool:
+        """Whether a run of this config is audited (every key of ``runs`` matches)."""
+        cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+        for key, want in (self.runs or {}).items():
+            values = want if isinstance(want, list) else [want]
+            have = cfg.get(key)
+            if not any(_same(have, v) for v in values):
+                return False
+        return True
+
+    def recorded(self) -> dict:
+        """What audit.json records of the settings (``runs`` is the study's business)."""
+        d = asdict(self)
+        d.pop("runs")
+        return d
+
+
+def _same(a, b) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(float(a), float(b))
+    return a == b
+
+
+# ----------------------------------------------------------------------------- the one-run bound
+
+
+def one_run_p_value(m: int, r: int, v: int, epsilon: float, delta: float = 0.0) -> float:
+    """P[at least ``v`` of ``r`` guesses correct] for an (ε, δ)-DP run audited with ``m`` canaries.
+
+    Steinke, Nasr and Jagielski (2023): with δ = 0 the correct guesses are dominated by
+    Binomial(r, e^ε / (1 + e^ε)); with δ > 0 the p-value gains ``2 m δ`` times the largest average
+    of the binomial's mass just below ``v``. A p-value: small means the claim is refuted.
+    """
+    if not (0 <= v <= r <= m):
+        raise ValueError(f"one_run_p_value needs 0 ≤ v ≤ r ≤ m (got m={m}, r={r}, v={v})")
+    if epsilon < 0 or not 0 <= delta <= 1:
+        raise ValueError(f"one_run_p_value needs ε ≥ 0 and 0 ≤ δ ≤ 1 (got ε={epsilon}, δ={delta})")
+    from scipy.special import expit
+    from scipy.stats import binom
+
+    q = float(expit(epsilon))  # accuracy of ε-DP randomized response
+    beta = float(binom.sf(v - 1, r, q))  # P[Binomial(r, q) ≥ v]
+    if delta == 0 or v == 0:
+        return min(beta, 1.0)
+    i = np.arange(1, v + 1)
+    below = binom.sf(v - i - 1, r, q) - beta  # P[v - i ≤ Binomial(r, q) < v]
+    alpha = float(np.max(below / i))
+    return min(beta + alpha * delta * 2 * m, 1.0)
+
+
+def one_run_epsilon(m: int, r: int, v: int, *, delta: float = 0.0, confidence: float = 0.95) -> float:
+    """The empirical lower bound on ε: the largest ε at which :func:`one_run_p_value` of ``v``
+    correct out of ``r`` guesses (``m`` canaries) is still below ``1 - confidence``; 0 when even
+    ε = 0 is not refuted (e.g. no guesses, or no better than a coin)."""
+    from scipy.optimize import brentq
+
+    alpha = 1 - confidence
+    if r == 0 or one_run_p_value(m, r, v, 0.0, delta) >= alpha:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while one_run_p_value(m, r, v, hi, delta) < alpha:
+        lo, hi = hi, 2 * hi
+        if hi > 1e3:  # p-value below alpha for every ε: only possible with δ = 0 and all correct; cannot happen for r ≥ 1
+            return math.inf
+    return float(brentq(lambda e: one_run_p_value(m, r, v, e, delta) - alpha, lo, hi, xtol=1e-6))
+
+
+def guess_counts(m: int) -> list[int]:
+    """The numbers of guesses tried, fixed before the scores are seen: m/8, m/4, m/2 and m
+    (even, ≥ 2). The bound is the best over them with a Bonferroni correction."""
+    return sorted({max(2, 2 * round(m * f / 2)) for f in (1 / 8, 1 / 4, 1 / 2, 1)} & set(range(2, m + 1)))
+
+
+def guesses(scores: np.ndarray, r: int) -> np.ndarray:
+    """+1 ("in") for the ``r / 2`` highest scores, -1 ("out") for the ``r / 2`` lowest, 0 (abstain)
+    for the rest. Ties are broken by position (the canaries are in random order)."""
+    scores = np.asarray(scores, dtype=float)
+    order = np.argsort(-scores, kind="stable")
+    t = np.zeros(len(scores), dtype=int)
+    k_in = r // 2
+    t[order[:k_in]] = 1
+    if r - k_in:
+        t[order[-(r - k_in):]] = -1
+    return t
+
+
+def one_run_audit(scores: Sequence[float], included: Sequence[bool], *, delta: float, confidence: float = 0.95,
+                  counts: Sequence[int] | None = None) -> dict:
+    """The one-run audit of canary ``scores`` (higher = more likely trained on) against the coins
+    ``included``: for each number of guesses in ``counts`` (default :func:`guess_counts`), the
+    correct guesses and the bound at confidence ``1 - (1 - confidence) / len(counts)``
+    (Bonferroni); ``epsilon_lower_bound`` is the best of them, at ``confidence``."""
+    scores = np.asarray(scores, dtype=float)
+    s = np.where(np.asarray(included, dtype=bool), 1, -1)
+    m = len(scores)
+    counts = list(counts) if counts is not None else guess_counts(m)
+    each = 1 - (1 - confidence) / max(1, len(counts))
+    tried = []
+    for r in counts:
+        t = guesses(scores, r)
+        v = int((t * s > 0).sum())
+        tried.append({"guesses": int(r), "correct": v, "epsilon_lower_bound": one_run_epsilon(m, r, v, delta=delta, confidence=each)})
+    best = max(tried, key=lambda x: x["epsilon_lower_bound"], default={"guesses": 0, "correct": 0, "epsilon_lower_bound": 0.0})
+    return {"canaries": m, "included": int(s.clip(0).sum()), "delta": delta, "confidence": confidence,
+            "epsilon_lower_bound": best["epsilon_lower_bound"], "guesses": best["guesses"], "correct": best["correct"],
+            "tried": tried}
+
+
+# ----------------------------------------------------------------------------- attack summaries
+
+
+def roc_summary(member_scores: Sequence[float], nonmember_scores: Sequence[float], *, n_bootstrap: int = 1000,
+                seed: int = 0) -> dict:
+    """An attack's ROC on members (positives) vs non-members: AUC with a bootstrap 95 % interval
+    (members and non-members resampled separately), TPR at :data:`FPR_TARGETS` (the largest TPR at
+    an FPR no larger; with fewer than 1 / FPR non-members only FPR 0 qualifies) and the curve
+    interpolated on :data:`ROC_GRID`."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    pos, neg = np.asarray(member_scores, dtype=float), np.asarray(nonmember_scores, dtype=float)
+    if len(pos) == 0 or len(neg) == 0:
+        raise DataError(f"an attack needs members and non-members to score (got {len(pos)} and {len(neg)}).")
+    y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+    x = np.r_[pos, neg]
+    auc = float(roc_auc_score(y, x))
+    fpr, tpr, _ = roc_curve(y, x)
+    out = {"n_members": int(len(pos)), "n_nonmembers": int(len(neg)), "auc": auc,
+           "tpr_at_fpr": {f"{f:g}": float(tpr[fpr <= f].max()) for f in FPR_TARGETS},
+           "roc": {"fpr": list(ROC_GRID), "tpr": [float(t) for t in np.interp(ROC_GRID, fpr, tpr)]}}
+    if n_bootstrap:
+        rng = np.random.default_rng(seed)
+        aucs = np.empty(n_bootstrap)
+        for b in range(n_bootstrap):
+            p, n = rng.choice(pos, len(pos)), rng.choice(neg, len(neg))
+            aucs[b] = roc_auc_score(y, np.r_[p, n])
+        out["auc_ci95"] = [float(np.quantile(aucs, 0.025)), float(np.quantile(aucs, 0.975))]
+    return out
+
+
+def label_log_likelihood(probabilities: np.ndarray, labels: np.ndarray, label_mask: np.ndarray) -> np.ndarray:
+    """Per report: the mean log-likelihood of its (unmasked) labels under the model — minus the
+    training loss (:func:`privrad.train.example_losses`), the membership score."""
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-7, 1 - 1e-7)
+    y, mask = np.asarray(labels, dtype=np.float64), np.asarray(label_mask, dtype=bool)
+    ll = (y * np.log(p) + (1 - y) * np.log1p(-p)) * mask
+    return ll.sum(1) / np.maximum(mask.sum(1), 1)
+
+
+# ----------------------------------------------------------------------------- scoring a run's model
+
+
+def model_probabilities(run, reports, *, device: str = "cpu") -> np.ndarray:
+    """The probabilities the run's saved weights give ``reports`` (a ReportDataset), exactly as
+    the run computed its test predictions (same tokenizer, max_length, precision)."""
+    from privrad.data.tokenize import EncodedDataset, tokenize_dataset
+    from privrad.models import load_tokenizer
+    from privrad.runs import load_model
+    from privrad.train import predict_proba, resolve_precision
+
+    cfg = run.config
+    model = load_model(run, device=device)
+    enc = EncodedDataset(tokenize_dataset(reports, load_tokenizer(cfg.model), max_length=cfg.max_length), reports.labels,
+                         reports.label_mask)
+    precision = run.info.get("precision") or resolve_precision(cfg.precision, device)
+    return predict_proba(model, enc, precision=precision)
+
+
+def _load_data(run, dataset=None):
+    from privrad.data import load_dataset
+
+    cfg = run.config
+    if dataset is not None:
+        ds = dataset
+    else:
+        try:
+            ds = load_dataset(cfg.dataset, cfg.data_dir, **cfg.dataset_options)
+        except (ConfigError, DataError) as exc:
+            raise DataError(f"{run.run_dir}: the run's dataset cannot be read again ({str(exc).rstrip('.')}); "
+                            "the audit needs the training reports.") from None
+    if ds.fingerprint != run.info["dataset_fingerprint"]:
+        raise DataError(f"{run.run_dir}: the reports in {cfg.data_dir} changed since this run trained (dataset fingerprint differs); "
+                        "audit a run of the current data, or restore the data it trained on.")
+    return ds
+
+
+def membership_inference(run, dataset, settings: AuditSettings, *, device: str = "cpu") -> dict:
+    """The loss attack on a trained run: training reports (at most ``settings.members``, drawn at
+    random) against as many test reports (their probabilities from ``predictions.npz``)."""
+    train, test = dataset.split("train"), dataset.split("test")
+    n = min(settings.members, len(train), len(test))
+    rng = np.random.default_rng(settings.seed)
+    members = train.subset(np.sort(rng.choice(len(train), n, replace=False)))
+    pred = run.predictions()
+    pick = np.sort(rng.choice(len(test), n, replace=False))
+    nonmember = label_log_likelihood(pred["probabilities"][pick], pred["labels"][pick], pred["label_mask"][pick])
+    member = label_log_likelihood(model_probabilities(run, members, device=device), members.labels, members.label_mask)
+    return {"score": "mean label log-likelihood (minus the loss)",
+            "members": "training reports", "nonmembers": "test reports",
+            **roc_summary(member, nonmember, n_bootstrap=settings.n_bootstrap, seed=settings.seed)}
+
+
+# ----------------------------------------------------------------------------- canaries
+
+
+def canary_words(model: str) -> list[str]:
+    """The words canaries are made of: the whole lower-case words (4 to 12 letters) of the
+    model's tokenizer vocabulary, so that each is one token and no report text is involved."""
+    from privrad.models import load_tokenizer
+
+    vocab = load_tokenizer(model).get_vocab()
+    words = sorted(w for w in vocab if w.isascii() and w.isalpha() and w.islower() and 4 <= len(w) <= 12)
+    if len(words) < 50:
+        raise ConfigError(f"the tokenizer of model {model!r} has only {len(words)} whole words to make canaries of; audit a model with a word vocabulary.")
+    return words
+
+
+def make_canaries(dataset, m: int, *, words: Sequence[str], seed: int = 0, length: int = 16):
+    """``m`` canaries for ``dataset``: unique synthetic reports (``length`` random words each) with
+    uniformly random label vectors (every label observed), each its own patient, all in the
+    training split. Returns (canaries as a ReportDataset, coins: which ones training sees)."""
+    from privrad.data.base import ReportDataset
+
+    rng = np.random.default_rng([seed, 0xCA4A])
+    texts = [" ".join(rng.choice(words, length)) for _ in range(m)]
+    labels = rng.integers(0, 2, size=(m, dataset.n_labels)).astype(np.float32)
+    included = rng.random(m) < 0.5
+    ids = tuple(f"canary-{i:04d}" for i in range(m))
+    canaries = ReportDataset(name=dataset.name, label_names=dataset.label_names, ids=ids, patient_ids=ids, texts=texts,
+                             labels=labels, label_mask=np.ones_like(labels, dtype=bool), splits=np.array(["train"] * m),
+                             credentialed=False, provenance={"canaries": m, "seed": seed})
+    return canaries, included
+
+
+def with_reports(dataset, extra):
+    """``dataset`` with the reports of ``extra`` appended (the training split's order kept, the
+    extra reports last: cached frozen-layer features of the original reports are reused)."""
+    import dataclasses
+
+    taken = set(dataset.ids) & set(extra.ids)
+    if taken:
+        raise DataError(f"dataset {dataset.name!r} already has the id {sorted(taken)[0]!r}; canary ids must be new.")
+    return dataclasses.replace(
+        dataset, ids=dataset.ids + extra.ids, patient_ids=dataset.patient_ids + extra.patient_ids,
+        texts=dataset.texts + extra.texts, labels=np.concatenate([dataset.labels, extra.labels]),
+        label_mask=np.concatenate([dataset.label_mask, extra.label_mask]),
+        splits=np.concatenate([dataset.splits, extra.splits]),
+        provenance={**dataset.provenance, "with": extra.provenance})
+
+
+def canary_audit(run, dataset, settings: AuditSettings, *, device: str | None = None, workdir: str | Path | None = None) -> dict:
+    """Train the run's configuration again with ``settings.canaries`` canaries, each added by a
+    fair coin, score every canary with the trained weights and audit the guesses (the one-run
+    audit). The canary run is written to a temporary folder under ``workdir`` and deleted; only
+    its privacy numbers and the audit's aggregates are kept."""
+    from privrad.runs import read_run, run as train_run
+
+    m = settings.canaries
+    canaries, included = make_canaries(dataset, m, words=canary_words(run.config.model), seed=settings.seed)
+    train_with = with_reports(dataset, canaries.subset(np.flatnonzero(included)))
+    workdir = Path(workdir) if workdir is not None else run.run_dir.parent
+    tmp = Path(tempfile.mkdtemp(prefix=".audit-", suffix=".tmp", dir=workdir))  # a killed sweep's leftover is cleaned like a run's
+    try:
+        t0 = time.perf_counter()
+        canary_run = train_run(run.config, run_dir=tmp / "canary-run", dataset=train_with, progress=False, device=device)
+        seconds = time.perf_counter() - t0
+        canary_run = read_run(canary_run.run_dir)
+        probs = model_probabilities(canary_run, canaries, device=canary_run.info["device"])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    scores = label_log_likelihood(probs, canaries.labels, canaries.label_mask)
+    p = canary_run.privacy
+    from privrad.privacy import default_delta
+
+    delta = p["delta"] if p.get("delta") else default_delta(p.get("n_train") or len(train_with.split("train")))
+    audit = one_run_audit(scores, included, delta=delta, confidence=settings.confidence)
+    return {**audit, "score": "mean label log-likelihood of the canary's random labels",
+            "auc": roc_summary(scores[included], scores[~included], n_bootstrap=settings.n_bootstrap, seed=settings.seed),
+            "run": {"epsilon": p["epsilon"], "epsilon_spent": p["epsilon_spent"], "delta": p["delta"],
+                    "noise_multiplier": p["noise_multiplier"], "steps": p["steps"], "n_train": p.get("n_train"),
+                    "weighted_f1": canary_run.metrics["weighted_f1"], "seconds": seconds},
+            "example": canaries.texts[0]}
+
+
+def audit_run(run_dir: str | Path, settings: AuditSettings | None = None, *, device: str | None = None,
+              dataset=None) -> dict:
+    """Audit a complete run folder and write its ``audit.json``; returns the document.
+    ``dataset``: the run's data already loaded (else read from the run's ``data_dir``; either way
+    it must be the data the run trained on)."""
+    from privrad import __version__
+    from privrad.runs import read_run, write_audit
+
+    settings = (settings or AuditSettings()).check()
+    run = read_run(run_dir)
+    if run.config.method not in ("lora", "full"):  # pragma: no cover - guarded by config validation
+        raise ConfigError(f"{run_dir}: cannot audit method {run.config.method!r}.")
+    weights = run.run_dir / ("adapter" if run.config.method == "lora" else "model")
+    if not weights.is_dir():
+        raise DataError(f"{run.run_dir}: the run kept no weights ({weights.name}/ is missing); the audit needs the trained model.")
+    dataset = _load_data(run, dataset)
+    from privrad.runs import _device
+
+    score_device = _device(device)  # the first GPU when there is one, as a run picks it
+    t0 = time.perf_counter()
+    doc: dict[str, Any] = {"run_id": run.run_id, "settings": settings.recorded(), "privrad_version": __version__,
+                           "epsilon": run.privacy["epsilon"], "epsilon_spent": run.privacy["epsilon_spent"],
+                           "delta": run.privacy["delta"],
+                           "covered_by_epsilon": False,
+                           "note": "audit numbers are computed from the training split (and a canary run) and are not covered by ε"}
+    doc["membership"] = membership_inference(run, dataset, settings, device=score_device)
+    doc["membership"]["seconds"] = time.perf_counter() - t0
+    doc["canaries"] = canary_audit(run, dataset, settings, device=device) if settings.canaries else None
+    write_audit(run.run_dir, doc)
+    return doc
+
+
+# ----------------------------------------------------------------------------- gathering audits
+
+
+def audit_table(run_dirs: Sequence[str | Path]):
+    """One row per audited run (runs without ``audit.json`` are left out): what ran, the
+    membership attack's AUC with its interval and TPR at low FPR, and the canary audit — its
+    AUC, the empirical ε lower bound with its confidence and guesses, beside the canary run's
+    accounted ε. The analysis notebook, the audit chapter and the tests read this."""
+    import pandas as pd
+
+    from privrad.runs import read_audit, read_run
+
+    rows = []
+    for d in run_dirs:
+        doc = read_audit(d)
+        if doc is None:
+            continue
+        r = read_run(d)
+        c, mi, can = r.config, doc["membership"], doc.get("canaries") or {}
+        lo, hi = mi.get("auc_ci95") or (math.nan, math.nan)
+        clo, chi = (can.get("auc") or {}).get("auc_ci95") or (math.nan, math.nan)
+        rows.append({"run_id": r.run_id, "run_dir": str(r.run_dir), "dataset": c.dataset, "model": c.model, "method": c.method,
+                     "epsilon": math.inf if c.epsilon is None else float(c.epsilon), "seed": c.seed,
+                     "epsilon_spent": math.inf if doc["epsilon_spent"] is None else float(doc["epsilon_spent"]),
+                     "membership_auc": mi["auc"], "membership_auc_ci95_low": lo, "membership_auc_ci95_high": hi,
+                     "membership_tpr_at_1pct_fpr": mi["tpr_at_fpr"]["0.01"], "membership_tpr_at_0.1pct_fpr": mi["tpr_at_fpr"]["0.001"],
+                     "n_members": mi["n_members"], "n_nonmembers": mi["n_nonmembers"],
+                     "canaries": can.get("canaries"), "canary_auc": (can.get("auc") or {}).get("auc", math.nan),
+                     "canary_auc_ci95_low": clo, "canary_auc_ci95_high": chi,
+                     "epsilon_lower_bound": can.get("epsilon_lower_bound", math.nan), "confidence": can.get("confidence"),
+                     "guesses": can.get("guesses"), "correct": can.get("correct"),
+                     "canary_run_epsilon_spent": (math.inf if (can.get("run") or {}).get("epsilon_spent") is None
+                                                  else float(can["run"]["epsilon_spent"])) if can else math.nan,
+                     "roc_fpr": mi["roc"]["fpr"], "roc_tpr": mi["roc"]["tpr"]})
+    return pd.DataFrame(rows)
+
+
+def refuted(table) -> "Any":
+    """The audited runs whose empirical lower bound exceeds the ε accounted for their canary run:
+    a claim refuted at the audit's confidence (a bug in the DP machinery, or bad luck)."""
+    return table[table["epsilon_lower_bound"] > table["canary_run_epsilon_spent"]] if len(table) else table
+
+
+# ----------------------------------------------------------------------------- `privrad audit`
+
+
+def register_cli(subparsers) -> None:
+    p = subparsers.add_parser("audit", help="membership inference and a one-run canary audit of a run folder (writes audit.json)",
+                              description="Audit a trained run: a loss membership-inference attack on the run, and a one-run "
+                                          "canary audit (a separate training run with canaries) giving an empirical ε lower bound.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a complete run folder (results/<profile>/<run id>)")
+    d = AuditSettings()
+    p.add_argument("--canaries", type=int, default=d.canaries, help=f"canaries of the one-run audit; 0 skips it (default {d.canaries})")
+    p.add_argument("--confidence", type=float, default=d.confidence, help=f"confidence of the ε lower bound (default {d.confidence})")
+    p.add_argument("--members", type=int, default=d.members, help=f"training reports scored by the attack (default {d.members})")
+    p.add_argument("--n-bootstrap", type=int, default=d.n_bootstrap, help=f"resamples of the AUC interval (default {d.n_bootstrap})")
+    p.add_argument("--seed", type=int, default=d.seed, help="canaries, coins and samples (default 0)")
+    p.add_argument("--device", help="cuda, cuda:N or cpu (default: where the run trained)")
+    p.add_argument("--quiet", action="store_true", help="print only the path of audit.json")
+    p.set_defaults(func=_cli_audit)
+
+
+def _cli_audit(args) -> int:
+    from privrad.runs import AUDIT_FILE
+
+    settings = AuditSettings(canaries=args.canaries, confidence=args.confidence, members=args.members,
+                             n_bootstrap=args.n_bootstrap, seed=args.seed).check(where="privrad audit")
+    doc = audit_run(args.run_dir, settings, device=args.device)
+    print(Path(args.run_dir) / AUDIT_FILE)
+    if not args.quiet:
+        print(summary_line(doc))
+    return 0
+
+
+def summary_line(doc: dict) -> str:
+    """One line: the attack's AUC and the empirical ε lower bound beside the accounted ε."""
+    mi = doc["membership"]
+    lo, hi = mi.get("auc_ci95") or (math.nan, math.nan)
+    eps = "∞" if doc["epsilon_spent"] is None else f"{doc['epsilon_spent']:.3g}"
+    text = f"membership AUC {mi['auc']:.3f} [{lo:.3f}, {hi:.3f}] on {mi['n_members']}+{mi['n_nonmembers']} reports"
+    c = doc.get("canaries")
+    if c:
+        text += (f"; canaries: ε ≥ {c['epsilon_lower_bound']:.3g} at {c['confidence']:.0%} ({c['correct']}/{c['guesses']} "
+                 f"guesses right, {c['canaries']} canaries; canary run accounted ε {_eps(c['run']['epsilon_spent'])})")
+    return text + f"; this run's accounted ε {eps}"
+
+
+def _eps(e) -> str:
+    return "∞" if e is None else f"{e:.3g}"
