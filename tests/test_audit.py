@@ -223,8 +223,9 @@ def test_audit_refuses_bad_input_and_writes_nothing(ds, tmp_path):
     assert main(["audit", str(tmp_path / "nope")]) == 2
     assert main(["audit", str(tmp_path), "--confidence", "1.5"]) == 2
     assert not (tmp_path / AUDIT_FILE).exists()
-    res = run(dict(DP, num_epochs=1), run_dir=tmp_path / "run", dataset=ds, progress=False, device="cpu")
-    with pytest.raises(DataError, match="cannot be read again"):  # its data_dir holds nothing
+    res = run(dict(DP, num_epochs=1, data_dir=str(tmp_path / "gone")), run_dir=tmp_path / "run", dataset=ds, progress=False,
+              device="cpu")
+    with pytest.raises(DataError, match="cannot be read again"):  # its data_dir holds nothing (a checkout's may hold data)
         audit_run(res.run_dir, SETTINGS)
     other = make_dataset(120, seed=5)
     with pytest.raises(DataError, match="changed since this run trained"):
