@@ -418,9 +418,9 @@ def audit_run(run_dir: str | Path, settings: AuditSettings | None = None, *, dev
     if not weights.is_dir():
         raise DataError(f"{run.run_dir}: the run kept no weights ({weights.name}/ is missing); the audit needs the trained model.")
     dataset = _load_data(run, dataset)
-    from privrad.runs import _device
+    from privrad.gpus import resolve_device
 
-    score_device = _device(device)  # the first GPU when there is one, as a run picks it
+    score_device = resolve_device(device)  # the first GPU when there is one, as a run picks it
     t0 = time.perf_counter()
     doc: dict[str, Any] = {"run_id": run.run_id, "settings": settings.recorded(), "privrad_version": __version__,
                            "epsilon": run.privacy["epsilon"], "epsilon_spent": run.privacy["epsilon_spent"],
