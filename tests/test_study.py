@@ -120,7 +120,7 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
     env_py = [sys.executable, "-m", "privrad"]
     proc = subprocess.run(env_py + ["study", "run", "--profile", "nope"], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["privrad: error: unknown study profile 'nope'; known profiles are: course, default, openi, paper, smoke (or give a path to a .yml file)."]
+    assert proc.stderr.strip().splitlines() == ["privrad: error: unknown study profile 'nope'; known profiles are: course, default, openi, paper, smoke, tune (or give a path to a .yml file)."]
     proc = subprocess.run(env_py + ["book", "build", "--profile", "smoke", "--results-dir", str(tmp_path / "empty")],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2
