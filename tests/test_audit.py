@@ -151,10 +151,15 @@ def ds():
     return make_dataset(120)
 
 
+def _trained_and_audited(config: dict, ds, folder):
+    """One training run of ``config`` in ``folder``, then its audit: (RunResult, audit document)."""
+    res = run(config, run_dir=folder / "run", dataset=ds, progress=False, device="cpu")
+    return res, audit_run(res.run_dir, SETTINGS, dataset=ds, device="cpu")
+
+
 @pytest.fixture(scope="module")
 def memorised(ds, tmp_path_factory):
-    res = run(MEMORISE, run_dir=tmp_path_factory.mktemp("mem") / "run", dataset=ds, progress=False, device="cpu")
-    return res, audit_run(res.run_dir, SETTINGS, dataset=ds, device="cpu")
+    return _trained_and_audited(MEMORISE, ds, tmp_path_factory.mktemp("mem"))
 
 
 @pytest.mark.slow
@@ -182,8 +187,7 @@ def test_saved_weights_reproduce_the_runs_test_predictions(memorised, ds):
 
 @pytest.fixture(scope="module")
 def private(ds, tmp_path_factory):
-    res = run(DP, run_dir=tmp_path_factory.mktemp("dp") / "run", dataset=ds, progress=False, device="cpu")
-    return res, audit_run(res.run_dir, SETTINGS, dataset=ds, device="cpu")
+    return _trained_and_audited(DP, ds, tmp_path_factory.mktemp("dp"))
 
 
 @pytest.mark.slow

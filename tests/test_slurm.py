@@ -178,12 +178,17 @@ def copy_without(results: Path, dst: Path, n_missing: int, smoke: dict) -> tuple
     return dst, removed
 
 
+def running_jobs(slurm_cluster, sweep) -> list[str]:
+    """The job ids Slurm runs now, waited for (up to 120 s) while ``sweep`` is alive."""
+    return wait_for(lambda: [j for j, s in live_jobs(slurm_cluster).items() if s == "RUNNING"], 120, "a running job", sweep)
+
+
 @pytest.mark.slow
 def test_scancel_then_rerun_completes_only_the_missing_runs(slurm_smoke, smoke, slurm_cluster, tmp_path):
     results, removed = copy_without(slurm_smoke["results"], tmp_path / "results", 2, smoke)
     sweep = sweep_in_background(results, smoke, slurm_cluster)
     try:
-        running = wait_for(lambda: [j for j, s in live_jobs(slurm_cluster).items() if s == "RUNNING"], 120, "a running job", sweep)
+        running = running_jobs(slurm_cluster, sweep)
         cancelled = next(r["run_id"] for r in json.loads((results / "smoke" / "study.json").read_text())["points"]
                          if r.get("job") == running[0])
         # its notebook has started (what the book's exercise cancels: a run part-way through)
@@ -325,7 +330,7 @@ def test_ctrl_c_cancels_the_sweeps_jobs(slurm_smoke, smoke, slurm_cluster, tmp_p
     results, removed = copy_without(slurm_smoke["results"], tmp_path / "results", 1, smoke)
     sweep = sweep_in_background(results, smoke, slurm_cluster)
     try:
-        running = wait_for(lambda: [j for j, s in live_jobs(slurm_cluster).items() if s == "RUNNING"], 120, "a running job", sweep)
+        running = running_jobs(slurm_cluster, sweep)
         sweep.send_signal(signal.SIGINT)
         out, _ = sweep.communicate(timeout=120)
     finally:
