@@ -438,7 +438,9 @@ def test_a_sweep_with_two_jobs_shows_each_running_run_and_logs_run_start_when_it
     progress = [ln for ln in lines if re.search(r"\| epoch \d+/\d+ · step \d+/\d+ · ETA (\d+:\d\d|\?)$", ln)]
     labels = {ln.split(" |")[0] for ln in progress}
     assert len(labels) >= 2, "\n".join(lines[-40:])  # at least two runs showed their steps
-    assert any(re.search(r"step [1-9]\d*/\d+ · ETA \d+:\d\d$", ln) for ln in progress)  # an ETA from the steps done
+    # (a smoke run trains its few steps in well under the display's refresh, so whether the sweep
+    # catches one mid-way is timing; the ETA from the steps done is test_train's
+    # test_the_sweeps_line_for_a_running_run_shows_the_eta_from_the_steps_done)
     assert any(ln.startswith("study smoke:") and "/8" in ln for ln in lines)  # the runs-done bar
     # run_start is logged when a run starts, not when it is queued (all 8 at submission): with
     # --jobs 2 a third run starts only when one of the first two ended (whose completion the

@@ -119,3 +119,29 @@ def test_a_runs_progress_has_one_owner(tmp_path, capsys):
     record = read(tmp_path / "p.json")
     assert (record["phase"], record["step"], record["total"]) == ("training", 3, 3)
     assert "train ε=1" in capsys.readouterr().err
+
+
+def test_the_sweeps_line_for_a_running_run_shows_the_eta_from_the_steps_done(tmp_path):
+    """What a sweep shows under its runs-done bar for a run at step 2 of 600 after ~0.3 s of
+    training: the run's label, its epoch and step, and an ETA at the pace of the steps done
+    (~0.15 s a step × 598 steps ≈ 1:30), read by privrad.progress.Display from the file the run's
+    Reporter wrote."""
+    import io
+    import re
+    import time
+
+    from privrad.progress import Display, Reporter
+
+    out = io.StringIO()
+    shown = Display(total=1, desc="study t", file=out, interval_s=3600)  # refreshed by hand below
+    report = Reporter(tmp_path / "p.json", interval_s=0.0)
+    shown.started("r1", "mimic-cxr · tiny-bert · ε=1", tmp_path / "p.json")
+    report.step(0, 600, epoch=1, num_epochs=2)
+    time.sleep(0.3)
+    report.step(2, 600, epoch=1, num_epochs=2)
+    shown.refresh()
+    shown.close()
+    text = out.getvalue().replace("\r", "\n")
+    eta = re.search(r"mimic-cxr · tiny-bert · ε=1 \| +\| epoch 1/2 · step 2/600 · ETA (\d+):(\d\d)", text)
+    assert eta, text
+    assert 85 <= int(eta[1]) * 60 + int(eta[2]) <= 600, text  # 598 steps at the pace of the first two
