@@ -104,7 +104,7 @@ def test_the_course_profile_reads_the_fetched_files_and_says_how_to_get_them(tmp
     assert (entry.dataset, entry.data_dir) == ("openi", "data/openi")  # where `privrad data fetch openi` puts them
     points = expand(profile)
     assert sorted((p.config.epsilon is None, p.config.epsilon or 0) for p in points) == [(False, 0.1), (False, 1), (False, 10), (True, 0)]
-    assert {p.config.model for p in points} == {"minilm-l3"}
+    assert {p.config.model for p in points} == {"minilm-l6"}
     monkeypatch.chdir(tmp_path)  # no data/openi here
     with pytest.raises(DataError, match=r"download it with `privrad data fetch openi --out data/openi`"):
         prepare_data(profile)

@@ -18,7 +18,7 @@ def _recipe(name, model="minilm-l6"):
             if p.config.model == model and p.config.lora_targets is None and not p.config.train_pooler}
 
 
-@pytest.mark.parametrize("name, model", [("openi", "minilm-l6"), ("course", "minilm-l3")])
+@pytest.mark.parametrize("name, model", [("openi", "minilm-l6"), ("course", "minilm-l6")])
 def test_the_open_i_profiles_apply_the_default_recipe_unchanged(name, model):
     default, profile = _recipe("default", model), _recipe(name, model)
     assert set(default) == set(profile) == {True, False}  # private and non-private
