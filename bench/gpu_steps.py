@@ -163,7 +163,7 @@ def kernel_part(tmp: Path) -> dict:
     import nbformat
 
     from privrad import executors
-    from privrad.runs import WARM_UP
+    from privrad.pipeline import WARM_UP
 
     kernel = executors.default_kernel()
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(WARM_UP)])

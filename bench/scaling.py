@@ -14,7 +14,7 @@ BERT-small at 512 × 512 would take minutes): batch {16, 32, 64, 128} at length 
 {16, 32, 64, 128, 256, 512} at length 128 and length {64, 128, 256, 512} at batch 64 — on
 the paper-shaped models.
 
-Part 2 runs whole privrad runs (``privrad.runs.run``: tokenize, build, train, evaluate, write
+Part 2 runs whole privrad runs (``privrad.pipeline.run``: tokenize, build, train, evaluate, write
 the run folder) on simulated data of growing size and reports training examples/s and the
 share of each phase, which shows the fixed costs a small run pays.
 """
@@ -67,7 +67,7 @@ def full_runs(sizes, *, model: str, max_length: int, num_epochs: float, batch_si
               physical_batch_size: int = 64, progress: bool = False) -> list[dict]:
     """Whole privrad runs on simulated data of each size: phase seconds and examples/s."""
     from privrad.config import RunConfig
-    from privrad.runs import run
+    from privrad.pipeline import run
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="privrad-scaling-") as tmp:
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     if not args.skip_runs:
         sizes = args.sizes or ([120, 240] if args.tiny else [500, 1000, 2000])
         model = args.run_model or ("tiny-bert" if args.tiny else "minilm-l3")
-        print(f"\nfull runs (privrad.runs.run, {model}, DP-LoRA ε=1, 1 epoch, batch 64, length 96):", flush=True)
+        print(f"\nfull runs (privrad.pipeline.run, {model}, DP-LoRA ε=1, 1 epoch, batch 64, length 96):", flush=True)
         out["runs"] = full_runs(sizes, model=model, max_length=32 if args.tiny else 96, num_epochs=1,
                                 batch_size=16 if args.tiny else 64, epsilon=1.0)
     out["machine"] = {**common.machine(), "loadavg_start": load0, "loadavg_end": os.getloadavg()}

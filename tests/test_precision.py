@@ -93,7 +93,7 @@ def test_auto_physical_batch_on_a_cpu_is_said_and_capped():
 
 
 def test_a_bf16_run_with_an_auto_physical_batch_records_what_it_used(tmp_path):
-    from privrad.runs import run
+    from privrad.pipeline import run
 
     ds = make_dataset(60, 0)
     cfg = dict(dataset=ds.name, model="tiny-bert", epsilon=1.0, batch_size=8, num_epochs=1, max_length=48, n_bootstrap=0,

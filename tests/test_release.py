@@ -18,7 +18,8 @@ from privrad.config import RunConfig
 from privrad.data.tokenize import EncodedDataset, tokenize_dataset
 from privrad.models import build_model, load_tokenizer
 from privrad.privacy import TRAINING_STATISTICS, epsilon_from_history, make_private
-from privrad.runs import CURVE_PUBLIC_KEYS, read_run, run
+from privrad.pipeline import run
+from privrad.runs import CURVE_PUBLIC_KEYS, read_run
 from privrad.train import _chunks, planned_steps, train
 
 from _synthetic import make_dataset, no_dropout
@@ -191,7 +192,7 @@ def _without_training_positives(ds, label: int = 0):
 def test_a_private_run_on_credentialed_data_writes_no_training_statistic(tmp_path):
     import warnings
 
-    from privrad.runs import UntrainableLabelWarning
+    from privrad.pipeline import UntrainableLabelWarning
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -114,7 +114,7 @@ def test_privrad_run_refuses_an_incomplete_folder_in_one_sentence(tmp_path):
     """`privrad run --out DIR` on an incomplete folder: refused, naming the file (the sweep instead
     sets such a folder aside and runs it again, tests/test_study_e2e.py)."""
     from privrad.errors import ConfigError
-    from privrad.runs import _reuse
+    from privrad.pipeline import _reuse
 
     rd = fabricate_run(tmp_path)
     damage(rd, "metrics.json", "truncated")

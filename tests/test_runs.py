@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from privrad.errors import ConfigError, DataError, PrivacyError
-from privrad.runs import UntrainableLabelWarning, read_run, run, run_id
+from privrad.pipeline import UntrainableLabelWarning, run
+from privrad.runs import read_run, run_id
 
 from _synthetic import make_dataset
 

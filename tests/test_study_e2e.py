@@ -283,7 +283,7 @@ def test_book_from_the_smoke_study_shows_no_credentialed_text(smoke, smoke_book,
     # does publish them: the scan must find them there (it can fail) and nowhere in what was published.
     import dataclasses
 
-    from privrad.runs import run as privrad_run
+    from privrad.pipeline import run as privrad_run
 
     cred = read_run(next(d for d in (results / "smoke").iterdir() if d.name.startswith("mimic-cxr__tiny-bert__lora__eps1__")))
     assert cred.privacy["release_terms"]["withheld"] and not cred.privacy["release_terms"]["dp_release"]

@@ -83,7 +83,7 @@ def test_minilm_learns_and_tiny_epsilon_costs_utility(tmp_path):
     Measured on tests/_synthetic.py (n=400, 2 epochs): non-private weighted F1 0.69 (AUROC 0.86),
     ε = 0.01 weighted F1 0.27 (AUROC 0.59); the bands leave room for seed and platform noise.
     """
-    from privrad.runs import run
+    from privrad.pipeline import run
 
     ds = learning_dataset(tmp_path)
     cfg = dict(dataset=ds.name, model="minilm-l6", batch_size=16, physical_batch_size=16, num_epochs=2, lr=5e-3,

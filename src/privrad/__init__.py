@@ -19,8 +19,8 @@ _warnings.filterwarnings("ignore", message="IProgress not found", module="tqdm")
 
 
 def run(config, **kwargs):
-    """Run one training configuration and write its run folder (see :mod:`privrad.runs`)."""
-    from privrad.runs import run as _run
+    """Run one training configuration and write its run folder (see :mod:`privrad.pipeline`)."""
+    from privrad.pipeline import run as _run
 
     return _run(config, **kwargs)
 

@@ -1,7 +1,7 @@
 """The ``privrad`` command.
 
 Each area owns its subcommands and registers them here through a ``register_cli(subparsers)``
-function: ``privrad data …`` (:mod:`privrad.data.cli`), ``privrad run …`` (:mod:`privrad.runs`),
+function: ``privrad data …`` (:mod:`privrad.data.cli`), ``privrad run …`` (:mod:`privrad.pipeline`),
 ``privrad study …`` (:mod:`privrad.study`), ``privrad book …`` (:mod:`privrad.book`) and
 ``privrad audit …`` (:mod:`privrad.audit`).
 
@@ -19,7 +19,7 @@ import sys
 from privrad import __version__
 from privrad.errors import PrivradError
 
-COMMAND_MODULES = ("privrad.data.cli", "privrad.runs", "privrad.study", "privrad.book", "privrad.audit")
+COMMAND_MODULES = ("privrad.data.cli", "privrad.pipeline", "privrad.study", "privrad.book", "privrad.audit")
 
 
 def build_parser() -> argparse.ArgumentParser:

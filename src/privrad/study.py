@@ -313,7 +313,7 @@ def run_study(profile: Profile, *, jobs: int | None = None, executor: Executor |
 def local_executor(profile: Profile, *, jobs: int | None = None, runs_per_gpu: int | None = None) -> LocalExecutor:
     """This machine's executor for ``profile``: its ``gpu:`` block (runs per GPU, memory per run),
     ``--runs-per-gpu`` overriding it, and kernels warmed up with the run notebook's imports."""
-    from privrad.runs import WARM_UP
+    from privrad.pipeline import WARM_UP
 
     rpg = runs_per_gpu if runs_per_gpu is not None else profile.gpu.get("runs_per_gpu", 1)
     return LocalExecutor(jobs, runs_per_gpu=rpg, gpu_memory_gb=profile.gpu.get("memory_gb"), warm_up=WARM_UP)
