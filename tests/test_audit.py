@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy.special import logit
 
-from privrad.audit import (AuditSettings, audit_run, guess_counts, guesses, label_log_likelihood, make_canaries,
-                           one_run_audit, one_run_epsilon, one_run_p_value, roc_summary, summary_line, with_reports)
+from privrad.audit import AuditSettings, audit_run, label_log_likelihood, make_canaries, summary_line, with_reports
+from privrad.audit_bounds import guess_counts, guesses, one_run_audit, one_run_epsilon, one_run_p_value, roc_summary
 from privrad.errors import ConfigError, DataError
 from privrad.runs import AUDIT_FILE, read_audit, run, run_state, write_audit
 
