@@ -32,8 +32,8 @@ and its one rule of completeness (:func:`run_state`); nothing else opens these f
 ``adapter/``        peft ``save_pretrained`` (``lora``); ``model/`` for ``full``
 ``run.ipynb``       added by the study runner after its notebook finished (not written here)
 ``audit.json``      optional, added to a complete folder by ``privrad audit`` (:func:`write_audit`;
-                    :mod:`privrad.audit`): membership-inference AUC, the canary run's empirical ε
-                    lower bound; not part of completeness
+                    :mod:`privrad.audit`): membership-inference AUC (loss and calibrated
+                    attacks), the canary run's empirical ε lower bound; not part of completeness
 ==================  ==========================================================================
 
 A folder is *complete* when every file above (but the weights and the notebook) is present,
