@@ -2,6 +2,7 @@
 tiny runs (tiny-bert, real Opacus): a non-private run that memorises is caught, DP runs are not,
 and a DP run with its noise switched off (possible only here) is caught claiming an ε it does not have."""
 
+import dataclasses
 import json
 import math
 
@@ -9,10 +10,11 @@ import numpy as np
 import pytest
 from scipy.special import logit
 
-from privrad.audit import (AuditSettings, audit_run, guess_counts, guesses, label_log_likelihood, make_canaries,
-                           one_run_audit, one_run_epsilon, one_run_p_value, roc_summary, summary_line, with_reports)
+from privrad.audit import (AuditSettings, audit_run, audit_table, label_log_likelihood, make_canaries, membership_candidates,
+                           reference_config, reference_dataset, summary_line, with_reports)
+from privrad.audit_bounds import guess_counts, guesses, one_run_audit, one_run_epsilon, one_run_p_value, roc_summary
 from privrad.errors import ConfigError, DataError
-from privrad.runs import AUDIT_FILE, read_audit, run, run_state, write_audit
+from privrad.runs import AUDIT_FILE, read_audit, read_run, run, run_state, write_audit
 
 from _synthetic import make_dataset
 
@@ -151,15 +153,21 @@ def ds():
     return make_dataset(120)
 
 
-def _trained_and_audited(config: dict, ds, folder):
-    """One training run of ``config`` in ``folder``, then its audit: (RunResult, audit document)."""
-    res = run(config, run_dir=folder / "run", dataset=ds, progress=False, device="cpu")
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """The results folder of the module's audited runs: they share one reference model, as a study's do."""
+    return tmp_path_factory.mktemp("results")
+
+
+def _trained_and_audited(config: dict, ds, run_dir):
+    """One training run of ``config`` in ``run_dir``, then its audit: (RunResult, audit document)."""
+    res = run(config, run_dir=run_dir, dataset=ds, progress=False, device="cpu")
     return res, audit_run(res.run_dir, SETTINGS, dataset=ds, device="cpu")
 
 
 @pytest.fixture(scope="module")
-def memorised(ds, tmp_path_factory):
-    return _trained_and_audited(MEMORISE, ds, tmp_path_factory.mktemp("mem"))
+def memorised(ds, results):
+    return _trained_and_audited(MEMORISE, ds, results / "mem")
 
 
 @pytest.mark.slow
@@ -175,6 +183,8 @@ def test_non_private_run_that_memorises_is_caught(memorised):
     assert doc["epsilon_spent"] is None and c["run"]["epsilon_spent"] is None
     assert "ε ≥" in summary_line(doc) and "canary-" not in json.dumps(doc)  # aggregates only, no canary ids/scores
     assert doc["covered_by_epsilon"] is False
+    cal = doc["calibrated_membership"]  # on these templated reports, reported like the loss attack
+    assert cal["n_members"] == 18 and cal["reference"]["epsilon"] is None and 0 <= cal["auc"] <= 1
 
 
 @pytest.mark.slow
@@ -186,8 +196,25 @@ def test_saved_weights_reproduce_the_runs_test_predictions(memorised, ds):
 
 
 @pytest.fixture(scope="module")
-def private(ds, tmp_path_factory):
-    return _trained_and_audited(DP, ds, tmp_path_factory.mktemp("dp"))
+def noisy():
+    """Reports a model can only memorise: 20 % of the labels flipped (label noise, as in real
+    reports), 96 training and 48 test reports."""
+    ds = make_dataset(160, fractions=(0.6, 0.1, 0.3))
+    flip = np.random.default_rng(7).random(ds.labels.shape) < 0.2
+    return dataclasses.replace(ds, labels=np.where(flip, 1 - ds.labels, ds.labels).astype(np.float32))
+
+
+def test_calibrated_attack_catches_a_non_private_run_that_memorises_reports(noisy, tmp_path):
+    res = run(MEMORISE, run_dir=tmp_path / "mem", dataset=noisy, progress=False, device="cpu")
+    doc = audit_run(res.run_dir, dataclasses.replace(SETTINGS, canaries=0), dataset=noisy, device="cpu")
+    cal = doc["calibrated_membership"]
+    assert cal["n_members"] == cal["n_nonmembers"] == 40 and cal["reference"]["n_train"] == 96 - 40
+    assert cal["auc_ci95"][0] > 0.5, cal  # members told apart from test reports, each report's difficulty taken out
+
+
+@pytest.fixture(scope="module")
+def private(ds, results):
+    return _trained_and_audited(DP, ds, results / "dp")
 
 
 @pytest.mark.slow
@@ -196,6 +223,7 @@ def test_dp_run_at_epsilon_1_is_not_refuted(private):
     c = doc["canaries"]
     assert c["auc"]["auc_ci95"][0] < 0.5 < c["auc"]["auc_ci95"][1], c["auc"]
     assert doc["membership"]["auc_ci95"][0] < 0.5 < doc["membership"]["auc_ci95"][1]
+    assert doc["calibrated_membership"]["auc_ci95"][0] < 0.5 < doc["calibrated_membership"]["auc_ci95"][1]
     assert 0 <= c["epsilon_lower_bound"] <= c["run"]["epsilon_spent"] <= 1.0
     assert c["delta"] == c["run"]["delta"] and c["run"]["noise_multiplier"] > 0
 
@@ -205,7 +233,6 @@ def test_dp_run_without_noise_is_caught_claiming_its_epsilon(private, ds, monkey
     """A DP-SGD bug made on purpose: the DP run's configuration at ε = 0.5, trained again with
     canaries, clipping and accounting as usual but the Gaussian noise replaced by zeros (Opacus'
     noise function, patched only here). The accountant still reports ε = 0.5."""
-    import dataclasses
 
     import opacus.optimizers.optimizer as dp_optimizer
     import torch
@@ -219,6 +246,39 @@ def test_dp_run_without_noise_is_caught_claiming_its_epsilon(private, ds, monkey
     c = canary_audit(claim, ds, dataclasses.replace(SETTINGS, n_bootstrap=0), device="cpu")
     assert c["run"]["epsilon_spent"] <= 0.5 and c["run"]["noise_multiplier"] > 10  # the claim
     assert c["epsilon_lower_bound"] > c["run"]["epsilon_spent"], c  # refuted
+
+
+def test_calibrated_attack_trains_one_reference_without_the_candidates_and_reuses_it(ds, tmp_path):
+    settings = AuditSettings(canaries=0, members=40, n_bootstrap=50)
+    quick = dict(BASE, num_epochs=2)
+    first = run(dict(quick, epsilon=None), run_dir=tmp_path / "inf", dataset=ds, progress=False, device="cpu")
+    doc = audit_run(first.run_dir, settings, dataset=ds, device="cpu")
+    cal, mi = doc["calibrated_membership"], doc["membership"]
+    assert set(mi) - {"seconds"} <= set(cal) and cal["n_members"] == mi["n_members"] == 18
+    assert 0 <= cal["auc"] <= 1 and 0 <= cal["auc_ci95"][0] <= cal["auc_ci95"][1] <= 1
+    assert 0 <= cal["tpr_at_fpr"]["0.001"] <= cal["tpr_at_fpr"]["0.01"] <= 1 and cal["roc"]["tpr"][-1] == 1.0
+    ref_info = cal["reference"]
+    assert ref_info["models"] == 1 and ref_info["trained_now"] == 1 and ref_info["epsilon"] is None
+    # the split the reference trained on: the audited training split without a single candidate
+    members, nonmembers = membership_candidates(ds, settings)
+    candidates = {ds.split("train").ids[i] for i in members} | {ds.split("test").ids[i] for i in nonmembers}
+    data = reference_dataset(ds, (members, nonmembers))
+    ref = read_run(tmp_path / ref_info["folder"] / "0")
+    assert ref.info["dataset_fingerprint"] == data.fingerprint and data.split("test").ids == ds.split("test").ids
+    assert not candidates & set(data.split("train").ids)
+    assert ref.privacy["n_train"] == ref_info["n_train"] == len(ds.split("train")) - len(members)
+    assert ref.config == reference_config(first.config, settings) and ref.config.epsilon is None
+    # another ε of the same recipe reuses the reference: nothing trains again
+    second = run(dict(quick, epsilon=1.0), run_dir=tmp_path / "eps1", dataset=ds, progress=False, device="cpu")
+    again = audit_run(second.run_dir, settings, dataset=ds, device="cpu")["calibrated_membership"]["reference"]
+    assert again == {**ref_info, "trained_now": 0, "seconds": 0.0}
+    assert [p.name for p in (tmp_path / "audit-reference").iterdir()] == [ref_info["folder"].split("/")[1]]
+    table = audit_table([first.run_dir, second.run_dir])
+    assert table["calibrated_membership_auc"].between(0, 1).all() and (table["reference_models"] == 1).all()
+    assert "calibrated AUC" in summary_line(doc)
+    skipped = audit_run(second.run_dir, AuditSettings(canaries=0, members=40, n_bootstrap=0, reference_models=0), dataset=ds,
+                        device="cpu")
+    assert skipped["calibrated_membership"] is None and math.isnan(audit_table([second.run_dir])["calibrated_membership_auc"][0])
 
 
 def test_audit_refuses_bad_input_and_writes_nothing(ds, tmp_path):

@@ -1,21 +1,26 @@
 """Does DP protect the reports? Membership inference and a one-run canary audit of a trained run.
 
-Two attacks, one file (``audit.json`` in the audited run's folder, written by
+Three attacks, one file (``audit.json`` in the audited run's folder, written by
 :func:`privrad.runs.write_audit`):
 
-* **Membership inference** (:func:`membership_inference`) on the run itself: the attacker holds a
-  report and the released model and guesses whether the report was a training report. The score
-  is the model's log-likelihood of the report's labels (minus its loss: a report seen in training
-  tends to have a lower loss). Members are training reports, non-members the held-out test reports
-  of the same distribution (their probabilities are the run's ``predictions.npz``). Reported: ROC
-  AUC with a bootstrap 95 % interval, TPR at 1 % and 0.1 % FPR, and the ROC curve on a fixed grid.
+* **Membership inference** (``membership``) on the run itself: the attacker holds a report and the
+  released model and guesses whether the report was a training report. The score is the model's
+  log-likelihood of the report's labels (minus its loss: a report seen in training tends to have a
+  lower loss). The candidates (:func:`membership_candidates`) are training reports (members) and
+  as many held-out test reports of the same distribution (non-members; their probabilities are the
+  run's ``predictions.npz``). Reported: ROC AUC with a bootstrap 95 % interval, TPR at 1 % and
+  0.1 % FPR, and the ROC curve on a fixed grid.
+* **The calibrated attack** (``calibrated_membership``, :func:`calibrated_membership`): the same
+  candidates and fields, each score minus the candidate's log-likelihood under reference models
+  that never saw any candidate (:func:`reference_runs`: the audited recipe, non-private, trained on
+  the training split without the member candidates, once per study and recipe).
 * **Canaries and a one-run audit** (:func:`canary_audit`) of Steinke, Nasr and Jagielski (2023,
   "Privacy Auditing with One (1) Training Run", arXiv 2305.08846): ``m`` unique synthetic reports
   with random label vectors, each added to the training split by a fair coin, are trained on in a
   *separate* run of the same configuration (the published run never sees them). Afterwards every
   canary is scored, the attacker guesses "in" for the highest and "out" for the lowest scores and
   abstains on the rest; the number of correct guesses turns into an empirical lower bound on ε at
-  a stated confidence (:func:`one_run_epsilon`): the largest ε for which an (ε, δ)-DP training
+  a stated confidence (:func:`privrad.audit_bounds.one_run_epsilon`): the largest ε for which an (ε, δ)-DP training
   would make that many correct guesses less likely than ``1 - confidence``.
 
 What the bound says: if the audited run were (ε, δ)-DP with ε below the bound, a result at least
@@ -23,10 +28,7 @@ this good would have had probability below ``1 - confidence``. It can refute a p
 bound above the accounted ε means a bug, or bad luck at that confidence), never prove one: a weak
 attack gives a small bound for any model.
 
-The bound is computed with :mod:`scipy.stats` (the paper's analysis: the number of correct guesses
-of an ε-DP run is dominated by a binomial with success probability ``e^ε / (1 + e^ε)``; for
-(ε, δ)-DP a term proportional to ``2 m δ`` is added to the p-value). ``jax_privacy.auditing`` (Google) implements the same bound,
-but the package imports JAX, optax and chex; privrad's tests check agreement with values it gives.
+The bound and the attacks' ROC summaries are computed in :mod:`privrad.audit_bounds`.
 
 Every number in ``audit.json`` is an aggregate (no per-report score): for a private run on
 credentialed data they are still functions of the training split outside ε, as ``audit.json``'s
@@ -45,12 +47,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from privrad.audit_bounds import one_run_audit, roc_summary
 from privrad.errors import ConfigError, DataError
-
-#: False positive rates at which the true positive rate of an attack is reported.
-FPR_TARGETS = (0.01, 0.001)
-#: The FPR grid of the ROC curves stored in audit.json (log-spaced, for log-axis plots).
-ROC_GRID = tuple(float(x) for x in np.unique(np.concatenate([np.logspace(-3, 0, 31), np.linspace(0, 1, 21)])))
 
 
 # ----------------------------------------------------------------------------- settings
@@ -62,7 +60,9 @@ class AuditSettings:
 
     ``canaries``: m, the synthetic reports of the one-run audit (0 skips it and its training run);
     ``confidence``: of the ε lower bound; ``members``: at most this many training reports (and as
-    many test reports) scored by the membership-inference attack; ``n_bootstrap``: resamples of the
+    many test reports) scored by the membership-inference attacks; ``reference_models``: non-private
+runs of the audited recipe without the candidates, for the calibrated attack (0 skips it; a
+study trains them once per dataset and recipe, shared by its audited runs); ``n_bootstrap``: resamples of the
     AUC intervals; ``seed``: canary texts, labels, coins and the attacker's samples.
     ``runs``: which runs of a study are audited — a mapping of config field → value or list of
     values that a run must all match (e.g. ``{model: minilm-l3, epsilon: [1, null]}``); empty:
@@ -72,6 +72,7 @@ class AuditSettings:
     canaries: int = 64
     confidence: float = 0.95
     members: int = 500
+    reference_models: int = 1
     n_bootstrap: int = 1000
     seed: int = 0
     runs: dict | None = None
@@ -100,6 +101,7 @@ class AuditSettings:
 
         whole("canaries", 0)
         whole("members", 2)
+        whole("reference_models", 0)
         whole("n_bootstrap", 0)
         whole("seed", 0)
         if self.canaries and self.canaries < 4:
@@ -142,120 +144,7 @@ def _same(a, b) -> bool:
     return a == b
 
 
-# ----------------------------------------------------------------------------- the one-run bound
-
-
-def one_run_p_value(m: int, r: int, v: int, epsilon: float, delta: float = 0.0) -> float:
-    """P[at least ``v`` of ``r`` guesses correct] for an (ε, δ)-DP run audited with ``m`` canaries.
-
-    Steinke, Nasr and Jagielski (2023): with δ = 0 the correct guesses are dominated by
-    Binomial(r, e^ε / (1 + e^ε)); with δ > 0 the p-value gains ``2 m δ`` times the largest average
-    of the binomial's mass just below ``v``. A p-value: small means the claim is refuted.
-    """
-    if not (0 <= v <= r <= m):
-        raise ValueError(f"one_run_p_value needs 0 ≤ v ≤ r ≤ m (got m={m}, r={r}, v={v})")
-    if epsilon < 0 or not 0 <= delta <= 1:
-        raise ValueError(f"one_run_p_value needs ε ≥ 0 and 0 ≤ δ ≤ 1 (got ε={epsilon}, δ={delta})")
-    from scipy.special import expit
-    from scipy.stats import binom
-
-    q = float(expit(epsilon))  # accuracy of ε-DP randomized response
-    beta = float(binom.sf(v - 1, r, q))  # P[Binomial(r, q) ≥ v]
-    if delta == 0 or v == 0:
-        return min(beta, 1.0)
-    i = np.arange(1, v + 1)
-    below = binom.sf(v - i - 1, r, q) - beta  # P[v - i ≤ Binomial(r, q) < v]
-    alpha = float(np.max(below / i))
-    return min(beta + alpha * delta * 2 * m, 1.0)
-
-
-def one_run_epsilon(m: int, r: int, v: int, *, delta: float = 0.0, confidence: float = 0.95) -> float:
-    """The empirical lower bound on ε: the largest ε at which :func:`one_run_p_value` of ``v``
-    correct out of ``r`` guesses (``m`` canaries) is still below ``1 - confidence``; 0 when even
-    ε = 0 is not refuted (e.g. no guesses, or no better than a coin)."""
-    from scipy.optimize import brentq
-
-    alpha = 1 - confidence
-    if r == 0 or one_run_p_value(m, r, v, 0.0, delta) >= alpha:
-        return 0.0
-    lo, hi = 0.0, 1.0
-    while one_run_p_value(m, r, v, hi, delta) < alpha:
-        lo, hi = hi, 2 * hi
-        if hi > 1e3:  # p-value below alpha for every ε: only possible with δ = 0 and all correct; cannot happen for r ≥ 1
-            return math.inf
-    return float(brentq(lambda e: one_run_p_value(m, r, v, e, delta) - alpha, lo, hi, xtol=1e-6))
-
-
-def guess_counts(m: int) -> list[int]:
-    """The numbers of guesses tried, fixed before the scores are seen: m/8, m/4, m/2 and m
-    (even, ≥ 2). The bound is the best over them with a Bonferroni correction."""
-    return sorted({max(2, 2 * round(m * f / 2)) for f in (1 / 8, 1 / 4, 1 / 2, 1)} & set(range(2, m + 1)))
-
-
-def guesses(scores: np.ndarray, r: int) -> np.ndarray:
-    """+1 ("in") for the ``r / 2`` highest scores, -1 ("out") for the ``r / 2`` lowest, 0 (abstain)
-    for the rest. Ties are broken by position (the canaries are in random order)."""
-    scores = np.asarray(scores, dtype=float)
-    order = np.argsort(-scores, kind="stable")
-    t = np.zeros(len(scores), dtype=int)
-    k_in = r // 2
-    t[order[:k_in]] = 1
-    if r - k_in:
-        t[order[-(r - k_in):]] = -1
-    return t
-
-
-def one_run_audit(scores: Sequence[float], included: Sequence[bool], *, delta: float, confidence: float = 0.95,
-                  counts: Sequence[int] | None = None) -> dict:
-    """The one-run audit of canary ``scores`` (higher = more likely trained on) against the coins
-    ``included``: for each number of guesses in ``counts`` (default :func:`guess_counts`), the
-    correct guesses and the bound at confidence ``1 - (1 - confidence) / len(counts)``
-    (Bonferroni); ``epsilon_lower_bound`` is the best of them, at ``confidence``."""
-    scores = np.asarray(scores, dtype=float)
-    s = np.where(np.asarray(included, dtype=bool), 1, -1)
-    m = len(scores)
-    counts = list(counts) if counts is not None else guess_counts(m)
-    each = 1 - (1 - confidence) / max(1, len(counts))
-    tried = []
-    for r in counts:
-        t = guesses(scores, r)
-        v = int((t * s > 0).sum())
-        tried.append({"guesses": int(r), "correct": v, "epsilon_lower_bound": one_run_epsilon(m, r, v, delta=delta, confidence=each)})
-    best = max(tried, key=lambda x: x["epsilon_lower_bound"], default={"guesses": 0, "correct": 0, "epsilon_lower_bound": 0.0})
-    return {"canaries": m, "included": int(s.clip(0).sum()), "delta": delta, "confidence": confidence,
-            "epsilon_lower_bound": best["epsilon_lower_bound"], "guesses": best["guesses"], "correct": best["correct"],
-            "tried": tried}
-
-
-# ----------------------------------------------------------------------------- attack summaries
-
-
-def roc_summary(member_scores: Sequence[float], nonmember_scores: Sequence[float], *, n_bootstrap: int = 1000,
-                seed: int = 0) -> dict:
-    """An attack's ROC on members (positives) vs non-members: AUC with a bootstrap 95 % interval
-    (members and non-members resampled separately), TPR at :data:`FPR_TARGETS` (the largest TPR at
-    an FPR no larger; with fewer than 1 / FPR non-members only FPR 0 qualifies) and the curve
-    interpolated on :data:`ROC_GRID`."""
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    pos, neg = np.asarray(member_scores, dtype=float), np.asarray(nonmember_scores, dtype=float)
-    if len(pos) == 0 or len(neg) == 0:
-        raise DataError(f"an attack needs members and non-members to score (got {len(pos)} and {len(neg)}).")
-    y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
-    x = np.r_[pos, neg]
-    auc = float(roc_auc_score(y, x))
-    fpr, tpr, _ = roc_curve(y, x)
-    out = {"n_members": int(len(pos)), "n_nonmembers": int(len(neg)), "auc": auc,
-           "tpr_at_fpr": {f"{f:g}": float(tpr[fpr <= f].max()) for f in FPR_TARGETS},
-           "roc": {"fpr": list(ROC_GRID), "tpr": [float(t) for t in np.interp(ROC_GRID, fpr, tpr)]}}
-    if n_bootstrap:
-        rng = np.random.default_rng(seed)
-        aucs = np.empty(n_bootstrap)
-        for b in range(n_bootstrap):
-            p, n = rng.choice(pos, len(pos)), rng.choice(neg, len(neg))
-            aucs[b] = roc_auc_score(y, np.r_[p, n])
-        out["auc_ci95"] = [float(np.quantile(aucs, 0.025)), float(np.quantile(aucs, 0.975))]
-    return out
+# ----------------------------------------------------------------------------- scoring a run's model
 
 
 def label_log_likelihood(probabilities: np.ndarray, labels: np.ndarray, label_mask: np.ndarray) -> np.ndarray:
@@ -265,9 +154,6 @@ def label_log_likelihood(probabilities: np.ndarray, labels: np.ndarray, label_ma
     y, mask = np.asarray(labels, dtype=np.float64), np.asarray(label_mask, dtype=bool)
     ll = (y * np.log(p) + (1 - y) * np.log1p(-p)) * mask
     return ll.sum(1) / np.maximum(mask.sum(1), 1)
-
-
-# ----------------------------------------------------------------------------- scoring a run's model
 
 
 def model_probabilities(run, reports, *, device: str = "cpu") -> np.ndarray:
@@ -304,20 +190,95 @@ def _load_data(run, dataset=None):
     return ds
 
 
-def membership_inference(run, dataset, settings: AuditSettings, *, device: str = "cpu") -> dict:
-    """The loss attack on a trained run: training reports (at most ``settings.members``, drawn at
-    random) against as many test reports (their probabilities from ``predictions.npz``)."""
-    train, test = dataset.split("train"), dataset.split("test")
-    n = min(settings.members, len(train), len(test))
+def membership_candidates(dataset, settings: AuditSettings) -> tuple[np.ndarray, np.ndarray]:
+    """The reports both membership attacks score: at most ``settings.members`` training reports
+    (members) and as many test reports (non-members), drawn at random with ``settings.seed``.
+    Returns their positions in the training and in the test split."""
+    n_train, n_test = int((dataset.splits == "train").sum()), int((dataset.splits == "test").sum())
+    n = min(settings.members, n_train, n_test)
     rng = np.random.default_rng(settings.seed)
-    members = train.subset(np.sort(rng.choice(len(train), n, replace=False)))
-    pred = run.predictions()
-    pick = np.sort(rng.choice(len(test), n, replace=False))
+    return np.sort(rng.choice(n_train, n, replace=False)), np.sort(rng.choice(n_test, n, replace=False))
+
+
+def candidate_log_likelihoods(run, dataset, candidates, *, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """:func:`label_log_likelihood` of the candidates under the run's model: members (training
+    reports, scored with the saved weights) and non-members (test reports, from the run's
+    ``predictions.npz``)."""
+    members = dataset.split("train").subset(candidates[0])
+    pred, pick = run.predictions(), candidates[1]
+    if list(pred["ids"][pick]) != [dataset.split("test").ids[i] for i in pick]:
+        raise DataError(f"{run.run_dir}: predictions.npz does not hold the test reports of the audited data; audit a run of this data.")
     nonmember = label_log_likelihood(pred["probabilities"][pick], pred["labels"][pick], pred["label_mask"][pick])
     member = label_log_likelihood(model_probabilities(run, members, device=device), members.labels, members.label_mask)
-    return {"score": "mean label log-likelihood (minus the loss)",
-            "members": "training reports", "nonmembers": "test reports",
+    return member, nonmember
+
+
+def attack_summary(score: str, member, nonmember, settings: AuditSettings, **more) -> dict:
+    """What audit.json records of a membership attack on the candidates (the same fields for every attack)."""
+    return {"score": score, "members": "training reports", "nonmembers": "test reports", **more,
             **roc_summary(member, nonmember, n_bootstrap=settings.n_bootstrap, seed=settings.seed)}
+
+
+# ----------------------------------------------------------------------------- the calibrated attack
+
+
+REFERENCE_DIR = "audit-reference"  # beside the audited run folders: <results>/audit-reference/<key>/<i>/
+
+
+def reference_config(config, settings: AuditSettings, i: int = 0):
+    """Reference model ``i``'s configuration: the audited run's recipe, non-private (a reference
+    stands for a model that never saw the candidates; noise would only blur the difficulty it
+    measures), seed ``settings.seed + i`` (not the audited run's: one reference serves every seed and ε)."""
+    return config.replace(epsilon=None, seed=settings.seed + i)
+
+
+def reference_dataset(dataset, candidates):
+    """The audited data without the member candidates: every candidate (member or not) is OUT for
+    a reference model; the test split, which the run evaluates on, is kept."""
+    drop = np.flatnonzero(dataset.splits == "train")[candidates[0]]
+    return dataset.subset(np.setdiff1d(np.arange(len(dataset)), drop))
+
+
+def reference_runs(run, dataset, settings: AuditSettings, candidates, *, device: str | None = None) -> tuple[list, dict]:
+    """The ``settings.reference_models`` reference runs, trained through :func:`privrad.runs.run`
+    into ``audit-reference/<key>/<i>/`` beside the audited run folder (the study's results folder),
+    or reused from there. ``key`` is reference 0's run id, a function of the recipe (ε and seed
+    aside), the candidates left out and the data: the runs of a study that differ only in ε or seed
+    share it. Returns the reference runs and what audit.json records of them."""
+    from privrad.io import cache_lock
+    from privrad.runs import read_run, run as train_run, run_id
+
+    data = reference_dataset(dataset, candidates)
+    key = run_id(reference_config(run.config, settings), data.fingerprint)
+    folder = run.run_dir.parent / REFERENCE_DIR / key
+    refs, trained, seconds = [], 0, 0.0
+    for i in range(settings.reference_models):
+        d = folder / str(i)
+        with cache_lock(d):  # two audits at once: the second waits and reuses the first one's model
+            if not d.exists():
+                for tmp in folder.glob(f".{i}.*.tmp"):  # a killed training's leftover
+                    shutil.rmtree(tmp, ignore_errors=True)
+                t0 = time.perf_counter()
+                train_run(reference_config(run.config, settings, i), run_dir=d, dataset=data, progress=False, device=device)
+                trained, seconds = trained + 1, seconds + time.perf_counter() - t0
+            refs.append(read_run(d))
+    return refs, {"models": len(refs), "folder": f"{REFERENCE_DIR}/{key}", "epsilon": None,
+                  "n_train": int((data.splits == "train").sum()), "trained_now": trained, "seconds": seconds}
+
+
+def calibrated_membership(run, dataset, settings: AuditSettings, candidates, member, nonmember, *,
+                          device: str | None = None, score_device: str = "cpu") -> dict:
+    """The difficulty-calibrated attack (Watson et al. 2022, "On the Importance of Difficulty
+    Calibration in Membership Inference Attacks"): each candidate's log-likelihood under the
+    audited run (``member``, ``nonmember``: :func:`candidate_log_likelihoods`) minus its mean
+    log-likelihood under reference models that never saw it (:func:`reference_runs`). A report that
+    is easy for every model no longer looks like a member. With references that all leave the
+    candidates out and one global variance this is the ranking of offline LiRA (Carlini et al. 2022)."""
+    refs, info = reference_runs(run, dataset, settings, candidates, device=device)
+    ref = [candidate_log_likelihoods(r, dataset, candidates, device=score_device) for r in refs]
+    ref_member, ref_nonmember = np.mean([m for m, _ in ref], 0), np.mean([n for _, n in ref], 0)
+    return attack_summary("label log-likelihood minus the reference models' mean (difficulty-calibrated)",
+                          member - ref_member, nonmember - ref_nonmember, settings, reference=info)
 
 
 # ----------------------------------------------------------------------------- canaries
@@ -426,9 +387,16 @@ def audit_run(run_dir: str | Path, settings: AuditSettings | None = None, *, dev
                            "epsilon": run.privacy["epsilon"], "epsilon_spent": run.privacy["epsilon_spent"],
                            "delta": run.privacy["delta"],
                            "covered_by_epsilon": False,
-                           "note": "audit numbers are computed from the training split (and a canary run) and are not covered by ε"}
-    doc["membership"] = membership_inference(run, dataset, settings, device=score_device)
-    doc["membership"]["seconds"] = time.perf_counter() - t0
+                           "note": "audit numbers are computed from the training split (and a canary run and reference models) and are not covered by ε"}
+    candidates = membership_candidates(dataset, settings)
+    member, nonmember = candidate_log_likelihoods(run, dataset, candidates, device=score_device)
+    doc["membership"] = attack_summary("mean label log-likelihood (minus the loss)", member, nonmember, settings,
+                                       seconds=time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    doc["calibrated_membership"] = calibrated_membership(run, dataset, settings, candidates, member, nonmember, device=device,
+                                                         score_device=score_device) if settings.reference_models else None
+    if doc["calibrated_membership"]:
+        doc["calibrated_membership"]["seconds"] = time.perf_counter() - t0
     doc["canaries"] = canary_audit(run, dataset, settings, device=device) if settings.canaries else None
     write_audit(run.run_dir, doc)
     return doc
@@ -439,7 +407,8 @@ def audit_run(run_dir: str | Path, settings: AuditSettings | None = None, *, dev
 
 def audit_table(run_dirs: Sequence[str | Path]):
     """One row per audited run (runs without ``audit.json`` are left out): what ran, the
-    membership attack's AUC with its interval and TPR at low FPR, and the canary audit — its
+    membership attack's and the calibrated attack's AUC with its interval and TPR at low FPR
+    (``calibrated_*`` NaN where the audit ran none), and the canary audit — its
     AUC, the empirical ε lower bound with its confidence and guesses, beside the canary run's
     accounted ε. The analysis notebook, the audit chapter and the tests read this."""
     import pandas as pd
@@ -454,12 +423,19 @@ def audit_table(run_dirs: Sequence[str | Path]):
         r = read_run(d)
         c, mi, can = r.config, doc["membership"], doc.get("canaries") or {}
         lo, hi = mi.get("auc_ci95") or (math.nan, math.nan)
+        cal = doc.get("calibrated_membership") or {}
+        calo, cahi = cal.get("auc_ci95") or (math.nan, math.nan)
         clo, chi = (can.get("auc") or {}).get("auc_ci95") or (math.nan, math.nan)
         rows.append({"run_id": r.run_id, "run_dir": str(r.run_dir), "dataset": c.dataset, "model": c.model, "method": c.method,
                      "epsilon": math.inf if c.epsilon is None else float(c.epsilon), "seed": c.seed,
                      "epsilon_spent": math.inf if doc["epsilon_spent"] is None else float(doc["epsilon_spent"]),
                      "membership_auc": mi["auc"], "membership_auc_ci95_low": lo, "membership_auc_ci95_high": hi,
                      "membership_tpr_at_1pct_fpr": mi["tpr_at_fpr"]["0.01"], "membership_tpr_at_0.1pct_fpr": mi["tpr_at_fpr"]["0.001"],
+                     "calibrated_membership_auc": cal.get("auc", math.nan), "calibrated_membership_auc_ci95_low": calo,
+                     "calibrated_membership_auc_ci95_high": cahi,
+                     "calibrated_membership_tpr_at_1pct_fpr": (cal.get("tpr_at_fpr") or {}).get("0.01", math.nan),
+                     "calibrated_membership_tpr_at_0.1pct_fpr": (cal.get("tpr_at_fpr") or {}).get("0.001", math.nan),
+                     "reference_models": (cal.get("reference") or {}).get("models", 0),
                      "n_members": mi["n_members"], "n_nonmembers": mi["n_nonmembers"],
                      "canaries": can.get("canaries"), "canary_auc": (can.get("auc") or {}).get("auc", math.nan),
                      "canary_auc_ci95_low": clo, "canary_auc_ci95_high": chi,
@@ -467,7 +443,8 @@ def audit_table(run_dirs: Sequence[str | Path]):
                      "guesses": can.get("guesses"), "correct": can.get("correct"),
                      "canary_run_epsilon_spent": (math.inf if (can.get("run") or {}).get("epsilon_spent") is None
                                                   else float(can["run"]["epsilon_spent"])) if can else math.nan,
-                     "roc_fpr": mi["roc"]["fpr"], "roc_tpr": mi["roc"]["tpr"]})
+                     "roc_fpr": mi["roc"]["fpr"], "roc_tpr": mi["roc"]["tpr"],
+                     "calibrated_roc_tpr": (cal.get("roc") or {}).get("tpr")})
     return pd.DataFrame(rows)
 
 
@@ -488,7 +465,9 @@ def register_cli(subparsers) -> None:
     d = AuditSettings()
     p.add_argument("--canaries", type=int, default=d.canaries, help=f"canaries of the one-run audit; 0 skips it (default {d.canaries})")
     p.add_argument("--confidence", type=float, default=d.confidence, help=f"confidence of the ε lower bound (default {d.confidence})")
-    p.add_argument("--members", type=int, default=d.members, help=f"training reports scored by the attack (default {d.members})")
+    p.add_argument("--members", type=int, default=d.members, help=f"training reports scored by the attacks (default {d.members})")
+    p.add_argument("--reference-models", type=int, default=d.reference_models,
+                   help=f"non-private reference runs without the candidates, for the calibrated attack; 0 skips it (default {d.reference_models})")
     p.add_argument("--n-bootstrap", type=int, default=d.n_bootstrap, help=f"resamples of the AUC interval (default {d.n_bootstrap})")
     p.add_argument("--seed", type=int, default=d.seed, help="canaries, coins and samples (default 0)")
     p.add_argument("--device", help="cuda, cuda:N or cpu (default: where the run trained)")
@@ -500,7 +479,7 @@ def _cli_audit(args) -> int:
     from privrad.runs import AUDIT_FILE
 
     settings = AuditSettings(canaries=args.canaries, confidence=args.confidence, members=args.members,
-                             n_bootstrap=args.n_bootstrap, seed=args.seed).check(where="privrad audit")
+                             reference_models=args.reference_models, n_bootstrap=args.n_bootstrap, seed=args.seed).check(where="privrad audit")
     doc = audit_run(args.run_dir, settings, device=args.device)
     print(Path(args.run_dir) / AUDIT_FILE)
     if not args.quiet:
@@ -514,6 +493,10 @@ def summary_line(doc: dict) -> str:
     lo, hi = mi.get("auc_ci95") or (math.nan, math.nan)
     eps = "∞" if doc["epsilon_spent"] is None else f"{doc['epsilon_spent']:.3g}"
     text = f"membership AUC {mi['auc']:.3f} [{lo:.3f}, {hi:.3f}] on {mi['n_members']}+{mi['n_nonmembers']} reports"
+    cal = doc.get("calibrated_membership")
+    if cal:
+        lo, hi = cal.get("auc_ci95") or (math.nan, math.nan)
+        text += f"; calibrated AUC {cal['auc']:.3f} [{lo:.3f}, {hi:.3f}] ({cal['reference']['models']} reference model(s))"
     c = doc.get("canaries")
     if c:
         text += (f"; canaries: ε ≥ {c['epsilon_lower_bound']:.3g} at {c['confidence']:.0%} ({c['correct']}/{c['guesses']} "

@@ -111,7 +111,8 @@ def tradeoff_png(runs: pd.DataFrame, dataset: str, path, **kwargs) -> None:
 def audit_roc(table: pd.DataFrame, *, ax=None, title: str | None = None):
     """The membership attack's ROC curves, one per audited run (labelled by ε), on log axes with
     the chance diagonal: a curve above it at low FPR is an attacker who can pick out some training
-    reports with confidence."""
+    reports with confidence. The calibrated attack's curve, where the audit ran it, is dashed in
+    the same colour."""
     import matplotlib.pyplot as plt
 
     from privrad.config import epsilon_label
@@ -125,8 +126,11 @@ def audit_roc(table: pd.DataFrame, *, ax=None, title: str | None = None):
         color = "crimson" if eps is None else cmap(i / max(1, len(table) - 1))
         ax.plot(r["roc_fpr"], r["roc_tpr"], color=color, lw=1.6,
                 label=f"ε = {epsilon_label(eps)} (AUC {r['membership_auc']:.3f})")
+        if isinstance(r.get("calibrated_roc_tpr"), list):
+            ax.plot(r["roc_fpr"], r["calibrated_roc_tpr"], color=color, lw=1.4, ls="--",
+                    label=f"ε = {epsilon_label(eps)}, calibrated (AUC {r['calibrated_membership_auc']:.3f})")
     grid = np.logspace(-3, 0, 50)
-    ax.plot(grid, grid, ls="--", color="grey", lw=1, label="chance")
+    ax.plot(grid, grid, ls=":", color="grey", lw=1, label="chance")
     ax.set(xscale="log", yscale="log", xlim=(1e-3, 1), ylim=(1e-3, 1.05), xlabel="false positive rate",
            ylabel="true positive rate", title=title)
     ax.legend(fontsize="small", loc="lower right")

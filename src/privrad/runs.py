@@ -33,8 +33,8 @@ itself (load, tokenize, build, train, evaluate, then :func:`write_run`) is :func
 ``adapter/``        peft ``save_pretrained`` (``lora``); ``model/`` for ``full``
 ``run.ipynb``       added by the study runner after its notebook finished (not written here)
 ``audit.json``      optional, added to a complete folder by ``privrad audit`` (:func:`write_audit`;
-                    :mod:`privrad.audit`): membership-inference AUC, the canary run's empirical ε
-                    lower bound; not part of completeness
+                    :mod:`privrad.audit`): membership-inference AUC (loss and calibrated
+                    attacks), the canary run's empirical ε lower bound; not part of completeness
 ==================  ==========================================================================
 
 A folder is *complete* when every file above (but the weights and the notebook) is present,
