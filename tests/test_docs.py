@@ -105,30 +105,18 @@ def test_every_documented_privrad_command_is_accepted(capsys):
 
 def test_the_readmes_account_of_the_default_study_matches_the_profile():
     """The README says what `make book` runs; the default profile decides it."""
-<<<<<<< HEAD
     m = re.search(r"--profile default --jobs 2` \(both simulated datasets, (?:(\w+) offline models|the offline stand-in\s+for "
-                  r"([\w-]+)),\s+(\w+) privacy levels: (\d+) runs\b", (ROOT / "README.md").read_text())
-=======
-    m = re.search(r"--profile default --jobs 2` \(both simulated datasets, (?:the offline stand-in\s+for [\w-]+|(\w+) offline models),"
-                  r"\s+(\w+) privacy levels: (\d+) runs, then (\w+) audits\)", (ROOT / "README.md").read_text())
->>>>>>> audit
+                  r"([\w-]+)),\s+(\w+) privacy levels: (\d+) runs, then (\w+) audits\)", (ROOT / "README.md").read_text())
     assert m, "README.md no longer says what the default study runs"
     words = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6}
     profile = profiles.load_profile("default", root=ROOT)
     points = profiles.expand(profile)
-<<<<<<< HEAD
     models = {p.config.model for p in points}
+    audit = profile.audit_settings()
     assert len(profile.datasets) == 2 and all(d.simulate for d in profile.datasets)
-    assert (words[m.group(1)] if m.group(1) else 1, words[m.group(3)], int(m.group(4))) == (
-        len(models), len({p.config.epsilon for p in points}), len(points))
+    assert (words[m.group(1)] if m.group(1) else 1, words[m.group(3)], int(m.group(4)), words[m.group(5)]) == (
+        len(models), len({p.config.epsilon for p in points}), len(points), sum(audit.selects(p.config) for p in points))
     if m.group(2):  # "the offline stand-in for BERT-medium": the one model stands in for that one
         from privrad.models import get_model_spec
 
         assert get_model_spec(models.pop()).stands_in_for.lower() == m.group(2).lower()
-=======
-    audit = profile.audit_settings()
-    assert len(profile.datasets) == 2 and all(d.simulate for d in profile.datasets)
-    assert (words[m.group(1) or "one"], words[m.group(2)], int(m.group(3)), words[m.group(4)]) == (
-        len({p.config.model for p in points}), len({p.config.epsilon for p in points}), len(points),
-        sum(audit.selects(p.config) for p in points))
->>>>>>> audit

@@ -27,11 +27,7 @@ def test_every_profile_loads_and_expands():
         for pt in points:
             assert validate_config(pt.config) == pt.config  # expand returns validated configs
     assert set(profiles.known_profiles(ROOT)) >= {"default", "paper", "openi", "smoke"}
-<<<<<<< HEAD
     assert sizes["default"] == 2 * 1 * 5  # 2 datasets × 1 model (minilm-l6) × (4 ε + non-private)
-=======
-    assert sizes["default"] == 2 * 1 * 5  # 2 datasets × 1 model × (4 ε + non-private)
->>>>>>> audit
     assert sizes["paper"] == 2 * 3 * 6 * 3  # the paper's 108 runs: 5 ε + full fine-tuning, 3 seeds
     paper = profiles.expand(profiles.load_profile("paper", root=ROOT))
     full = [p for p in paper if p.config.method == "full"]
