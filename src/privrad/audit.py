@@ -240,13 +240,14 @@ def reference_dataset(dataset, candidates):
 
 
 def reference_runs(run, dataset, settings: AuditSettings, candidates, *, device: str | None = None) -> tuple[list, dict]:
-    """The ``settings.reference_models`` reference runs, trained through :func:`privrad.runs.run`
+    """The ``settings.reference_models`` reference runs, trained through :func:`privrad.pipeline.run`
     into ``audit-reference/<key>/<i>/`` beside the audited run folder (the study's results folder),
     or reused from there. ``key`` is reference 0's run id, a function of the recipe (ε and seed
     aside), the candidates left out and the data: the runs of a study that differ only in ε or seed
     share it. Returns the reference runs and what audit.json records of them."""
     from privrad.io import cache_lock
-    from privrad.runs import read_run, run as train_run, run_id
+    from privrad.pipeline import run as train_run
+    from privrad.runs import read_run, run_id
 
     data = reference_dataset(dataset, candidates)
     key = run_id(reference_config(run.config, settings), data.fingerprint)
@@ -334,7 +335,8 @@ def canary_audit(run, dataset, settings: AuditSettings, *, device: str | None = 
     fair coin, score every canary with the trained weights and audit the guesses (the one-run
     audit). The canary run is written to a temporary folder under ``workdir`` and deleted; only
     its privacy numbers and the audit's aggregates are kept."""
-    from privrad.runs import read_run, run as train_run
+    from privrad.pipeline import run as train_run
+    from privrad.runs import read_run
 
     m = settings.canaries
     canaries, included = make_canaries(dataset, m, words=canary_words(run.config.model), seed=settings.seed)

@@ -334,12 +334,3 @@ def load_model(run: "RunResult", *, device: str = "cpu"):
     model.eval()
     return model
 
-
-def __getattr__(name: str):
-    """``privrad.runs.run``, the name privrad.audit still imports the training core by: it is
-    :func:`privrad.pipeline.run` (imported lazily: the pipeline imports this module)."""
-    if name == "run":
-        from privrad.pipeline import run
-
-        return run
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
