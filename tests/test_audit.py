@@ -14,7 +14,8 @@ from privrad.audit import (AuditSettings, audit_run, audit_table, label_log_like
                            reference_config, reference_dataset, summary_line, with_reports)
 from privrad.audit_bounds import guess_counts, guesses, one_run_audit, one_run_epsilon, one_run_p_value, roc_summary
 from privrad.errors import ConfigError, DataError
-from privrad.runs import AUDIT_FILE, read_audit, read_run, run, run_state, write_audit
+from privrad.pipeline import run
+from privrad.runs import AUDIT_FILE, read_audit, read_run, run_state, write_audit
 
 from _synthetic import make_dataset
 

@@ -75,6 +75,14 @@ def test_the_sweep_audits_the_runs_its_profile_selects(smoke):
     assert [e["event"] for e in sweep].count("audit_end") == 2
     assert max(i for i, e in enumerate(sweep) if e["event"] == "run_complete") < min(
         i for i, e in enumerate(sweep) if e["event"] == "audit_start")  # after every run
+    # --jobs 2: the two audits run at once in worker processes, after the one reference model they
+    # share (the calibrated attack's, the same recipe at ε = ∞) was trained once, before them
+    refs = [i for i, e in enumerate(sweep) if e["event"] == "audit_reference"]
+    assert len(refs) == 1 and refs[0] < min(i for i, e in enumerate(sweep) if e["event"] == "audit_start")
+    assert [doc["calibrated_membership"]["reference"]["trained_now"] for doc in audited.values()] == [0, 0]
+    assert len({doc["calibrated_membership"]["reference"]["folder"] for doc in audited.values()}) == 1
+    names = [e["event"] for e in sweep]
+    assert names.index("audit_end") > [i for i, n in enumerate(names) if n == "audit_start"][1]  # both started before one ended
     assert "2 run(s) audited (audit.json in their folders), 0 audit(s) failed" in smoke["stdout"]
 
 
