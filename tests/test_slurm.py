@@ -107,7 +107,17 @@ def sweep_in_background(results: Path, smoke: dict, cluster) -> subprocess.Popen
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **cluster.env}
     return subprocess.Popen([sys.executable, "-m", "privrad", "study", "run", "--profile", "smoke", "--executor", "slurm",
                              "--results-dir", str(results), *smoke["sets"], "--quiet"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=_ctrl_c_as_in_a_terminal)
+
+
+def _ctrl_c_as_in_a_terminal() -> None:
+    """The sweep gets Ctrl-C (SIGINT) as a command typed in a terminal does, also where the test
+    suite itself ignores SIGINT (a suite started in the background by a non-interactive shell: its
+    children inherit the ignored signal, and Python then never turns it into KeyboardInterrupt)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="module")
