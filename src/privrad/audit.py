@@ -172,7 +172,9 @@ def model_probabilities(run, reports, *, device: str = "cpu") -> np.ndarray:
     return predict_proba(model, enc, precision=precision)
 
 
-def _load_data(run, dataset=None):
+def run_dataset(run, dataset=None):
+    """The reports ``run`` trained on — ``dataset`` if given, else read again from the run's
+    ``data_dir`` — refused in one sentence unless their fingerprint is the run's."""
     from privrad.data import load_dataset
 
     cfg = run.config
@@ -380,7 +382,7 @@ def audit_run(run_dir: str | Path, settings: AuditSettings | None = None, *, dev
     weights = run.run_dir / ("adapter" if run.config.method == "lora" else "model")
     if not weights.is_dir():
         raise DataError(f"{run.run_dir}: the run kept no weights ({weights.name}/ is missing); the audit needs the trained model.")
-    dataset = _load_data(run, dataset)
+    dataset = run_dataset(run, dataset)
     from privrad.gpus import resolve_device
 
     score_device = resolve_device(device)  # the first GPU when there is one, as a run picks it

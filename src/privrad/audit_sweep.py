@@ -100,7 +100,7 @@ def _reference_models(todo: list[Point], settings, *, log: Log, progress: bool) 
     share them, and a worker that trained them with its one core would keep the others waiting
     on the reference's lock (measured on the default study: 163 s for the first two audits, 39 s
     for the third, which found the reference made)."""
-    from privrad.audit import _load_data, membership_candidates, reference_config, reference_runs
+    from privrad.audit import run_dataset, membership_candidates, reference_config, reference_runs
     from privrad.errors import PrivradError
     from privrad.runs import read_run
 
@@ -115,7 +115,7 @@ def _reference_models(todo: list[Point], settings, *, log: Log, progress: bool) 
         t0 = time.time()
         try:
             run = read_run(p.run_dir)
-            dataset = _load_data(run)
+            dataset = run_dataset(run)
             _, info = reference_runs(run, dataset, settings, membership_candidates(dataset, settings))
         except PrivradError:  # the audit of this run fails again, and says why, in its worker
             continue
